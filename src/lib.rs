@@ -1,0 +1,19 @@
+//! bpm: a process manager for the age of AI coding agents.
+//!
+//! One binary is both an always-on daemon that supervises development processes and
+//! records everything they print, and the clients that talk to it.
+//!
+//! # Layout
+//!
+//! The data flows child output -> capture -> store -> search -> tools:
+//!
+//! - [`logs`] owns the store: line framing, the block encoding, the redb tables and their
+//!   migrations, the single writer thread, the hot ring cache of live instances, follow
+//!   subscriptions and retention.
+//! - [`search`] turns a query (regex, context, head/tail, stream, time range) into result
+//!   lines over the ring and the store.
+//!
+//! `main.rs` only parses arguments, dispatches and maps errors to exit codes.
+
+pub mod logs;
+pub mod search;
