@@ -1,0 +1,293 @@
+//! Live instances: the capture side's append path and the hot ring cache.
+//!
+//! Each live instance owns a [`Live`]: its two framers (stdout, stderr), the block being
+//! filled, and the ring of its newest sealed blocks. The capture task appends under a
+//! std `Mutex` (never held across an `.await`, and only for the copy of one read), so an
+//! append never waits for the disk: sealed blocks go to the writer over an unbounded
+//! channel whose queued bytes are capped; past the cap a block is dropped from the store
+//! (never from the ring) and counted.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::block::{Block, BlockBuilder, BlockView, Framer, Line, Stream};
+use super::model::{EventKind, ExitStatus, now_us};
+use super::writer::Msg;
+use super::{Shared, StoreError};
+
+/// What a reader sees of the ring: the sealed blocks it holds and a copy of the unsealed
+/// lines, all at or after `start_seq`.
+pub(crate) struct RingSnapshot {
+    pub start_seq: u64,
+    pub blocks: Vec<Arc<Block>>,
+    pub open: Option<(u64, Vec<u8>)>,
+}
+
+impl RingSnapshot {
+    pub fn views(&self) -> impl DoubleEndedIterator<Item = BlockView<'_>> {
+        self.blocks.iter().map(|b| b.view()).chain(
+            self.open
+                .iter()
+                .map(|(first, bytes)| BlockView::parse(*first, bytes).expect("well formed")),
+        )
+    }
+}
+
+pub(crate) struct LiveState {
+    framers: [Framer; 2],
+    builder: BlockBuilder,
+    ring: VecDeque<Arc<Block>>,
+    ring_bytes: usize,
+    ring_lines: usize,
+    /// Lines that were dropped from the store and not yet reported as an event.
+    pending_dropped: u64,
+    pub(crate) ended: bool,
+}
+
+pub struct Live {
+    pub(crate) id: u64,
+    pub(crate) process: String,
+    pub(crate) state: Mutex<LiveState>,
+    /// The next sequence number, published after every append so followers wake up.
+    pub(crate) seq_tx: watch::Sender<u64>,
+}
+
+impl Live {
+    pub(crate) fn new(id: u64, process: String, max_line: usize) -> Live {
+        Live {
+            id,
+            process,
+            state: Mutex::new(LiveState {
+                framers: [Framer::new(max_line), Framer::new(max_line)],
+                builder: BlockBuilder::new(0),
+                ring: VecDeque::new(),
+                ring_bytes: 0,
+                ring_lines: 0,
+                pending_dropped: 0,
+                ended: false,
+            }),
+            seq_tx: watch::channel(0).0,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        // A panic while appending leaves the buffers consistent enough to keep reading.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Frame `bytes` into lines stamped `ts_us`; seal and hand over full blocks.
+    pub(crate) fn append(&self, shared: &Shared, stream: Stream, bytes: &[u8], ts_us: i64) {
+        let next = {
+            let mut st = self.lock();
+            let LiveState {
+                framers, builder, ..
+            } = &mut *st;
+            let mut sealed = Vec::new();
+            framers[stream as usize].feed(bytes, |line, cont| {
+                builder.push(ts_us, stream, cont, line);
+                if builder.is_full() {
+                    sealed.push(builder.seal(self.id));
+                }
+            });
+            for block in sealed {
+                self.accept(&mut st, shared, block);
+            }
+            st.builder.first_seq() + u64::from(st.builder.count())
+        };
+        self.seq_tx.send_replace(next);
+    }
+
+    /// The streams ended: keep their final lines without newline, seal what is left.
+    pub(crate) fn finish_streams(&self, shared: &Shared, ts_us: i64) {
+        let next = {
+            let mut st = self.lock();
+            let LiveState {
+                framers, builder, ..
+            } = &mut *st;
+            for (i, framer) in framers.iter_mut().enumerate() {
+                let stream = if i == 0 {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                framer.finish(|line, cont| builder.push(ts_us, stream, cont, line));
+            }
+            self.seal(&mut st, shared);
+            st.ended = true;
+            st.builder.first_seq()
+        };
+        self.seq_tx.send_replace(next);
+    }
+
+    /// Seal the open block (if any), keep it in the ring, and queue it for the writer.
+    pub(crate) fn seal(&self, st: &mut LiveState, shared: &Shared) {
+        if st.builder.is_empty() {
+            return;
+        }
+        let block = st.builder.seal(self.id);
+        self.accept(st, shared, block);
+    }
+
+    /// Keep a freshly sealed block in the ring and queue it for the writer.
+    fn accept(&self, st: &mut LiveState, shared: &Shared, block: Arc<Block>) {
+        let lines = u64::from(block.view().count);
+        st.ring_bytes += block.bytes.len();
+        st.ring_lines += lines as usize;
+        st.ring.push_back(block.clone());
+        self.evict(st, shared);
+
+        let len = block.bytes.len();
+        let queued = shared.queued_bytes.load(Ordering::Acquire);
+        if queued + len > shared.opts.queue_max_bytes {
+            block.mark_dropped();
+            st.pending_dropped += lines;
+            shared.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+            return;
+        }
+        if st.pending_dropped > 0 {
+            let count = std::mem::take(&mut st.pending_dropped);
+            shared.send(Msg::Event {
+                process: Some(self.process.clone()),
+                instance: Some(self.id),
+                kind: EventKind::LinesDropped { count },
+                ts_us: now_us(),
+            });
+        }
+        shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if !shared.send(Msg::Block(block.clone())) {
+            // The writer is gone (the store is closing): the line cannot become durable.
+            block.mark_dropped();
+            shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+    }
+
+    /// Forget the oldest blocks beyond the ring's bounds, but only those that are durable
+    /// (or dropped): a block still queued for the writer is the only copy of its lines.
+    fn evict(&self, st: &mut LiveState, shared: &Shared) {
+        let (max_bytes, max_lines) = (shared.opts.ring_max_bytes, shared.opts.ring_max_lines);
+        while st.ring.len() > 1 && (st.ring_bytes > max_bytes || st.ring_lines > max_lines) {
+            let front = &st.ring[0];
+            if !front.evictable() {
+                break;
+            }
+            st.ring_bytes -= front.bytes.len();
+            st.ring_lines -= front.view().count as usize;
+            st.ring.pop_front();
+        }
+    }
+
+    /// Called by the writer after a commit, so the ring can shrink back to its bounds.
+    pub(crate) fn after_commit(&self, shared: &Shared) {
+        let mut st = self.lock();
+        self.evict(&mut st, shared);
+    }
+
+    pub(crate) fn snapshot(&self) -> RingSnapshot {
+        let st = self.lock();
+        let start_seq = st
+            .ring
+            .front()
+            .map_or(st.builder.first_seq(), |b| b.first_seq);
+        RingSnapshot {
+            start_seq,
+            blocks: st.ring.iter().cloned().collect(),
+            open: (!st.builder.is_empty()).then(|| (st.builder.first_seq(), st.builder.snapshot())),
+        }
+    }
+
+    /// Lines from `from` on, at most `max`, if the ring still holds `from`.
+    pub(crate) fn read_from(&self, from: u64, max: usize) -> Option<Vec<Line>> {
+        let snap = self.snapshot();
+        if from < snap.start_seq {
+            return None;
+        }
+        let mut out = Vec::new();
+        for view in snap.views() {
+            if view.end_seq() <= from {
+                continue;
+            }
+            for (i, m) in view.metas().enumerate() {
+                let seq = view.first_seq + i as u64;
+                if seq >= from {
+                    out.push(view.line(i as u32, &m, self.id));
+                    if out.len() >= max {
+                        return Some(out);
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The capture side's handle on one live instance. Cheap to clone; stdout and stderr
+/// capture tasks each hold one.
+#[derive(Clone)]
+pub struct InstanceWriter {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) live: Arc<Live>,
+}
+
+impl InstanceWriter {
+    pub fn id(&self) -> u64 {
+        self.live.id
+    }
+
+    /// Append raw output read from `stream`. Never blocks on the disk.
+    pub fn append(&self, stream: Stream, bytes: &[u8]) {
+        self.live.append(&self.shared, stream, bytes, now_us());
+    }
+
+    /// Append with an explicit timestamp (tests, imports).
+    pub fn append_at(&self, stream: Stream, bytes: &[u8], ts_us: i64) {
+        self.live.append(&self.shared, stream, bytes, ts_us);
+    }
+
+    /// Lines appended so far (the next sequence number).
+    pub fn next_seq(&self) -> u64 {
+        *self.live.seq_tx.borrow()
+    }
+
+    /// Seal what was appended so far and hand it to the writer, without waiting.
+    pub fn seal(&self) {
+        let mut st = self.live.lock();
+        self.live.seal(&mut st, &self.shared);
+    }
+
+    /// End the instance: keep final lines without newline, record the exit, and return
+    /// once all of it is durable. Blocking: call from a blocking context.
+    pub fn finish(self, exit: ExitStatus) -> Result<(), StoreError> {
+        let rx = self.finish_send(exit)?;
+        rx.blocking_recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// [`Self::finish`] for async callers.
+    pub async fn finish_async(self, exit: ExitStatus) -> Result<(), StoreError> {
+        let rx = self.finish_send(exit)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    fn finish_send(
+        &self,
+        exit: ExitStatus,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        let ts = now_us();
+        self.live.finish_streams(&self.shared, ts);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let dropped = std::mem::take(&mut self.live.lock().pending_dropped);
+        if !self.shared.send(Msg::End {
+            id: self.live.id,
+            exit,
+            ended_us: ts,
+            next_seq: *self.live.seq_tx.borrow(),
+            dropped,
+            done: tx,
+        }) {
+            return Err(StoreError::WriterGone);
+        }
+        Ok(rx)
+    }
+}

@@ -1,0 +1,941 @@
+//! The log store: every line, build and lifecycle event, in one redb file, with a hot ring
+//! cache of each live instance's newest lines on top.
+//!
+//! - [`block`]: line framing and the block encoding (lines are stored in blocks, not rows).
+//! - `live`: the append path of live instances and their ring cache.
+//! - `writer`: the one thread that writes redb, commits in groups, and applies retention.
+//! - `schema`: tables, encodings, migrations.
+//! - [`model`]: instances and events.
+//!
+//! Reads combine the ring and the store so that they answer exactly as the store alone
+//! would once everything is durable. Every read here is blocking (redb I/O): async code
+//! calls them through `tokio::task::spawn_blocking`.
+
+pub mod block;
+mod live;
+pub mod model;
+mod schema;
+mod writer;
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::Duration;
+
+use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable};
+
+pub use block::{BlockView, Line, Stream};
+pub use live::InstanceWriter;
+pub use model::{
+    Actor, Event, EventKind, ExitStatus, InstanceKind, InstanceMeta, SpawnInfo, now_us,
+};
+pub use schema::SCHEMA_VERSION;
+
+use live::Live;
+use schema::{BLOCKS, EVENTS, INSTANCES, META, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES};
+use writer::{Msg, Writer};
+
+/// Retention limits of one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Run instances kept per process (BPM's default: 10).
+    pub keep_instances: u32,
+    /// Build instances kept per process.
+    pub keep_builds: u32,
+    /// Bytes of stored lines per process, over all its instances.
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            keep_instances: 10,
+            keep_builds: 10,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Tuning of the store. The defaults are documented in ARCHITECTURE.md.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Default per-process limits (a process's own come through [`Store::set_limits`]).
+    pub limits: Limits,
+    /// Cap on the whole store's line bytes.
+    pub store_max_bytes: u64,
+    /// The ring keeps at least this many bytes of each live instance's newest lines...
+    pub ring_max_bytes: usize,
+    /// ...and at most this many lines (whichever bound is hit first).
+    pub ring_max_lines: usize,
+    /// Bytes queued for the writer beyond which new blocks are dropped from the store.
+    pub queue_max_bytes: usize,
+    /// A group commits once it holds this many bytes, without waiting for the interval.
+    pub group_max_bytes: usize,
+    /// A group commits at most this long after its first write.
+    pub commit_interval: Duration,
+    /// Quiet instances' unsealed lines are sealed this often.
+    pub seal_interval: Duration,
+    /// Lines longer than this are split into continuation lines.
+    pub max_line: usize,
+    /// redb's page cache.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            limits: Limits::default(),
+            store_max_bytes: 2 << 30,
+            ring_max_bytes: 1 << 20,
+            ring_max_lines: 20_000,
+            queue_max_bytes: 32 << 20,
+            group_max_bytes: 16 << 20,
+            commit_interval: Duration::from_millis(100),
+            seal_interval: Duration::from_millis(50),
+            max_line: block::DEFAULT_MAX_LINE,
+            cache_bytes: 16 << 20,
+        }
+    }
+}
+
+/// What can go wrong in the store. Every message names the problem and the way out.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the log store {path} is in use by another bpm daemon; ask that daemon (`bpm status`) or stop it first"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "the log store {path} was written by a newer bpm (schema version {found}; this bpm reads up to {supported}); upgrade bpm, or use another --data-dir"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error(
+        "the log store {path} needs a newer file format than this bpm's redb ({detail}); upgrade bpm"
+    )]
+    Format { path: PathBuf, detail: String },
+    #[error("the log store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the log store is closed; restart the daemon")]
+    WriterGone,
+    #[error("could not write the log store: {0} (is the disk full?); the lines stay in memory")]
+    WriteFailed(String),
+    #[error("the log store is open read-only (no daemon holds it); start the daemon to change it")]
+    ReadOnly,
+    #[error("no {} instances of `{process}`; {}", kind.noun(), known_list(known))]
+    NoInstances {
+        process: String,
+        kind: InstanceKind,
+        known: Vec<String>,
+    },
+    #[error("instance {index} is out of range for `{process}`: it has {count} {} instance{} (use -1..-{count}, or 0..{})", kind.noun(), if *count == 1 { "" } else { "s" }, count.saturating_sub(1))]
+    IndexOutOfRange {
+        process: String,
+        kind: InstanceKind,
+        index: i64,
+        count: usize,
+    },
+    #[error("no instance #{0} in the log store (retention may have removed it)")]
+    NoSuchInstance(u64),
+    #[error("log store error: {0}")]
+    Db(String),
+    #[error("log store I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        "the store has no processes yet".to_owned()
+    } else {
+        format!("known processes: {}", known.join(", "))
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> StoreError {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<block::CorruptBlock> for StoreError {
+    fn from(e: block::CorruptBlock) -> StoreError {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+enum Db {
+    Rw(Arc<Database>),
+    Ro(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(match self {
+            Db::Rw(db) => db.begin_read()?,
+            Db::Ro(db) => db.begin_read()?,
+        })
+    }
+}
+
+/// State shared by the store handle, the instance writers and the writer thread.
+pub(crate) struct Shared {
+    db: Db,
+    path: PathBuf,
+    pub(crate) opts: StoreOptions,
+    /// The writer's inbox; `None` once closed, or for a read-only store.
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// Bytes of blocks queued for the writer or in its open group.
+    pub(crate) queued_bytes: AtomicUsize,
+    /// Lines that never reached the store since it was opened.
+    pub(crate) dropped_lines: AtomicU64,
+    next_instance: AtomicU64,
+    /// Live instances by id. A std lock: it is held only to clone an `Arc`.
+    live: RwLock<HashMap<u64, Arc<Live>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Hand a message to the writer. False when the store is closed.
+    pub(crate) fn send(&self, msg: Msg) -> bool {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.as_ref().is_some_and(|tx| tx.send(msg).is_ok())
+    }
+    pub(crate) fn lives(&self) -> Vec<Arc<Live>> {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        live.values().cloned().collect()
+    }
+    fn live(&self, id: u64) -> Option<Arc<Live>> {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        live.get(&id).cloned()
+    }
+    pub(crate) fn remove_live(&self, id: u64) {
+        let removed = {
+            let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+            live.remove(&id)
+        };
+        if let Some(l) = removed {
+            // Wake followers: the instance is over and all of it is in the store now.
+            l.seq_tx.send_modify(|_| {});
+        }
+    }
+}
+
+/// A handle on the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+/// The result of opening a store.
+pub struct Opened {
+    pub store: Store,
+    /// The file could not be opened as a store and was moved aside: (from, to).
+    pub moved_aside: Option<(PathBuf, PathBuf)>,
+    /// The previous daemon did not close the store (killed, power loss).
+    pub unclean: bool,
+    /// Instances that were live when the previous daemon died; now marked ended with an
+    /// unknown exit. Their pids and start times let the supervisor stop orphans.
+    pub interrupted: Vec<InstanceMeta>,
+}
+
+/// Which lines of an instance to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// The last N lines (after the filter).
+    Tail(usize),
+    /// The first N lines (after the filter).
+    Head(usize),
+    /// Lines with `from <= seq < to`.
+    Seqs { from: u64, to: u64 },
+}
+
+/// Which lines count at all: a stream and a time range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub stream: Option<Stream>,
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+}
+
+impl Filter {
+    #[inline]
+    pub fn accepts(&self, m: &block::LineMeta) -> bool {
+        self.stream.is_none_or(|s| s == m.stream)
+            && self.since_us.is_none_or(|t| m.ts_us >= t)
+            && self.until_us.is_none_or(|t| m.ts_us <= t)
+    }
+}
+
+const CLEAN_KEY: &str = "clean_shutdown";
+
+impl Store {
+    /// Open (or create) the store at `path` for writing, with its writer thread.
+    ///
+    /// A file that is not a readable redb store is moved aside, never overwritten, and a
+    /// new store is started; [`Opened::moved_aside`] names both paths.
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Opened, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let mut moved_aside = None;
+        let db = match open_rw(path, &opts) {
+            Ok(db) => db,
+            Err(OpenFailure::Unreadable(why)) => {
+                let aside = aside_path(path);
+                std::fs::rename(path, &aside).map_err(|source| StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                tracing::error!(
+                    "the log store {} could not be opened ({why}); moved it aside to {} and started a new one",
+                    path.display(),
+                    aside.display()
+                );
+                moved_aside = Some((path.to_owned(), aside));
+                open_rw(path, &opts).map_err(|f| f.into_error(path))?
+            }
+            Err(f) => return Err(f.into_error(path)),
+        };
+        schema::migrate(&db, path)?;
+        let (unclean, interrupted) = mark_open(&db)?;
+        let next_instance = {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(INSTANCES)?;
+            t.last()?.map_or(1, |(k, _)| k.value() + 1)
+        };
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            db: Db::Rw(db.clone()),
+            path: path.to_owned(),
+            opts,
+            tx: Mutex::new(Some(tx)),
+            queued_bytes: AtomicUsize::new(0),
+            dropped_lines: AtomicU64::new(0),
+            next_instance: AtomicU64::new(next_instance),
+            live: RwLock::new(HashMap::new()),
+            writer: Mutex::new(None),
+        });
+        let writer = Writer::new(db, shared.clone())?;
+        let handle = std::thread::Builder::new()
+            .name("bpm-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| StoreError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        *shared.writer.lock().unwrap() = Some(handle);
+        Ok(Opened {
+            store: Store { shared },
+            moved_aside,
+            unclean,
+            interrupted,
+        })
+    }
+
+    /// Open the store read-only, for reading without a daemon (post-crash investigation).
+    /// Fails with [`StoreError::Locked`] while a daemon holds it.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let db = match ReadOnlyDatabase::open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked {
+                    path: path.to_owned(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let version = schema::stored_version(&db)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(Store {
+            shared: Arc::new(Shared {
+                db: Db::Ro(db),
+                path: path.to_owned(),
+                opts: StoreOptions::default(),
+                tx: Mutex::new(None),
+                queued_bytes: AtomicUsize::new(0),
+                dropped_lines: AtomicU64::new(0),
+                next_instance: AtomicU64::new(0),
+                live: RwLock::new(HashMap::new()),
+                writer: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.shared.db {
+            Db::Ro(_) => Err(StoreError::ReadOnly),
+            Db::Rw(_) => Ok(()),
+        }
+    }
+
+    /// Flush everything, stop the writer, and mark the store cleanly closed. Live
+    /// instances should be finished first; their unsealed lines are flushed regardless.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let Db::Rw(db) = &self.shared.db else {
+            return Ok(());
+        };
+        let tx = self
+            .shared
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(tx);
+        let handle = self.shared.writer.lock().unwrap().take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        let mut txn = db.begin_write()?;
+        txn.set_quick_repair(true);
+        txn.open_table(META)?.insert(CLEAN_KEY, 1)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Start a new run or build instance and return its append handle.
+    pub fn begin_instance(
+        &self,
+        process: &str,
+        kind: InstanceKind,
+        spawn: SpawnInfo,
+    ) -> Result<InstanceWriter, StoreError> {
+        self.writable()?;
+        let id = self.shared.next_instance.fetch_add(1, Ordering::AcqRel);
+        let meta = InstanceMeta {
+            id,
+            process: process.to_owned(),
+            kind,
+            started_us: now_us(),
+            ended_us: None,
+            spawn,
+            exit: None,
+            next_seq: 0,
+            first_seq: 0,
+            stored_bytes: 0,
+            dropped_lines: 0,
+        };
+        let live = Arc::new(Live::new(id, process.to_owned(), self.shared.opts.max_line));
+        self.shared
+            .live
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, live.clone());
+        if !self.shared.send(Msg::Start(Box::new(meta))) {
+            self.shared.remove_live(id);
+            return Err(StoreError::WriterGone);
+        }
+        Ok(InstanceWriter {
+            shared: self.shared.clone(),
+            live,
+        })
+    }
+
+    /// Record a lifecycle event. Queued behind everything appended before it.
+    pub fn record(&self, process: Option<&str>, instance: Option<u64>, kind: EventKind) {
+        self.shared.send(Msg::Event {
+            process: process.map(str::to_owned),
+            instance,
+            kind,
+            ts_us: now_us(),
+        });
+    }
+
+    /// Persist a process's spec (opaque bytes owned by the supervisor).
+    pub fn put_process(&self, name: &str, spec: Vec<u8>) -> Result<(), StoreError> {
+        self.writable()?;
+        self.shared.send(Msg::PutProcess {
+            name: name.to_owned(),
+            spec,
+        });
+        Ok(())
+    }
+
+    pub fn remove_process(&self, name: &str) -> Result<(), StoreError> {
+        self.writable()?;
+        self.shared.send(Msg::RemoveProcess {
+            name: name.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Set a process's retention limits.
+    pub fn set_limits(&self, process: &str, limits: Limits) {
+        self.shared.send(Msg::Limits {
+            process: process.to_owned(),
+            limits,
+        });
+    }
+
+    fn flush_send(
+        &self,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        self.writable()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.shared.send(Msg::Flush(tx)) {
+            return Err(StoreError::WriterGone);
+        }
+        Ok(rx)
+    }
+
+    /// Return once everything appended or recorded before the call is durable.
+    /// Blocking: call from a blocking context.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.flush_send()?
+            .blocking_recv()
+            .map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// [`Self::flush`] for async callers.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.flush_send()?
+            .await
+            .map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Lines dropped from the store (never from the ring) since it was opened.
+    pub fn dropped_lines(&self) -> u64 {
+        self.shared.dropped_lines.load(Ordering::Relaxed)
+    }
+
+    // ---- reads ----
+
+    /// Persisted process specs, by name.
+    pub fn processes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let t = txn.open_table(PROCESSES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every process name the store knows: persisted specs and processes with instances.
+    pub fn process_names(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let mut names = BTreeSet::new();
+        for row in txn.open_table(PROCESSES)?.iter()? {
+            names.insert(row?.0.value().to_owned());
+        }
+        let idx = txn.open_table(PROCESS_INSTANCES)?;
+        let mut cursor: Option<String> = None;
+        // Skip from one name to the next instead of walking every instance.
+        loop {
+            let next = match &cursor {
+                None => idx.first()?.map(|(k, _)| k.value().0.to_owned()),
+                Some(c) => {
+                    let mut after = c.clone();
+                    after.push('\u{10FFFF}');
+                    idx.range((after.as_str(), 0u8, 0u64)..)?
+                        .next()
+                        .transpose()?
+                        .map(|(k, _)| k.value().0.to_owned())
+                }
+            };
+            match next {
+                Some(n) => {
+                    names.insert(n.clone());
+                    cursor = Some(n);
+                }
+                None => break,
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// The retained instances of a process, oldest first.
+    pub fn instances(
+        &self,
+        process: &str,
+        kind: InstanceKind,
+    ) -> Result<Vec<InstanceMeta>, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let idx = txn.open_table(PROCESS_INSTANCES)?;
+        let metas = txn.open_table(INSTANCES)?;
+        let mut out = Vec::new();
+        for row in idx.range((process, kind.code(), 0u64)..=(process, kind.code(), u64::MAX))? {
+            let id = row?.0.value().2;
+            out.push(self.meta_in(&metas, id)?);
+        }
+        Ok(out)
+    }
+
+    fn meta_in(
+        &self,
+        metas: &redb::ReadOnlyTable<u64, &[u8]>,
+        id: u64,
+    ) -> Result<InstanceMeta, StoreError> {
+        let mut meta: InstanceMeta = match metas.get(id)? {
+            Some(v) => schema::decode("instance", v.value())?,
+            None => return Err(StoreError::NoSuchInstance(id)),
+        };
+        if let Some(live) = self.shared.live(id) {
+            // The stored counters trail the live ones by up to a commit interval.
+            meta.next_seq = meta.next_seq.max(*live.seq_tx.borrow());
+        }
+        Ok(meta)
+    }
+
+    /// One instance by its stable number. An instance that has just begun may not be
+    /// committed yet; it is then described from its live state.
+    pub fn instance(&self, id: u64) -> Result<InstanceMeta, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let metas = txn.open_table(INSTANCES)?;
+        self.meta_in(&metas, id)
+    }
+
+    /// Resolve an index: -1 the newest, -2 the one before; 0 the oldest retained, 1 the next.
+    pub fn resolve(
+        &self,
+        process: &str,
+        kind: InstanceKind,
+        index: i64,
+    ) -> Result<InstanceMeta, StoreError> {
+        let mut list = self.instances(process, kind)?;
+        if list.is_empty() {
+            return Err(StoreError::NoInstances {
+                process: process.to_owned(),
+                kind,
+                known: self.process_names()?,
+            });
+        }
+        let n = list.len() as i64;
+        let i = if index < 0 { n + index } else { index };
+        if i < 0 || i >= n {
+            return Err(StoreError::IndexOutOfRange {
+                process: process.to_owned(),
+                kind,
+                index,
+                count: list.len(),
+            });
+        }
+        Ok(list.swap_remove(i as usize))
+    }
+
+    /// Visit an instance's blocks in order, starting with the one holding `from_seq`:
+    /// older blocks from redb, the newest from the ring (never touching the disk for them).
+    pub fn scan_blocks(
+        &self,
+        id: u64,
+        from_seq: u64,
+        f: &mut dyn FnMut(BlockView<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let ring = self.shared.live(id).map(|l| l.snapshot());
+        let ring_start = ring.as_ref().map_or(u64::MAX, |r| r.start_seq);
+        if from_seq < ring_start {
+            let txn = self.shared.db.begin_read()?;
+            let t = txn.open_table(BLOCKS)?;
+            let start = t
+                .range((id, 0)..=(id, from_seq))?
+                .next_back()
+                .transpose()?
+                .map_or(0, |(k, _)| k.value().1);
+            for row in t.range((id, start)..(id, ring_start))? {
+                let (k, v) = row?;
+                let view = BlockView::parse(k.value().1, v.value())?;
+                if f(view).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(ring) = &ring {
+            for view in ring.views() {
+                if view.end_seq() <= from_seq {
+                    continue;
+                }
+                if f(view).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Visit an instance's blocks newest first, ending with the one holding `from_seq`.
+    pub fn scan_blocks_rev(
+        &self,
+        id: u64,
+        f: &mut dyn FnMut(BlockView<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let ring = self.shared.live(id).map(|l| l.snapshot());
+        let ring_start = ring.as_ref().map_or(u64::MAX, |r| r.start_seq);
+        if let Some(ring) = &ring {
+            for view in ring.views().rev() {
+                if f(view).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        let txn = self.shared.db.begin_read()?;
+        let t = txn.open_table(BLOCKS)?;
+        for row in t.range((id, 0)..(id, ring_start))?.rev() {
+            let (k, v) = row?;
+            let view = BlockView::parse(k.value().1, v.value())?;
+            if f(view).is_break() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Read lines of one instance, oldest first.
+    pub fn read(&self, id: u64, window: Window, filter: &Filter) -> Result<Vec<Line>, StoreError> {
+        let mut out = Vec::new();
+        let (from, to, limit) = match window {
+            Window::Tail(n) => return self.read_tail(id, n, filter),
+            Window::Head(n) => (0, u64::MAX, n),
+            Window::Seqs { from, to } => (from, to, usize::MAX),
+        };
+        if limit == 0 || from >= to {
+            return Ok(out);
+        }
+        self.scan_blocks(id, from, &mut |view| {
+            for (i, m) in view.metas().enumerate() {
+                let seq = view.first_seq + i as u64;
+                if seq >= to {
+                    return ControlFlow::Break(());
+                }
+                if seq >= from && filter.accepts(&m) {
+                    out.push(view.line(i as u32, &m, id));
+                    if out.len() >= limit {
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    fn read_tail(&self, id: u64, n: usize, filter: &Filter) -> Result<Vec<Line>, StoreError> {
+        let mut out = Vec::new();
+        if n == 0 {
+            return Ok(out);
+        }
+        self.scan_blocks_rev(id, &mut |view| {
+            let metas: Vec<_> = view.metas().collect();
+            for (i, m) in metas.iter().enumerate().rev() {
+                if filter.accepts(m) {
+                    out.push(view.line(i as u32, m, id));
+                    if out.len() >= n {
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// A process's most recent events (all events when `process` is None), oldest first.
+    pub fn events(&self, process: Option<&str>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let txn = self.shared.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        match process {
+            Some(p) => {
+                let idx = txn.open_table(PROCESS_EVENTS)?;
+                for row in idx.range((p, 0u64)..=(p, u64::MAX))?.rev().take(limit) {
+                    let id = row?.0.value().1;
+                    if let Some(v) = events.get(id)? {
+                        out.push(schema::decode("event", v.value())?);
+                    }
+                }
+            }
+            None => {
+                for row in events.iter()?.rev().take(limit) {
+                    out.push(schema::decode("event", row?.1.value())?);
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Follow an instance from `from_seq`: history first, then live lines as they come,
+    /// with no gap and no duplicate between the two.
+    pub fn follow(&self, id: u64, from_seq: u64) -> Follower {
+        Follower {
+            store: self.clone(),
+            id,
+            next: from_seq,
+        }
+    }
+}
+
+/// A subscription to one instance's lines. See [`Store::follow`].
+pub struct Follower {
+    store: Store,
+    id: u64,
+    next: u64,
+}
+
+impl Follower {
+    /// The sequence number of the next line this follower will return.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// The next lines (at most `max`), waiting for new ones while the instance is live.
+    /// `Ok(None)` once the instance has ended and every line was returned.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Option<Vec<Line>>, StoreError> {
+        loop {
+            let live = self.store.shared.live(self.id);
+            // Subscribe before reading: a line appended after the read wakes us up.
+            let mut rx = live.as_ref().map(|l| l.seq_tx.subscribe());
+            let from = self.next;
+            let lines = match live.as_ref().and_then(|l| l.read_from(from, max)) {
+                Some(lines) => lines,
+                None => {
+                    let store = self.store.clone();
+                    let id = self.id;
+                    let window = Window::Seqs {
+                        from,
+                        to: from.saturating_add(max as u64),
+                    };
+                    tokio::task::spawn_blocking(move || store.read(id, window, &Filter::default()))
+                        .await
+                        .map_err(|e| StoreError::Db(e.to_string()))??
+                }
+            };
+            if let Some(last) = lines.last() {
+                self.next = last.seq + 1;
+                return Ok(Some(lines));
+            }
+            match &mut rx {
+                // Not live: everything it will ever have is in the store, and was read.
+                None => return Ok(None),
+                // Wakes on a new line, and when the ended instance leaves the live set.
+                Some(rx) => {
+                    let _ = rx.changed().await;
+                }
+            }
+        }
+    }
+}
+
+enum OpenFailure {
+    Locked,
+    Unreadable(String),
+    Other(StoreError),
+}
+
+impl OpenFailure {
+    fn into_error(self, path: &Path) -> StoreError {
+        match self {
+            OpenFailure::Locked => StoreError::Locked {
+                path: path.to_owned(),
+            },
+            OpenFailure::Unreadable(why) => {
+                StoreError::Corrupt(format!("{}: {why}", path.display()))
+            }
+            OpenFailure::Other(e) => e,
+        }
+    }
+}
+
+fn open_rw(path: &Path, opts: &StoreOptions) -> Result<Database, OpenFailure> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(opts.cache_bytes);
+    // redb may panic on some malformed files rather than return an error: treat that as
+    // an unreadable file too, so the daemon moves it aside instead of crash-looping.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.create(path)));
+    match result {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenFailure::Locked),
+        Ok(Err(redb::DatabaseError::UpgradeRequired(v))) => {
+            Err(OpenFailure::Other(StoreError::Format {
+                path: path.to_owned(),
+                detail: format!("file format version {v}"),
+            }))
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            Err(OpenFailure::Other(StoreError::Io {
+                path: path.to_owned(),
+                source: e,
+            }))
+        }
+        Ok(Err(e)) => Err(OpenFailure::Unreadable(e.to_string())),
+        Err(_) => Err(OpenFailure::Unreadable("redb could not read it".to_owned())),
+    }
+}
+
+fn aside_path(path: &Path) -> PathBuf {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let name = path
+        .file_name()
+        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!("{name}.corrupt-{stamp}"))
+}
+
+/// Mark the store open (not cleanly closed) and end the instances the previous daemon left
+/// live. Returns whether the previous close was unclean, and those instances.
+fn mark_open(db: &Database) -> Result<(bool, Vec<InstanceMeta>), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    let unclean;
+    let mut interrupted = Vec::new();
+    {
+        let mut meta = txn.open_table(META)?;
+        let clean = meta.get(CLEAN_KEY)?.map(|v| v.value());
+        // A new store has no flag: nothing was left behind.
+        unclean = clean == Some(0);
+        meta.insert(CLEAN_KEY, 0)?;
+        let mut t = txn.open_table(INSTANCES)?;
+        let mut live = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            let m: InstanceMeta = schema::decode("instance", v.value())?;
+            if m.ended_us.is_none() {
+                live.push(m);
+            }
+        }
+        let now = now_us();
+        for mut m in live {
+            m.ended_us = Some(now);
+            m.exit = Some(ExitStatus::Unknown);
+            t.insert(m.id, schema::encode(&m).as_slice())?;
+            interrupted.push(m);
+        }
+    }
+    txn.commit()?;
+    Ok((unclean, interrupted))
+}

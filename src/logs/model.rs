@@ -1,0 +1,186 @@
+//! The records the store keeps besides lines: instances and lifecycle events.
+//!
+//! These are encoded with bincode (serde) in the `instances` and `events` tables. Enum
+//! variants are encoded by position: new variants go at the end, never in between
+//! (migrations/0001-initial.md).
+
+use serde::{Deserialize, Serialize};
+
+/// Whether an instance is a run of the process or a build of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InstanceKind {
+    Run,
+    Build,
+}
+
+impl InstanceKind {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            InstanceKind::Run => 0,
+            InstanceKind::Build => 1,
+        }
+    }
+    pub fn noun(self) -> &'static str {
+        match self {
+            InstanceKind::Run => "run",
+            InstanceKind::Build => "build",
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+    /// The daemon died while the instance ran; its real end is unknown.
+    Unknown,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        matches!(self, ExitStatus::Code(0))
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
+            ExitStatus::Unknown => f.write_str("unknown (the daemon stopped uncleanly)"),
+        }
+    }
+}
+
+/// What is known of an instance when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnInfo {
+    pub pid: Option<u32>,
+    pub pgid: Option<u32>,
+    /// The pid's start time (clock ticks since boot), so that a reused pid is never killed.
+    pub start_time: Option<u64>,
+    pub argv: Vec<String>,
+    pub cwd: String,
+}
+
+/// One run or build of a process, from spawn to exit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMeta {
+    /// The stable number (`#37`): unique in the store, never reused, increasing with time.
+    pub id: u64,
+    pub process: String,
+    pub kind: InstanceKind,
+    pub started_us: i64,
+    pub ended_us: Option<i64>,
+    pub spawn: SpawnInfo,
+    pub exit: Option<ExitStatus>,
+    /// Sequence number one past the last line appended.
+    pub next_seq: u64,
+    /// The first line still retained (retention may cut an over-large instance's head).
+    pub first_seq: u64,
+    /// Bytes of line data stored for this instance (encoded blocks).
+    pub stored_bytes: u64,
+    /// Lines that never reached the store because the writer fell behind.
+    pub dropped_lines: u64,
+}
+
+impl InstanceMeta {
+    pub fn is_live(&self) -> bool {
+        self.ended_us.is_none()
+    }
+}
+
+/// Who asked for a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Actor {
+    Mcp,
+    Cli,
+    Tui,
+    CrashPolicy,
+    ModeSwitch,
+    Daemon,
+}
+
+/// A lifecycle record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    Spawned {
+        pid: u32,
+        argv: Vec<String>,
+        cwd: String,
+    },
+    Exited {
+        status: ExitStatus,
+        duration_ms: u64,
+    },
+    CrashDetected {
+        status: ExitStatus,
+        crash_count: u32,
+    },
+    BackoffWait {
+        seconds: f64,
+    },
+    RestartRequested {
+        by: Actor,
+    },
+    StopRequested {
+        by: Actor,
+    },
+    BuildStarted {
+        argv: Vec<String>,
+    },
+    BuildFinished {
+        ok: bool,
+        duration_ms: u64,
+    },
+    ModeSwitched {
+        from: String,
+        to: String,
+        by: Actor,
+    },
+    DaemonStarted {
+        pid: u32,
+    },
+    DaemonStopped,
+    RecoveredUncleanShutdown,
+    OrphanKilled {
+        pid: u32,
+        pgid: u32,
+    },
+    LinesDropped {
+        count: u64,
+    },
+    RetentionRemoved {
+        instance: u64,
+        lines: u64,
+        bytes: u64,
+        why: String,
+    },
+    PortConflict {
+        port: u16,
+        holder: Option<String>,
+    },
+    Ready,
+    Note {
+        text: String,
+    },
+}
+
+/// A lifecycle event as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    pub ts_us: i64,
+    pub process: Option<String>,
+    pub instance: Option<u64>,
+    pub kind: EventKind,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_micros() as i64
+}

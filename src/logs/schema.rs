@@ -1,0 +1,99 @@
+//! The redb tables, their encodings, and the ordered migration steps.
+//!
+//! Every table and encoding is documented in `migrations/NNNN-*.md`; a frozen store
+//! written by each version lives in `migrations/fixtures/`. The migration steps run in one
+//! write transaction when the store is opened.
+
+use redb::{ReadableDatabase, TableDefinition, WriteTransaction};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::StoreError;
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// `meta`: key -> value. Holds `schema_version`.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `processes`: name -> opaque bytes owned by the supervisor (its persisted spec).
+pub const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes");
+/// `instances`: id -> bincode [`super::InstanceMeta`].
+pub const INSTANCES: TableDefinition<u64, &[u8]> = TableDefinition::new("instances");
+/// `process_instances`: (process, kind code, id) -> (). Index for `--instance -2`.
+pub const PROCESS_INSTANCES: TableDefinition<(&str, u8, u64), ()> =
+    TableDefinition::new("process_instances");
+/// `blocks`: (instance id, first seq) -> encoded block (see `block.rs`).
+pub const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("blocks");
+/// `events`: id -> bincode [`super::Event`].
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// `process_events`: (process, event id) -> (). Index for a process's recent events.
+pub const PROCESS_EVENTS: TableDefinition<(&str, u64), ()> = TableDefinition::new("process_events");
+
+const VERSION_KEY: &str = "schema_version";
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard())
+        .expect("encoding to a Vec cannot fail")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
+}
+
+/// One migration step: brings a store at `from` to `from + 1`.
+struct Step {
+    from: u64,
+    run: fn(&WriteTransaction) -> Result<(), StoreError>,
+}
+
+/// Version 0 is an empty file; version 1 creates every table.
+const STEPS: &[Step] = &[Step {
+    from: 0,
+    run: create_v1,
+}];
+
+fn create_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(PROCESSES)?;
+    txn.open_table(INSTANCES)?;
+    txn.open_table(PROCESS_INSTANCES)?;
+    txn.open_table(BLOCKS)?;
+    txn.open_table(EVENTS)?;
+    txn.open_table(PROCESS_EVENTS)?;
+    Ok(())
+}
+
+/// Reads the stored schema version (0 for a new file).
+pub(crate) fn stored_version(db: &impl ReadableDatabase) -> Result<u64, StoreError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table.get(VERSION_KEY)?.map_or(0, |v| v.value()))
+}
+
+/// Brings the store to [`SCHEMA_VERSION`], in one write transaction. A store written by a
+/// newer bpm is refused: its tables may mean something this binary does not know.
+pub(crate) fn migrate(db: &redb::Database, path: &std::path::Path) -> Result<u64, StoreError> {
+    let found = stored_version(db)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(found);
+    }
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    for step in STEPS.iter().filter(|s| s.from >= found) {
+        (step.run)(&txn)?;
+    }
+    txn.open_table(META)?.insert(VERSION_KEY, SCHEMA_VERSION)?;
+    txn.commit()?;
+    Ok(found)
+}

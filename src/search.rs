@@ -1,0 +1,284 @@
+//! Search: a query becomes matching lines, over the ring and the store.
+//!
+//! The order is fixed: filter (stream, time) -> match -> context -> head/tail limit. The
+//! regex runs over a whole block's newline-separated data at once, as grep runs over a
+//! file, and only lines with a candidate match are decoded; a candidate that spans a
+//! newline is re-checked on its own line, so the answer is exactly "the lines that match".
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+
+use regex::bytes::{Regex, RegexBuilder};
+
+use crate::logs::block::LineMeta;
+use crate::logs::{BlockView, Filter, Line, Store, StoreError};
+
+/// What to look for.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// A regex (the `regex` crate's syntax). Matched against each line on its own.
+    pub pattern: String,
+    pub case_insensitive: bool,
+    /// Lines of context before and after each match (overlapping windows are merged).
+    pub context: usize,
+    /// Keep only the first N result lines (after context).
+    pub head: Option<usize>,
+    /// Keep only the last N result lines (after context). Ignored when `head` is set.
+    pub tail: Option<usize>,
+    pub filter: Filter,
+}
+
+/// One line of a result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub line: Line,
+    /// The line matched (rather than being context).
+    pub matched: bool,
+}
+
+/// The lines found, and what was left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SearchResult {
+    pub hits: Vec<Hit>,
+    /// Lines that matched, in total.
+    pub matched: u64,
+    /// Result lines (matches and context) before the head/tail limit.
+    pub total: u64,
+    /// Result lines left out by the limit: `total - hits.len()`.
+    pub omitted: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(
+        "bad regex `{pattern}`: {message}\n(fix the pattern, or escape special characters such as ( [ . * with a backslash)"
+    )]
+    BadRegex { pattern: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Compile a pattern as search uses it: `^` and `$` match at line boundaries.
+pub fn compile(pattern: &str, case_insensitive: bool) -> Result<Regex, SearchError> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(case_insensitive)
+        .multi_line(true)
+        .build()
+        .map_err(|e| SearchError::BadRegex {
+            pattern: pattern.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Search `instances` (in the order given) and return the result lines in that order.
+/// Context never crosses from one instance into another.
+pub fn search(store: &Store, instances: &[u64], q: &Query) -> Result<SearchResult, SearchError> {
+    let re = compile(&q.pattern, q.case_insensitive)?;
+    let mut out = Collector::new(q.head, q.tail);
+    for &id in instances {
+        let mut s = Searcher {
+            re: &re,
+            q,
+            id,
+            prev_tail: VecDeque::new(),
+            last_emitted: None,
+            after_left: 0,
+            out: &mut out,
+        };
+        store.scan_blocks(id, 0, &mut |view| {
+            s.block(view);
+            ControlFlow::Continue(())
+        })?;
+    }
+    Ok(out.finish())
+}
+
+/// Keeps the head or tail of the result lines, and counts them all.
+struct Collector {
+    head: Option<usize>,
+    tail: Option<usize>,
+    hits: VecDeque<Hit>,
+    matched: u64,
+    total: u64,
+}
+
+impl Collector {
+    fn new(head: Option<usize>, tail: Option<usize>) -> Collector {
+        Collector {
+            head,
+            tail: if head.is_some() { None } else { tail },
+            hits: VecDeque::new(),
+            matched: 0,
+            total: 0,
+        }
+    }
+
+    /// Whether a further result line would be kept; lets callers skip copying it.
+    fn wants(&self) -> bool {
+        self.head.is_none_or(|h| self.hits.len() < h) && self.tail != Some(0)
+    }
+
+    fn push(&mut self, make: impl FnOnce() -> Line, matched: bool) {
+        self.total += 1;
+        self.matched += u64::from(matched);
+        if !self.wants() {
+            return;
+        }
+        self.hits.push_back(Hit {
+            line: make(),
+            matched,
+        });
+        if let Some(t) = self.tail
+            && self.hits.len() > t
+        {
+            self.hits.pop_front();
+        }
+    }
+
+    fn finish(self) -> SearchResult {
+        let hits: Vec<Hit> = self.hits.into();
+        SearchResult {
+            omitted: self.total - hits.len() as u64,
+            hits,
+            matched: self.matched,
+            total: self.total,
+        }
+    }
+}
+
+/// The per-instance state of a search as it walks the blocks in order.
+struct Searcher<'a> {
+    re: &'a Regex,
+    q: &'a Query,
+    id: u64,
+    /// The last `context` accepted lines of the previous blocks, for before-context.
+    prev_tail: VecDeque<Line>,
+    last_emitted: Option<u64>,
+    /// After-context lines still owed from the last match.
+    after_left: usize,
+    out: &'a mut Collector,
+}
+
+impl Searcher<'_> {
+    fn block(&mut self, view: BlockView<'_>) {
+        let starts = candidate_lines(self.re, view.data);
+        let ctx = self.q.context;
+        let trivial_filter = self.q.filter == Filter::default();
+        if starts.is_empty() && self.after_left == 0 && (ctx == 0 || view.count == 0) {
+            return;
+        }
+        let metas: Vec<LineMeta> = view.metas().collect();
+        let mut matches: Vec<usize> = starts
+            .iter()
+            .map(|&off| metas.partition_point(|m| (m.offset as usize) <= off) - 1)
+            .collect();
+        matches.dedup();
+        if !trivial_filter {
+            matches.retain(|&i| self.q.filter.accepts(&metas[i]));
+        }
+        let accepted = |i: usize| trivial_filter || self.q.filter.accepts(&metas[i]);
+        let seq_of = |i: usize| view.first_seq + i as u64;
+
+        let mut i = 0usize; // next line index not yet considered for after-context
+        let mut mi = 0usize; // next match
+        loop {
+            // Owed after-context, up to the next match.
+            let next_match = matches.get(mi).copied().unwrap_or(metas.len());
+            while self.after_left > 0 && i < next_match {
+                if accepted(i) {
+                    self.emit(&view, &metas, i, false);
+                    self.after_left -= 1;
+                }
+                i += 1;
+            }
+            let Some(&j) = matches.get(mi) else { break };
+            mi += 1;
+            // Before-context: the nearest accepted lines before j not yet emitted.
+            if ctx > 0 {
+                let mut before = Vec::new();
+                let mut k = j;
+                while before.len() < ctx && k > 0 {
+                    k -= 1;
+                    if self.last_emitted.is_some_and(|e| seq_of(k) <= e) {
+                        break;
+                    }
+                    if accepted(k) {
+                        before.push(k);
+                    }
+                }
+                let need = ctx - before.len();
+                if need > 0 && k == 0 {
+                    let from_prev: Vec<Line> = self
+                        .prev_tail
+                        .iter()
+                        .rev()
+                        .filter(|l| self.last_emitted.is_none_or(|e| l.seq > e))
+                        .take(need)
+                        .cloned()
+                        .collect();
+                    for l in from_prev.into_iter().rev() {
+                        self.last_emitted = Some(l.seq);
+                        self.out.push(|| l, false);
+                    }
+                }
+                for &k in before.iter().rev() {
+                    self.emit(&view, &metas, k, false);
+                }
+            }
+            self.emit(&view, &metas, j, true);
+            self.after_left = ctx;
+            i = j + 1;
+        }
+        if ctx > 0 {
+            // Remember the block's last accepted lines for the next block's first match.
+            let mut tail: Vec<Line> = Vec::new();
+            for k in (0..metas.len()).rev() {
+                if tail.len() >= ctx {
+                    break;
+                }
+                if accepted(k) {
+                    tail.push(view.line(k as u32, &metas[k], self.id));
+                }
+            }
+            if tail.len() < ctx {
+                // A short block: keep the older lines too.
+                let keep = ctx - tail.len();
+                let old: Vec<Line> = self.prev_tail.iter().rev().take(keep).cloned().collect();
+                tail.extend(old);
+            }
+            tail.reverse();
+            self.prev_tail = tail.into();
+        }
+    }
+
+    fn emit(&mut self, view: &BlockView<'_>, metas: &[LineMeta], i: usize, matched: bool) {
+        let seq = view.first_seq + i as u64;
+        if self.last_emitted.is_some_and(|e| seq <= e) {
+            return;
+        }
+        self.last_emitted = Some(seq);
+        let id = self.id;
+        self.out
+            .push(|| view.line(i as u32, &metas[i], id), matched);
+    }
+}
+
+/// Offsets of the starts of the lines in `data` that match `re` on their own.
+fn candidate_lines(re: &Regex, data: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let Some(m) = re.find_at(data, pos) else {
+            break;
+        };
+        let start = m.start().min(data.len().saturating_sub(1));
+        let ls = memchr::memrchr(b'\n', &data[..start]).map_or(0, |p| p + 1);
+        let ls = ls.max(pos);
+        let le = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |p| start + p);
+        if m.end() <= le || re.is_match(&data[ls..le]) {
+            out.push(ls);
+        }
+        pos = le + 1;
+    }
+    out
+}
