@@ -12,9 +12,12 @@
 //!   subscriptions and retention.
 //! - [`search`] turns a query (regex, context, head/tail, stream, time range) into result
 //!   lines over the ring and the store.
+//! - [`supervisor`] owns the operating-system side of supervision: process groups (spawn,
+//!   stop with grace, crash-recovery cleanup) and port-conflict diagnostics.
 //!
 //! `main.rs` only parses arguments, dispatches and maps errors to exit codes.
 
 pub mod config;
 pub mod logs;
 pub mod search;
+pub mod supervisor;

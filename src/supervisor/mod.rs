@@ -1,0 +1,14 @@
+//! Operating-system mechanics the supervisor is built on.
+//!
+//! This module owns what happens at the boundary between bpm and the kernel, and nothing
+//! about policy (when to restart, how to back off, what counts as ready):
+//!
+//! - [`procgroup`] starts a command in its own process group, identifies it durably
+//!   (pid, pgid and the kernel's start time, so a reused pid is never mistaken for ours)
+//!   and stops the whole group: signal, grace, SIGKILL, for live children and for groups
+//!   left behind by a daemon that was itself killed.
+//! - [`ports`] answers "who holds this TCP port" from `/proc`, and recognises the
+//!   "address already in use" wording of common runtimes in a process's output.
+
+pub mod ports;
+pub mod procgroup;
