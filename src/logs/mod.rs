@@ -183,9 +183,10 @@ impl From<block::CorruptBlock> for StoreError {
     }
 }
 
+#[derive(Clone)]
 enum Db {
     Rw(Arc<Database>),
-    Ro(ReadOnlyDatabase),
+    Ro(Arc<ReadOnlyDatabase>),
 }
 
 impl Db {
@@ -199,7 +200,8 @@ impl Db {
 
 /// State shared by the store handle, the instance writers and the writer thread.
 pub(crate) struct Shared {
-    db: Db,
+    /// `None` once closed: dropping the last handle releases the file lock.
+    db: RwLock<Option<Db>>,
     path: PathBuf,
     pub(crate) opts: StoreOptions,
     /// The writer's inbox; `None` once closed, or for a read-only store.
@@ -215,6 +217,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn db(&self) -> Result<Db, StoreError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        db.clone().ok_or(StoreError::WriterGone)
+    }
     /// Hand a message to the writer. False when the store is closed.
     pub(crate) fn send(&self, msg: Msg) -> bool {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
@@ -329,7 +335,7 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            db: Db::Rw(db.clone()),
+            db: RwLock::new(Some(Db::Rw(db.clone()))),
             path: path.to_owned(),
             opts,
             tx: Mutex::new(Some(tx)),
@@ -378,7 +384,7 @@ impl Store {
         }
         Ok(Store {
             shared: Arc::new(Shared {
-                db: Db::Ro(db),
+                db: RwLock::new(Some(Db::Ro(Arc::new(db)))),
                 path: path.to_owned(),
                 opts: StoreOptions::default(),
                 tx: Mutex::new(None),
@@ -396,7 +402,7 @@ impl Store {
     }
 
     fn writable(&self) -> Result<(), StoreError> {
-        match self.shared.db {
+        match self.shared.db()? {
             Db::Ro(_) => Err(StoreError::ReadOnly),
             Db::Rw(_) => Ok(()),
         }
@@ -405,7 +411,8 @@ impl Store {
     /// Flush everything, stop the writer, and mark the store cleanly closed. Live
     /// instances should be finished first; their unsealed lines are flushed regardless.
     pub fn close(&self) -> Result<(), StoreError> {
-        let Db::Rw(db) = &self.shared.db else {
+        let taken = self.shared.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(Db::Rw(db)) = taken else {
             return Ok(());
         };
         let tx = self
@@ -535,7 +542,7 @@ impl Store {
 
     /// Persisted process specs, by name.
     pub fn processes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.db()?.begin_read()?;
         let t = txn.open_table(PROCESSES)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -547,7 +554,7 @@ impl Store {
 
     /// Every process name the store knows: persisted specs and processes with instances.
     pub fn process_names(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.db()?.begin_read()?;
         let mut names = BTreeSet::new();
         for row in txn.open_table(PROCESSES)?.iter()? {
             names.insert(row?.0.value().to_owned());
@@ -584,7 +591,7 @@ impl Store {
         process: &str,
         kind: InstanceKind,
     ) -> Result<Vec<InstanceMeta>, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.db()?.begin_read()?;
         let idx = txn.open_table(PROCESS_INSTANCES)?;
         let metas = txn.open_table(INSTANCES)?;
         let mut out = Vec::new();
@@ -614,7 +621,7 @@ impl Store {
     /// One instance by its stable number. An instance that has just begun may not be
     /// committed yet; it is then described from its live state.
     pub fn instance(&self, id: u64) -> Result<InstanceMeta, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.db()?.begin_read()?;
         let metas = txn.open_table(INSTANCES)?;
         self.meta_in(&metas, id)
     }
@@ -658,7 +665,7 @@ impl Store {
         let ring = self.shared.live(id).map(|l| l.snapshot());
         let ring_start = ring.as_ref().map_or(u64::MAX, |r| r.start_seq);
         if from_seq < ring_start {
-            let txn = self.shared.db.begin_read()?;
+            let txn = self.shared.db()?.begin_read()?;
             let t = txn.open_table(BLOCKS)?;
             let start = t
                 .range((id, 0)..=(id, from_seq))?
@@ -701,7 +708,7 @@ impl Store {
                 }
             }
         }
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.db()?.begin_read()?;
         let t = txn.open_table(BLOCKS)?;
         for row in t.range((id, 0)..(id, ring_start))?.rev() {
             let (k, v) = row?;
@@ -765,7 +772,7 @@ impl Store {
 
     /// A process's most recent events (all events when `process` is None), oldest first.
     pub fn events(&self, process: Option<&str>, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let txn = self.shared.db.begin_read()?;
+        let txn = self.shared.db()?.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
         match process {

@@ -7,7 +7,7 @@
 //! Retention runs here too, between groups: it never blocks capture, which only queues.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
@@ -20,7 +20,7 @@ use super::model::{Event, EventKind, ExitStatus, InstanceKind, InstanceMeta, now
 use super::schema::{
     self, BLOCKS, EVENTS, INSTANCES, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES,
 };
-use super::{Limits, Shared, StoreError};
+use super::{Limits, Shared, StoreError, StoreOptions};
 
 type Done = oneshot::Sender<Result<(), StoreError>>;
 
@@ -65,7 +65,9 @@ struct Retained {
 
 pub(crate) struct Writer {
     db: Arc<Database>,
-    shared: Arc<Shared>,
+    /// Weak, so that dropping every store handle closes the channel and ends the thread.
+    shared: Weak<Shared>,
+    opts: StoreOptions,
     txn: Option<WriteTransaction>,
     txn_started: Instant,
     txn_bytes: usize,
@@ -111,7 +113,8 @@ impl Writer {
         }
         Ok(Writer {
             db,
-            shared,
+            opts: shared.opts.clone(),
+            shared: Arc::downgrade(&shared),
             txn: None,
             txn_started: Instant::now(),
             txn_bytes: 0,
@@ -128,13 +131,13 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self, rx: Receiver<Msg>) {
-        let interval = self.shared.opts.commit_interval;
+        let interval = self.opts.commit_interval;
         loop {
             let wait = if self.txn.is_some() {
                 interval.saturating_sub(self.txn_started.elapsed())
             } else {
                 // Idle: wake up now and then to seal the open blocks of quiet instances.
-                self.shared.opts.seal_interval
+                self.opts.seal_interval
             };
             match rx.recv_timeout(wait) {
                 Ok(msg) => {
@@ -162,7 +165,7 @@ impl Writer {
             }
             if self.txn.is_some()
                 && (self.txn_started.elapsed() >= interval
-                    || self.txn_bytes >= self.shared.opts.group_max_bytes)
+                    || self.txn_bytes >= self.opts.group_max_bytes)
             {
                 self.commit();
             }
@@ -189,10 +192,12 @@ impl Writer {
 
     /// Seal the open blocks of live instances, so quiet output still becomes durable.
     fn seal_live(&mut self) {
-        let lives: Vec<_> = self.shared.lives();
-        for live in lives {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        for live in shared.lives() {
             let mut st = live.lock();
-            live.seal(&mut st, &self.shared);
+            live.seal(&mut st, &shared);
         }
     }
 
@@ -345,6 +350,7 @@ impl Writer {
     fn commit(&mut self) {
         let result = self.commit_inner();
         let waiters = std::mem::take(&mut self.waiters);
+        let shared = self.shared.upgrade();
         match result {
             Ok(()) => {
                 for b in self.blocks.drain(..) {
@@ -352,10 +358,14 @@ impl Writer {
                 }
                 for id in self.ended.drain(..) {
                     self.metas.remove(&id);
-                    self.shared.remove_live(id);
+                    if let Some(shared) = &shared {
+                        shared.remove_live(id);
+                    }
                 }
-                for live in self.shared.lives() {
-                    live.after_commit(&self.shared);
+                if let Some(shared) = &shared {
+                    for live in shared.lives() {
+                        live.after_commit(shared);
+                    }
                 }
                 for w in waiters {
                     let _ = w.send(Ok(()));
@@ -366,9 +376,10 @@ impl Writer {
                 self.fail_group(e);
             }
         }
-        self.shared
-            .queued_bytes
-            .fetch_sub(std::mem::take(&mut self.txn_bytes), Ordering::AcqRel);
+        let bytes = std::mem::take(&mut self.txn_bytes);
+        if let Some(shared) = &shared {
+            shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 
     fn commit_inner(&mut self) -> Result<(), StoreError> {
@@ -410,17 +421,20 @@ impl Writer {
             if let Some(r) = self.retained.get_mut(&b.instance) {
                 r.bytes = r.bytes.saturating_sub(b.bytes.len() as u64);
             }
-            self.shared
-                .dropped_lines
-                .fetch_add(lines, Ordering::Relaxed);
+            if let Some(shared) = self.shared.upgrade() {
+                shared.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+            }
         }
         self.dirty.extend(self.metas.keys().copied());
         for w in self.waiters.drain(..) {
             let _ = w.send(Err(StoreError::WriteFailed(e.to_string())));
         }
         // The ended instances were not recorded as ended; try again with the next group.
+        let shared = self.shared.upgrade();
         for id in self.ended.drain(..) {
-            self.shared.remove_live(id);
+            if let Some(shared) = &shared {
+                shared.remove_live(id);
+            }
         }
     }
 
@@ -428,7 +442,7 @@ impl Writer {
         self.limits
             .get(process)
             .copied()
-            .unwrap_or(self.shared.opts.limits)
+            .unwrap_or(self.opts.limits)
     }
 
     /// Apply retention: per process the newest `keep` runs and builds within `max_bytes`,
@@ -485,7 +499,7 @@ impl Writer {
                 }
             }
         }
-        let cap = self.shared.opts.store_max_bytes;
+        let cap = self.opts.store_max_bytes;
         let mut total: u64 = self
             .retained
             .iter()

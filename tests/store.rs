@@ -1,0 +1,455 @@
+//! The log store against a real redb file on disk.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bpm::logs::{
+    EventKind, ExitStatus, Filter, InstanceKind, Limits, SpawnInfo, Store, StoreError,
+    StoreOptions, Stream, Window,
+};
+use bpm::search::{self, Query, SearchError};
+
+fn open(path: &Path) -> Store {
+    Store::open(path, StoreOptions::default()).unwrap().store
+}
+
+fn texts(lines: &[bpm::logs::Line]) -> Vec<String> {
+    lines.iter().map(|l| l.text().into_owned()).collect()
+}
+
+fn numbered(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| format!("line {i}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn lines_survive_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logs.redb");
+    let store = open(&path);
+    let w = store
+        .begin_instance("web", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    let id = w.id();
+    w.append(Stream::Stdout, &numbered(5000));
+    w.append(Stream::Stderr, b"oops\nfinal without newline");
+    // Readable before anything is durable: the ring answers.
+    let tail = store.read(id, Window::Tail(2), &Filter::default()).unwrap();
+    assert_eq!(texts(&tail), ["line 4999", "oops"]);
+    w.finish(ExitStatus::Code(3)).unwrap();
+    store.close().unwrap();
+
+    let opened = Store::open(&path, StoreOptions::default()).unwrap();
+    assert!(!opened.unclean);
+    assert!(opened.interrupted.is_empty());
+    let store = opened.store;
+    let meta = store.resolve("web", InstanceKind::Run, -1).unwrap();
+    assert_eq!(meta.id, id);
+    assert_eq!(meta.exit, Some(ExitStatus::Code(3)));
+    assert_eq!(meta.next_seq, 5002);
+    let tail = store.read(id, Window::Tail(3), &Filter::default()).unwrap();
+    assert_eq!(texts(&tail), ["line 4999", "oops", "final without newline"]);
+    assert_eq!(tail[2].seq, 5001);
+    assert_eq!(tail[2].stream, Stream::Stderr);
+    let head = store.read(id, Window::Head(2), &Filter::default()).unwrap();
+    assert_eq!(texts(&head), ["line 0", "line 1"]);
+    let mid = store
+        .read(
+            id,
+            Window::Seqs {
+                from: 2500,
+                to: 2503,
+            },
+            &Filter::default(),
+        )
+        .unwrap();
+    assert_eq!(texts(&mid), ["line 2500", "line 2501", "line 2502"]);
+    let errs = store
+        .read(
+            id,
+            Window::Tail(10),
+            &Filter {
+                stream: Some(Stream::Stderr),
+                ..Filter::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(texts(&errs), ["oops", "final without newline"]);
+    store.close().unwrap();
+}
+
+#[test]
+fn instance_indexes_and_range_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("s.redb"));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let w = store
+            .begin_instance("api", InstanceKind::Run, SpawnInfo::default())
+            .unwrap();
+        w.append(Stream::Stdout, format!("run {i}\n").as_bytes());
+        ids.push(w.id());
+        w.finish(ExitStatus::Code(i)).unwrap();
+    }
+    let at = |i| store.resolve("api", InstanceKind::Run, i).unwrap().id;
+    assert_eq!(at(-1), ids[2]);
+    assert_eq!(at(-2), ids[1]);
+    assert_eq!(at(-3), ids[0]);
+    assert_eq!(at(0), ids[0]);
+    assert_eq!(at(2), ids[2]);
+    let err = store.resolve("api", InstanceKind::Run, -4).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, StoreError::IndexOutOfRange { count: 3, .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("-1..-3") && msg.contains("0..2"), "{msg}");
+    let err = store.resolve("apu", InstanceKind::Run, -1).unwrap_err();
+    assert!(err.to_string().contains("known processes: api"), "{err}");
+    let err = store.resolve("api", InstanceKind::Build, -1).unwrap_err();
+    assert!(
+        err.to_string().contains("no build instances of `api`"),
+        "{err}"
+    );
+    store.close().unwrap();
+}
+
+#[test]
+fn search_matches_then_context_then_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("s.redb"));
+    let w = store
+        .begin_instance("w", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    // 0..30; "hit" at 5, 7 (overlapping windows), 20 and 29 (at the end).
+    let mut text = String::new();
+    for i in 0..30 {
+        if [5, 7, 20, 29].contains(&i) {
+            text.push_str(&format!("hit {i}\n"));
+        } else {
+            text.push_str(&format!("plain {i}\n"));
+        }
+    }
+    w.append(Stream::Stdout, text.as_bytes());
+    let id = w.id();
+    let q = |ctx, head, tail| Query {
+        pattern: "^hit".into(),
+        context: ctx,
+        head,
+        tail,
+        ..Query::default()
+    };
+    let r = search::search(&store, &[id], &q(2, None, None)).unwrap();
+    let seqs: Vec<_> = r.hits.iter().map(|h| (h.line.seq, h.matched)).collect();
+    assert_eq!(
+        seqs,
+        [
+            (3, false),
+            (4, false),
+            (5, true),
+            (6, false),
+            (7, true),
+            (8, false),
+            (9, false),
+            (18, false),
+            (19, false),
+            (20, true),
+            (21, false),
+            (22, false),
+            (27, false),
+            (28, false),
+            (29, true)
+        ]
+    );
+    assert_eq!((r.matched, r.total, r.omitted), (4, 15, 0));
+    let r = search::search(&store, &[id], &q(2, Some(4), None)).unwrap();
+    assert_eq!(r.hits.len(), 4);
+    assert_eq!(r.hits[3].line.seq, 6);
+    assert_eq!((r.matched, r.total, r.omitted), (4, 15, 11));
+    let r = search::search(&store, &[id], &q(0, None, Some(2))).unwrap();
+    assert_eq!(
+        texts(&r.hits.iter().map(|h| h.line.clone()).collect::<Vec<_>>()),
+        ["hit 20", "hit 29"]
+    );
+    // Case-insensitive, and over the store after the instance ended.
+    w.finish(ExitStatus::Code(0)).unwrap();
+    let r = search::search(
+        &store,
+        &[id],
+        &Query {
+            pattern: "HIT 2".into(),
+            case_insensitive: true,
+            ..Query::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.matched, 2);
+    let err = search::search(
+        &store,
+        &[id],
+        &Query {
+            pattern: "foo(".into(),
+            ..Query::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, SearchError::BadRegex { .. }));
+    assert!(err.to_string().contains("foo("), "{err}");
+    store.close().unwrap();
+}
+
+#[test]
+fn a_match_spanning_lines_is_not_a_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("s.redb"));
+    let w = store
+        .begin_instance("w", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    w.append(Stream::Stdout, b"alpha\nbeta\nalpha beta\n");
+    let r = search::search(
+        &store,
+        &[w.id()],
+        &Query {
+            pattern: r"alpha\s+beta".into(),
+            ..Query::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.matched, 1);
+    assert_eq!(r.hits[0].line.seq, 2);
+    store.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_joins_history_and_live_lines_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("s.redb"));
+    let w = store
+        .begin_instance("f", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    w.append(Stream::Stdout, &numbered(30_000)); // more than the ring keeps
+    let id = w.id();
+    let mut follower = store.follow(id, 10);
+    let writer = {
+        let w = w.clone();
+        tokio::task::spawn_blocking(move || {
+            for i in 30_000..40_000 {
+                w.append(Stream::Stdout, format!("line {i}\n").as_bytes());
+            }
+            w.finish(ExitStatus::Code(0)).unwrap();
+        })
+    };
+    let mut expect = 10u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(batch) = follower.next_batch(1000).await.unwrap() {
+        for l in batch {
+            assert_eq!(l.seq, expect);
+            assert_eq!(l.text(), format!("line {expect}"));
+            expect += 1;
+        }
+        assert!(Instant::now() < deadline, "follow did not finish");
+    }
+    assert_eq!(expect, 40_000);
+    writer.await.unwrap();
+    store.close().unwrap();
+}
+
+#[test]
+fn retention_keeps_the_newest_instances_and_trims_a_huge_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("s.redb"),
+        StoreOptions {
+            limits: Limits {
+                keep_instances: 3,
+                keep_builds: 1,
+                max_bytes: 1 << 20,
+            },
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+    .store;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let w = store
+            .begin_instance("r", InstanceKind::Run, SpawnInfo::default())
+            .unwrap();
+        w.append(Stream::Stdout, format!("run {i}\n").as_bytes());
+        ids.push(w.id());
+        w.finish(ExitStatus::Code(0)).unwrap();
+    }
+    wait_until(|| store.instances("r", InstanceKind::Run).unwrap().len() == 3);
+    let kept: Vec<_> = store
+        .instances("r", InstanceKind::Run)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(kept, ids[2..]);
+    let ev = store.events(Some("r"), 100).unwrap();
+    let removed = ev
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::RetentionRemoved { .. }))
+        .count();
+    assert_eq!(removed, 2);
+
+    // One instance alone over max_bytes loses its oldest lines, keeps its newest.
+    let w = store
+        .begin_instance("big", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    let id = w.id();
+    let line = [b'x'; 99];
+    for _ in 0..30_000 {
+        w.append(Stream::Stdout, &line);
+        w.append(Stream::Stdout, b"\n");
+    }
+    w.append(Stream::Stdout, b"the last line\n");
+    w.finish(ExitStatus::Code(0)).unwrap();
+    wait_until(|| {
+        let m = store.instance(id).unwrap();
+        m.first_seq > 0 && m.stored_bytes <= 1 << 20
+    });
+    let m = store.instance(id).unwrap();
+    let tail = store.read(id, Window::Tail(1), &Filter::default()).unwrap();
+    assert_eq!(texts(&tail), ["the last line"]);
+    let head = store.read(id, Window::Head(1), &Filter::default()).unwrap();
+    assert_eq!(head[0].seq, m.first_seq);
+    assert!(
+        store
+            .events(Some("big"), 10)
+            .unwrap()
+            .iter()
+            .any(|e| matches!(
+                &e.kind,
+                EventKind::RetentionRemoved { why, .. } if why.contains("oldest")
+            ))
+    );
+    store.close().unwrap();
+}
+
+#[test]
+fn a_full_queue_drops_from_the_store_not_the_ring_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("s.redb"),
+        StoreOptions {
+            queue_max_bytes: 0,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+    .store;
+    let w = store
+        .begin_instance("d", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    let id = w.id();
+    w.append(Stream::Stdout, &numbered(10_000));
+    let tail = store.read(id, Window::Tail(1), &Filter::default()).unwrap();
+    assert_eq!(texts(&tail), ["line 9999"]);
+    w.finish(ExitStatus::Code(0)).unwrap();
+    assert_eq!(store.dropped_lines(), 10_000);
+    let m = store.instance(id).unwrap();
+    assert_eq!(m.dropped_lines, 10_000);
+    let ev = store.events(Some("d"), 10).unwrap();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e.kind, EventKind::LinesDropped { count: 10_000 })),
+        "{ev:?}"
+    );
+    store.close().unwrap();
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_moved_aside_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logs.redb");
+    let junk = b"this is not a redb file, but somebody's data".repeat(200);
+    std::fs::write(&path, &junk).unwrap();
+    let opened = Store::open(&path, StoreOptions::default()).unwrap();
+    let (from, to) = opened.moved_aside.clone().expect("moved aside");
+    assert_eq!(from, path);
+    assert_eq!(std::fs::read(&to).unwrap(), junk);
+    assert!(
+        to.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("corrupt")
+    );
+    opened.store.close().unwrap();
+}
+
+#[test]
+fn read_only_open_is_refused_while_a_daemon_holds_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logs.redb");
+    let store = open(&path);
+    let w = store
+        .begin_instance("x", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    w.append(Stream::Stdout, b"hello\n");
+    w.finish(ExitStatus::Code(0)).unwrap();
+    let err = Store::open_read_only(&path).err().expect("locked");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another bpm daemon"));
+    let err = Store::open(&path, StoreOptions::default())
+        .err()
+        .expect("locked");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    store.close().unwrap();
+    drop(store);
+    let ro = Store::open_read_only(&path).unwrap();
+    let m = ro.resolve("x", InstanceKind::Run, -1).unwrap();
+    let tail = ro.read(m.id, Window::Tail(5), &Filter::default()).unwrap();
+    assert_eq!(texts(&tail), ["hello"]);
+    assert!(matches!(
+        ro.begin_instance("x", InstanceKind::Run, SpawnInfo::default()),
+        Err(StoreError::ReadOnly)
+    ));
+}
+
+#[test]
+fn events_are_kept_per_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("s.redb"));
+    store.record(Some("a"), None, EventKind::Note { text: "one".into() });
+    store.record(Some("b"), None, EventKind::Note { text: "two".into() });
+    store.record(None, None, EventKind::DaemonStopped);
+    store.record(
+        Some("a"),
+        None,
+        EventKind::Note {
+            text: "three".into(),
+        },
+    );
+    store.flush().unwrap();
+    let a: Vec<_> = store
+        .events(Some("a"), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        a,
+        [
+            EventKind::Note { text: "one".into() },
+            EventKind::Note {
+                text: "three".into()
+            }
+        ]
+    );
+    assert_eq!(store.events(None, 10).unwrap().len(), 4);
+    assert_eq!(store.events(Some("a"), 1).unwrap().len(), 1);
+    store.close().unwrap();
+}
+
+fn wait_until(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not met in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
