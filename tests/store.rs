@@ -301,10 +301,19 @@ fn retention_keeps_the_newest_instances_and_trims_a_huge_one() {
         .begin_instance("big", InstanceKind::Run, SpawnInfo::default())
         .unwrap();
     let id = w.id();
-    let line = [b'x'; 99];
+    // Incompressible lines (the store compresses blocks): 30,000 x 100 B of noise.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..30_000 {
-        w.append(Stream::Stdout, &line);
-        w.append(Stream::Stdout, b"\n");
+        let mut line = String::new();
+        while line.len() < 96 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            line.push_str(&format!("{x:016x}"));
+        }
+        line.truncate(99);
+        line.push('\n');
+        w.append(Stream::Stdout, line.as_bytes());
     }
     w.append(Stream::Stdout, b"the last line\n");
     w.finish(ExitStatus::Code(0)).unwrap();

@@ -18,9 +18,14 @@
 //!
 //! Keeping the line bytes contiguous and newline-separated lets search run one regex over a
 //! whole block (as grep does over a file) instead of once per line.
+//!
+//! In the store a block is kept LZ4-compressed (journald and Loki compress their chunks
+//! too): `u8 2, u32 raw length, lz4 block` — or raw, starting with the version byte 1,
+//! when compression would not make it smaller. Log text shrinks several times over, which
+//! makes the store smaller than the text and ingest faster than writing the text to a file.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A sealed block aims for this many bytes of line data. Below redb's 64 KiB allocation
 /// order so that a block with its header and meta fits one allocation.
@@ -29,6 +34,7 @@ pub const BLOCK_TARGET_BYTES: usize = 56 * 1024;
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 
 const VERSION: u8 = 1;
+const LZ4: u8 = 2;
 const HEADER: usize = 1 + 8 + 4 + 4;
 
 /// Which pipe a line came from.
@@ -83,7 +89,12 @@ pub struct LineMeta {
 pub struct Block {
     pub instance: u64,
     pub first_seq: u64,
+    /// The encoding above, uncompressed (what the ring reads).
     pub bytes: Vec<u8>,
+    /// The compressed form for the store, made by the capture side (so the work spreads
+    /// over the processes' capture tasks instead of piling up on the one writer) and
+    /// taken by the writer.
+    stored: Mutex<Option<Vec<u8>>>,
     /// Set by the writer once the block is durable, so the ring may evict it.
     committed: AtomicBool,
     /// Set when the writer queue was full and the block never reached the store.
@@ -95,10 +106,23 @@ impl Block {
         Arc::new(Block {
             instance,
             first_seq,
+            stored: Mutex::new(None),
             bytes,
             committed: AtomicBool::new(false),
             dropped: AtomicBool::new(false),
         })
+    }
+    /// Compress the block for the store (once).
+    pub fn compress(&self) {
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        if stored.is_none() {
+            *stored = Some(encode_stored(&self.bytes));
+        }
+    }
+    /// The stored form, compressing now if nobody did yet.
+    pub fn take_stored(&self) -> Vec<u8> {
+        let taken = self.stored.lock().unwrap_or_else(|p| p.into_inner()).take();
+        taken.unwrap_or_else(|| encode_stored(&self.bytes))
     }
     pub fn view(&self) -> BlockView<'_> {
         BlockView::parse(self.first_seq, &self.bytes).expect("blocks built here are well formed")
@@ -113,6 +137,43 @@ impl Block {
     pub fn evictable(&self) -> bool {
         self.committed.load(Ordering::Acquire) || self.dropped.load(Ordering::Acquire)
     }
+}
+
+/// The stored form of a block's encoding: compressed when that is smaller.
+pub fn encode_stored(raw: &[u8]) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress(raw);
+    if compressed.len() + 5 >= raw.len() {
+        return raw.to_vec();
+    }
+    let mut out = Vec::with_capacity(compressed.len() + 5);
+    out.push(LZ4);
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    out.extend_from_slice(&compressed);
+    out
+}
+
+/// The encoding of a stored block, decompressed into `buf` when it was compressed.
+pub fn stored_raw<'a>(
+    first_seq: u64,
+    stored: &'a [u8],
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8], CorruptBlock> {
+    if stored.first() != Some(&LZ4) {
+        return Ok(stored);
+    }
+    let bad = |why| CorruptBlock { first_seq, why };
+    if stored.len() < 5 {
+        return Err(bad("compressed block shorter than its header"));
+    }
+    let len = u32::from_le_bytes(stored[1..5].try_into().unwrap()) as usize;
+    buf.clear();
+    buf.resize(len, 0);
+    let n = lz4_flex::block::decompress_into(&stored[5..], buf)
+        .map_err(|_| bad("compressed block does not decompress"))?;
+    if n != len {
+        return Err(bad("compressed block has the wrong length"));
+    }
+    Ok(&buf[..])
 }
 
 /// A borrowed view of an encoded block (from the ring, or straight from a redb page).
@@ -279,6 +340,8 @@ impl BlockBuilder {
     pub fn new(first_seq: u64) -> BlockBuilder {
         BlockBuilder {
             first_seq,
+            meta: Vec::with_capacity(4096),
+            data: Vec::with_capacity(BLOCK_TARGET_BYTES + 1024),
             ..Default::default()
         }
     }
@@ -313,6 +376,43 @@ impl BlockBuilder {
         self.data.extend_from_slice(bytes);
         self.data.push(b'\n');
         self.count += 1;
+    }
+
+    /// Append whole lines at once: `body` is complete lines, each ending in '\n' (the
+    /// data section's own format, so the bytes are copied in one go). Returns how many
+    /// bytes were taken: it stops after the line that fills the block, and before a line
+    /// it cannot take as it is (a "\r\n" ending, or longer than `max_line`), which the
+    /// caller then frames line by line.
+    pub fn push_lines(
+        &mut self,
+        ts_us: i64,
+        stream: Stream,
+        body: &[u8],
+        max_line: usize,
+    ) -> usize {
+        if self.count == 0 {
+            self.base_ts = ts_us;
+            self.last_ts = ts_us;
+        }
+        let room = BLOCK_TARGET_BYTES.saturating_sub(self.data.len());
+        let stderr = u64::from(stream == Stream::Stderr);
+        let mut taken = 0;
+        for nl in memchr::memchr_iter(b'\n', body) {
+            let len = nl - taken;
+            if len > max_line || (len > 0 && body[nl - 1] == b'\r') {
+                break;
+            }
+            write_varint(&mut self.meta, zigzag(ts_us.wrapping_sub(self.last_ts)));
+            self.last_ts = ts_us;
+            write_varint(&mut self.meta, ((len as u64) << 2) | stderr);
+            self.count += 1;
+            taken = nl + 1;
+            if taken >= room {
+                break;
+            }
+        }
+        self.data.extend_from_slice(&body[..taken]);
+        taken
     }
 
     fn header(&self, out: &mut Vec<u8>) {
@@ -362,6 +462,15 @@ impl Framer {
             continuing: false,
             max_line: max_line.max(1),
         }
+    }
+
+    /// No partial line is pending: the next byte starts a new line.
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_empty() && !self.continuing
+    }
+
+    pub fn max_line(&self) -> usize {
+        self.max_line
     }
 
     /// Feed bytes; `emit(bytes, continuation)` is called for each complete line.
@@ -506,5 +615,23 @@ mod tests {
         assert_eq!(v.data, b"hello\n\n\xffbin\n");
         assert_eq!(v.last_ts(), 5_000_000_000);
         assert!(BlockView::parse(0, &[9, 9]).is_err());
+        let mut buf = Vec::new();
+        let stored = encode_stored(&block.bytes);
+        assert_eq!(stored_raw(40, &stored, &mut buf).unwrap(), &block.bytes[..]);
+        // Compressible text is stored compressed, and reads back the same.
+        let mut b = BlockBuilder::new(0);
+        for i in 0..500 {
+            b.push(
+                i,
+                Stream::Stdout,
+                false,
+                format!("GET /api/items/{} 200", i % 7).as_bytes(),
+            );
+        }
+        let block = b.seal(1);
+        let stored = encode_stored(&block.bytes);
+        assert!(stored.len() * 3 < block.bytes.len());
+        assert_eq!(stored_raw(0, &stored, &mut buf).unwrap(), &block.bytes[..]);
+        assert!(stored_raw(0, &[LZ4, 1, 0, 0, 0, 9], &mut buf).is_err());
     }
 }

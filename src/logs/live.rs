@@ -86,14 +86,31 @@ impl Live {
                 framers, builder, ..
             } = &mut *st;
             let mut sealed = Vec::new();
-            framers[stream as usize].feed(bytes, |line, cont| {
+            let framer = &mut framers[stream as usize];
+            let mut bytes = bytes;
+            // Fast path: whole lines go into the block in one copy.
+            while framer.is_idle()
+                && let Some(last) = memchr::memrchr(b'\n', bytes)
+            {
+                let n = builder.push_lines(ts_us, stream, &bytes[..=last], framer.max_line());
+                if builder.is_full() {
+                    sealed.push(builder.seal(self.id));
+                }
+                if n == 0 {
+                    break;
+                }
+                bytes = &bytes[n..];
+            }
+            framer.feed(bytes, |line, cont| {
                 builder.push(ts_us, stream, cont, line);
                 if builder.is_full() {
                     sealed.push(builder.seal(self.id));
                 }
             });
             for block in sealed {
-                self.accept(&mut st, shared, block);
+                for msg in self.accept(&mut st, shared, block) {
+                    shared.send(msg);
+                }
             }
             st.builder.first_seq() + u64::from(st.builder.count())
         };
@@ -124,15 +141,24 @@ impl Live {
 
     /// Seal the open block (if any), keep it in the ring, and queue it for the writer.
     pub(crate) fn seal(&self, st: &mut LiveState, shared: &Shared) {
-        if st.builder.is_empty() {
-            return;
+        for msg in self.seal_into(st, shared) {
+            shared.send(msg);
         }
-        let block = st.builder.seal(self.id);
-        self.accept(st, shared, block);
     }
 
-    /// Keep a freshly sealed block in the ring and queue it for the writer.
-    fn accept(&self, st: &mut LiveState, shared: &Shared, block: Arc<Block>) {
+    /// [`Self::seal`], but hand back the writer's messages instead of sending them (the
+    /// writer itself seals quiet instances and applies the result at once).
+    pub(crate) fn seal_into(&self, st: &mut LiveState, shared: &Shared) -> Vec<Msg> {
+        if st.builder.is_empty() {
+            return Vec::new();
+        }
+        let block = st.builder.seal(self.id);
+        self.accept(st, shared, block)
+    }
+
+    /// Keep a freshly sealed block in the ring; return the messages that queue it for the
+    /// writer (none when the queue is full: then the block is dropped from the store).
+    fn accept(&self, st: &mut LiveState, shared: &Shared, block: Arc<Block>) -> Vec<Msg> {
         let lines = u64::from(block.view().count);
         st.ring_bytes += block.bytes.len();
         st.ring_lines += lines as usize;
@@ -145,11 +171,12 @@ impl Live {
             block.mark_dropped();
             st.pending_dropped += lines;
             shared.dropped_lines.fetch_add(lines, Ordering::Relaxed);
-            return;
+            return Vec::new();
         }
+        let mut msgs = Vec::with_capacity(2);
         if st.pending_dropped > 0 {
             let count = std::mem::take(&mut st.pending_dropped);
-            shared.send(Msg::Event {
+            msgs.push(Msg::Event {
                 process: Some(self.process.clone()),
                 instance: Some(self.id),
                 kind: EventKind::LinesDropped { count },
@@ -157,11 +184,8 @@ impl Live {
             });
         }
         shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if !shared.send(Msg::Block(block.clone())) {
-            // The writer is gone (the store is closing): the line cannot become durable.
-            block.mark_dropped();
-            shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-        }
+        msgs.push(Msg::Block(block));
+        msgs
     }
 
     /// Forget the oldest blocks beyond the ring's bounds, but only those that are durable
@@ -244,6 +268,43 @@ impl InstanceWriter {
     /// Append with an explicit timestamp (tests, imports).
     pub fn append_at(&self, stream: Stream, bytes: &[u8], ts_us: i64) {
         self.live.append(&self.shared, stream, bytes, ts_us);
+    }
+
+    /// Wait up to `max_wait` until the writer has room for more lines. Capture calls this
+    /// between reads: a child printing faster than the disk can write is slowed down as
+    /// if it wrote to a file, instead of losing lines. Past `max_wait` it returns false,
+    /// and what is appended next may be dropped from the store (never from the ring).
+    pub async fn wait_for_room(&self, max_wait: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let notified = self.shared.room_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.has_room() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.shared.has_room();
+            }
+        }
+    }
+
+    /// [`Self::wait_for_room`] for blocking callers.
+    pub fn wait_for_room_blocking(&self, max_wait: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + max_wait;
+        let (lock, cv) = &self.shared.room_cv;
+        let mut guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !self.shared.has_room() {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = cv
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Lines appended so far (the next sequence number).

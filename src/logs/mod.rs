@@ -69,9 +69,12 @@ pub struct StoreOptions {
     pub ring_max_bytes: usize,
     /// ...and at most this many lines (whichever bound is hit first).
     pub ring_max_lines: usize,
-    /// Bytes queued for the writer beyond which new blocks are dropped from the store.
+    /// Bytes queued for the writer (not yet in its group) beyond which new blocks are
+    /// dropped from the store. Memory for lines in flight is bounded by this plus
+    /// `group_max_bytes` plus the rings.
     pub queue_max_bytes: usize,
-    /// A group commits once it holds this many bytes, without waiting for the interval.
+    /// A group commits once it holds this many (uncompressed) bytes, without waiting for
+    /// the interval.
     pub group_max_bytes: usize,
     /// A group commits at most this long after its first write.
     pub commit_interval: Duration,
@@ -90,7 +93,7 @@ impl Default for StoreOptions {
             store_max_bytes: 2 << 30,
             ring_max_bytes: 1 << 20,
             ring_max_lines: 20_000,
-            queue_max_bytes: 32 << 20,
+            queue_max_bytes: 16 << 20,
             group_max_bytes: 16 << 20,
             commit_interval: Duration::from_millis(100),
             seal_interval: Duration::from_millis(50),
@@ -206,8 +209,12 @@ pub(crate) struct Shared {
     pub(crate) opts: StoreOptions,
     /// The writer's inbox; `None` once closed, or for a read-only store.
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
-    /// Bytes of blocks queued for the writer or in its open group.
+    /// Bytes of blocks queued for the writer and not yet in its open group.
     pub(crate) queued_bytes: AtomicUsize,
+    /// Signalled by the writer whenever queued bytes were committed, for capture waiting
+    /// for room (std for blocking callers, tokio for async ones).
+    pub(crate) room_cv: (Mutex<()>, std::sync::Condvar),
+    pub(crate) room_notify: tokio::sync::Notify,
     /// Lines that never reached the store since it was opened.
     pub(crate) dropped_lines: AtomicU64,
     next_instance: AtomicU64,
@@ -217,14 +224,45 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The writer can take at least another couple of blocks.
+    pub(crate) fn has_room(&self) -> bool {
+        self.queued_bytes.load(Ordering::Acquire) + 2 * block::BLOCK_TARGET_BYTES
+            <= self.opts.queue_max_bytes
+    }
+    pub(crate) fn signal_room(&self) {
+        let _guard = self.room_cv.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.room_cv.1.notify_all();
+        self.room_notify.notify_waiters();
+    }
     fn db(&self) -> Result<Db, StoreError> {
         let db = self.db.read().unwrap_or_else(|p| p.into_inner());
         db.clone().ok_or(StoreError::WriterGone)
     }
-    /// Hand a message to the writer. False when the store is closed.
+    /// Hand a message to the writer. False when the store is closed, in which case a
+    /// block's lines can never become durable.
     pub(crate) fn send(&self, msg: Msg) -> bool {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref().is_some_and(|tx| tx.send(msg).is_ok())
+        match tx.as_ref() {
+            Some(tx) => match tx.send(msg) {
+                Ok(()) => true,
+                Err(mpsc::SendError(msg)) => {
+                    self.undeliverable(msg);
+                    false
+                }
+            },
+            None => {
+                drop(tx);
+                self.undeliverable(msg);
+                false
+            }
+        }
+    }
+    fn undeliverable(&self, msg: Msg) {
+        if let Msg::Block(block) = msg {
+            block.mark_dropped();
+            self.queued_bytes
+                .fetch_sub(block.bytes.len(), Ordering::AcqRel);
+        }
     }
     pub(crate) fn lives(&self) -> Vec<Arc<Live>> {
         let live = self.live.read().unwrap_or_else(|p| p.into_inner());
@@ -340,19 +378,41 @@ impl Store {
             opts,
             tx: Mutex::new(Some(tx)),
             queued_bytes: AtomicUsize::new(0),
+            room_cv: (Mutex::new(()), std::sync::Condvar::new()),
+            room_notify: tokio::sync::Notify::new(),
             dropped_lines: AtomicU64::new(0),
             next_instance: AtomicU64::new(next_instance),
             live: RwLock::new(HashMap::new()),
             writer: Mutex::new(None),
         });
         let writer = Writer::new(db, shared.clone())?;
+        let io_err = |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        // Two stages, in order: one thread compresses blocks while the other writes and
+        // waits on fsync, so compression and the disk overlap instead of adding up.
+        let (tx_w, rx_w) = mpsc::channel();
+        let compressor = std::thread::Builder::new()
+            .name("bpm-store-compress".into())
+            .spawn(move || {
+                for msg in rx {
+                    if let Msg::Block(b) = &msg {
+                        b.compress();
+                    }
+                    if tx_w.send(msg).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(io_err)?;
         let handle = std::thread::Builder::new()
             .name("bpm-store-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|source| StoreError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+            .spawn(move || {
+                writer.run(rx_w);
+                let _ = compressor.join();
+            })
+            .map_err(io_err)?;
         *shared.writer.lock().unwrap() = Some(handle);
         Ok(Opened {
             store: Store { shared },
@@ -389,6 +449,8 @@ impl Store {
                 opts: StoreOptions::default(),
                 tx: Mutex::new(None),
                 queued_bytes: AtomicUsize::new(0),
+                room_cv: (Mutex::new(()), std::sync::Condvar::new()),
+                room_notify: tokio::sync::Notify::new(),
                 dropped_lines: AtomicU64::new(0),
                 next_instance: AtomicU64::new(0),
                 live: RwLock::new(HashMap::new()),
@@ -411,7 +473,12 @@ impl Store {
     /// Flush everything, stop the writer, and mark the store cleanly closed. Live
     /// instances should be finished first; their unsealed lines are flushed regardless.
     pub fn close(&self) -> Result<(), StoreError> {
-        let taken = self.shared.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        let taken = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let Some(Db::Rw(db)) = taken else {
             return Ok(());
         };
@@ -672,9 +739,11 @@ impl Store {
                 .next_back()
                 .transpose()?
                 .map_or(0, |(k, _)| k.value().1);
+            let mut buf = Vec::new();
             for row in t.range((id, start)..(id, ring_start))? {
                 let (k, v) = row?;
-                let view = BlockView::parse(k.value().1, v.value())?;
+                let raw = block::stored_raw(k.value().1, v.value(), &mut buf)?;
+                let view = BlockView::parse(k.value().1, raw)?;
                 if f(view).is_break() {
                     return Ok(());
                 }
@@ -710,9 +779,11 @@ impl Store {
         }
         let txn = self.shared.db()?.begin_read()?;
         let t = txn.open_table(BLOCKS)?;
+        let mut buf = Vec::new();
         for row in t.range((id, 0)..(id, ring_start))?.rev() {
             let (k, v) = row?;
-            let view = BlockView::parse(k.value().1, v.value())?;
+            let raw = block::stored_raw(k.value().1, v.value(), &mut buf)?;
+            let view = BlockView::parse(k.value().1, raw)?;
             if f(view).is_break() {
                 return Ok(());
             }

@@ -7,15 +7,15 @@
 //! Retention runs here too, between groups: it never blocks capture, which only queues.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::block::{Block, BlockView};
+use super::block::{self, Block, BlockView};
 use super::model::{Event, EventKind, ExitStatus, InstanceKind, InstanceMeta, now_us};
 use super::schema::{
     self, BLOCKS, EVENTS, INSTANCES, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES,
@@ -71,8 +71,10 @@ pub(crate) struct Writer {
     txn: Option<WriteTransaction>,
     txn_started: Instant,
     txn_bytes: usize,
-    /// Blocks in the open group, marked committed once it commits.
+    /// Blocks in the open group, marked committed once it commits...
     blocks: Vec<Arc<Block>>,
+    /// ...and their compressed sizes, to undo the accounting if the group fails.
+    stored_lens: Vec<u64>,
     waiters: Vec<Done>,
     /// Instances whose end is in the open group: leave the live map at commit.
     ended: Vec<u64>,
@@ -119,6 +121,7 @@ impl Writer {
             txn_started: Instant::now(),
             txn_bytes: 0,
             blocks: Vec::new(),
+            stored_lens: Vec::new(),
             waiters: Vec::new(),
             ended: Vec::new(),
             metas: HashMap::new(),
@@ -196,8 +199,10 @@ impl Writer {
             return;
         };
         for live in shared.lives() {
-            let mut st = live.lock();
-            live.seal(&mut st, &shared);
+            let msgs = live.seal_into(&mut live.lock(), &shared);
+            for msg in msgs {
+                self.apply(msg);
+            }
         }
     }
 
@@ -216,12 +221,12 @@ impl Writer {
     fn apply_inner(&mut self, msg: Msg) -> Result<bool, StoreError> {
         match msg {
             Msg::Block(block) => {
-                let len = block.bytes.len();
-                let view = block.view();
-                let lines = u64::from(view.count);
+                let stored = block.take_stored();
+                let len = stored.len();
+                let lines = u64::from(block.view().count);
                 self.txn()?
                     .open_table(BLOCKS)?
-                    .insert((block.instance, block.first_seq), block.bytes.as_slice())?;
+                    .insert((block.instance, block.first_seq), stored.as_slice())?;
                 if let Some(m) = self.metas.get_mut(&block.instance) {
                     m.stored_bytes += len as u64;
                     m.next_seq = m.next_seq.max(block.first_seq + lines);
@@ -230,8 +235,16 @@ impl Writer {
                 if let Some(r) = self.retained.get_mut(&block.instance) {
                     r.bytes += len as u64;
                 }
-                self.txn_bytes += len;
+                self.txn_bytes += block.bytes.len();
+                // Out of the queue and into the group: room for capture to go on.
+                if let Some(shared) = self.shared.upgrade() {
+                    shared
+                        .queued_bytes
+                        .fetch_sub(block.bytes.len(), Ordering::AcqRel);
+                    shared.signal_room();
+                }
                 self.blocks.push(block);
+                self.stored_lens.push(len as u64);
                 self.retention_due = true;
                 Ok(false)
             }
@@ -356,6 +369,8 @@ impl Writer {
                 for b in self.blocks.drain(..) {
                     b.mark_committed();
                 }
+                self.stored_lens.clear();
+                self.stored_lens.clear();
                 for id in self.ended.drain(..) {
                     self.metas.remove(&id);
                     if let Some(shared) = &shared {
@@ -376,10 +391,7 @@ impl Writer {
                 self.fail_group(e);
             }
         }
-        let bytes = std::mem::take(&mut self.txn_bytes);
-        if let Some(shared) = &shared {
-            shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        }
+        self.txn_bytes = 0;
     }
 
     fn commit_inner(&mut self) -> Result<(), StoreError> {
@@ -411,15 +423,15 @@ impl Writer {
         if let Some(txn) = self.txn.take() {
             let _ = txn.abort();
         }
-        for b in self.blocks.drain(..) {
+        for (b, stored) in self.blocks.drain(..).zip(self.stored_lens.drain(..)) {
             b.mark_dropped();
             let lines = u64::from(b.view().count);
             if let Some(m) = self.metas.get_mut(&b.instance) {
                 m.dropped_lines += lines;
-                m.stored_bytes = m.stored_bytes.saturating_sub(b.bytes.len() as u64);
+                m.stored_bytes = m.stored_bytes.saturating_sub(stored);
             }
             if let Some(r) = self.retained.get_mut(&b.instance) {
-                r.bytes = r.bytes.saturating_sub(b.bytes.len() as u64);
+                r.bytes = r.bytes.saturating_sub(stored);
             }
             if let Some(shared) = self.shared.upgrade() {
                 shared.dropped_lines.fetch_add(lines, Ordering::Relaxed);
@@ -570,6 +582,7 @@ impl Writer {
         let mut freed = 0u64;
         let mut lines = 0u64;
         let mut new_first = None;
+        let mut buf = Vec::new();
         {
             let mut t = txn.open_table(BLOCKS)?;
             let mut keys = Vec::new();
@@ -579,21 +592,21 @@ impl Writer {
                     new_first = Some(k.value().1);
                     break;
                 }
-                let view = BlockView::parse(k.value().1, v.value())?;
+                let raw = block::stored_raw(k.value().1, v.value(), &mut buf)?;
+                let view = BlockView::parse(k.value().1, raw)?;
                 freed += v.value().len() as u64;
                 lines += u64::from(view.count);
                 keys.push(k.value());
             }
             // Never remove the newest block: an instance keeps its latest lines.
-            if new_first.is_none() {
-                if let Some(last) = keys.pop() {
-                    new_first = Some(last.1);
-                    freed -= t.get(last)?.map_or(0, |v| v.value().len() as u64);
-                    lines -= t
-                        .get(last)?
-                        .map(|v| BlockView::parse(last.1, v.value()).map(|b| u64::from(b.count)))
-                        .transpose()?
-                        .unwrap_or(0);
+            if new_first.is_none()
+                && let Some(last) = keys.pop()
+            {
+                new_first = Some(last.1);
+                if let Some(v) = t.get(last)? {
+                    freed -= v.value().len() as u64;
+                    let raw = block::stored_raw(last.1, v.value(), &mut buf)?;
+                    lines -= u64::from(BlockView::parse(last.1, raw)?.count);
                 }
             }
             for k in keys {
