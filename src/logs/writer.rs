@@ -7,9 +7,9 @@
 //! Retention runs here too, between groups: it never blocks capture, which only queues.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
@@ -585,16 +585,16 @@ impl Writer {
                 keys.push(k.value());
             }
             // Never remove the newest block: an instance keeps its latest lines.
-            if new_first.is_none() {
-                if let Some(last) = keys.pop() {
-                    new_first = Some(last.1);
-                    freed -= t.get(last)?.map_or(0, |v| v.value().len() as u64);
-                    lines -= t
-                        .get(last)?
-                        .map(|v| BlockView::parse(last.1, v.value()).map(|b| u64::from(b.count)))
-                        .transpose()?
-                        .unwrap_or(0);
-                }
+            if new_first.is_none()
+                && let Some(last) = keys.pop()
+            {
+                new_first = Some(last.1);
+                freed -= t.get(last)?.map_or(0, |v| v.value().len() as u64);
+                lines -= t
+                    .get(last)?
+                    .map(|v| BlockView::parse(last.1, v.value()).map(|b| u64::from(b.count)))
+                    .transpose()?
+                    .unwrap_or(0);
             }
             for k in keys {
                 t.remove(k)?;
