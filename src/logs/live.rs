@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::block::{Block, BlockBuilder, BlockView, Framer, Line, Stream};
-use super::model::{EventKind, ExitStatus, now_us};
+use super::model::{EventKind, ExitStatus, InstanceMeta, now_us};
 use super::writer::Msg;
 use super::{Shared, StoreError};
 
@@ -50,16 +50,19 @@ pub(crate) struct LiveState {
 pub struct Live {
     pub(crate) id: u64,
     pub(crate) process: String,
+    /// The instance as it began: describes it until its start is committed.
+    pub(crate) meta: InstanceMeta,
     pub(crate) state: Mutex<LiveState>,
     /// The next sequence number, published after every append so followers wake up.
     pub(crate) seq_tx: watch::Sender<u64>,
 }
 
 impl Live {
-    pub(crate) fn new(id: u64, process: String, max_line: usize) -> Live {
+    pub(crate) fn new(meta: InstanceMeta, max_line: usize) -> Live {
         Live {
-            id,
-            process,
+            id: meta.id,
+            process: meta.process.clone(),
+            meta,
             state: Mutex::new(LiveState {
                 framers: [Framer::new(max_line), Framer::new(max_line)],
                 builder: BlockBuilder::new(0),

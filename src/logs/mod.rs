@@ -344,6 +344,7 @@ impl Store {
                 source,
             })?;
         }
+        refuse_too_new(path)?;
         let mut moved_aside = None;
         let db = match open_rw(path, &opts) {
             Ok(db) => db,
@@ -482,6 +483,12 @@ impl Store {
         let Some(Db::Rw(db)) = taken else {
             return Ok(());
         };
+        // Seal the live instances' open blocks while the writer can still receive them
+        // (once its inbox is closed, a sealed block could only be dropped).
+        for live in self.shared.lives() {
+            let mut st = live.lock();
+            live.seal(&mut st, &self.shared);
+        }
         let tx = self
             .shared
             .tx
@@ -522,7 +529,7 @@ impl Store {
             stored_bytes: 0,
             dropped_lines: 0,
         };
-        let live = Arc::new(Live::new(id, process.to_owned(), self.shared.opts.max_line));
+        let live = Arc::new(Live::new(meta.clone(), self.shared.opts.max_line));
         self.shared
             .live
             .write()
@@ -666,6 +673,14 @@ impl Store {
             let id = row?.0.value().2;
             out.push(self.meta_in(&metas, id)?);
         }
+        // An instance that has just begun is live before its start is committed.
+        let known: BTreeSet<u64> = out.iter().map(|m| m.id).collect();
+        for live in self.shared.lives() {
+            if live.meta.process == process && live.meta.kind == kind && !known.contains(&live.id) {
+                out.push(self.meta_in(&metas, live.id)?);
+            }
+        }
+        out.sort_by_key(|m| m.id);
         Ok(out)
     }
 
@@ -674,11 +689,13 @@ impl Store {
         metas: &redb::ReadOnlyTable<u64, &[u8]>,
         id: u64,
     ) -> Result<InstanceMeta, StoreError> {
-        let mut meta: InstanceMeta = match metas.get(id)? {
-            Some(v) => schema::decode("instance", v.value())?,
-            None => return Err(StoreError::NoSuchInstance(id)),
+        let live = self.shared.live(id);
+        let mut meta: InstanceMeta = match (metas.get(id)?, &live) {
+            (Some(v), _) => schema::decode("instance", v.value())?,
+            (None, Some(live)) => live.meta.clone(),
+            (None, None) => return Err(StoreError::NoSuchInstance(id)),
         };
-        if let Some(live) = self.shared.live(id) {
+        if let Some(live) = live {
             // The stored counters trail the live ones by up to a commit interval.
             meta.next_seq = meta.next_seq.max(*live.seq_tx.borrow());
         }
@@ -973,6 +990,26 @@ fn open_rw(path: &Path, opts: &StoreOptions) -> Result<Database, OpenFailure> {
         }
         Ok(Err(e)) => Err(OpenFailure::Unreadable(e.to_string())),
         Err(_) => Err(OpenFailure::Unreadable("redb could not read it".to_owned())),
+    }
+}
+
+/// Refuse a store written by a newer bpm before opening it for writing, which may already
+/// change the file. Anything else that goes wrong here is left to the normal open to report.
+fn refuse_too_new(path: &Path) -> Result<(), StoreError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let db = ReadOnlyDatabase::open(path).ok()?;
+        schema::stored_version(&db).ok()
+    }));
+    match found {
+        Ok(Some(found)) if found > SCHEMA_VERSION => Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
     }
 }
 
