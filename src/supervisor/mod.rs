@@ -11,4 +11,5 @@
 //!   "address already in use" wording of common runtimes in a process's output.
 
 pub mod ports;
+pub mod process;
 pub mod procgroup;
