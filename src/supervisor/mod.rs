@@ -1,7 +1,8 @@
-//! Operating-system mechanics the supervisor is built on.
+//! Supervision: the operating-system mechanics, and the policy built on them.
 //!
-//! This module owns what happens at the boundary between bpm and the kernel, and nothing
-//! about policy (when to restart, how to back off, what counts as ready):
+//! [`procgroup`] and [`ports`] own what happens at the boundary between bpm and the
+//! kernel, and nothing about policy (when to restart, how to back off, what counts as
+//! ready); [`process`] owns the policy:
 //!
 //! - [`procgroup`] starts a command in its own process group, identifies it durably
 //!   (pid, pgid and the kernel's start time, so a reused pid is never mistaken for ours)
@@ -9,6 +10,10 @@
 //!   left behind by a daemon that was itself killed.
 //! - [`ports`] answers "who holds this TCP port" from `/proc`, and recognises the
 //!   "address already in use" wording of common runtimes in a process's output.
+//! - [`process`] is the policy on top: one task per supervised process (start, stop,
+//!   restart, crash backoff, build-then-swap, readiness), driven through a
+//!   [`process::ProcessHandle`].
 
 pub mod ports;
+pub mod process;
 pub mod procgroup;
