@@ -18,6 +18,7 @@
 //! `main.rs` only parses arguments, dispatches and maps errors to exit codes.
 
 pub mod config;
+pub mod daemon;
 pub mod logs;
 pub mod search;
 pub mod supervisor;

@@ -1,1 +1,103 @@
-fn main() {}
+//! The `bpm` binary: argument parsing and dispatch only; exit codes 0 ok, 1 failure, 2 usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bpm",
+    version,
+    about = "A process manager for the age of AI coding agents: supervised processes whose output survives the process, the daemon and a reboot."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: supervise the processes of DIR's .mcp-run and record their output.
+    Serve {
+        /// The project directory (its .mcp-run is loaded when present).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The HTTP port on 127.0.0.1 (default: the config's mcp_port, else 8947; 0 picks one).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Where the store lives (default: $BPM_HOME, DIR/.bpm for a project, else ~/.local/state/bpm).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Do not copy process output to stdout with [name] prefixes.
+        #[arg(long)]
+        no_prefix: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    // Logs go to stderr: stdout carries process output (and the MCP protocol in `bpm mcp`).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BPM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Serve {
+            dir,
+            port,
+            data_dir,
+            no_prefix,
+        } => serve(bpm::daemon::Options {
+            dir,
+            data_dir,
+            port,
+            passthrough: no_prefix.then_some(false),
+            store: Default::default(),
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(opts: bpm::daemon::Options) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        bpm::daemon::run(opts, shutdown, |info| {
+            eprintln!(
+                "bpm: daemon pid {} listening on http://127.0.0.1:{} (data in {})",
+                info.pid,
+                info.port,
+                info.data_dir.display()
+            );
+        })
+        .await
+    })
+}

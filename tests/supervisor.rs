@@ -58,6 +58,8 @@ fn spec(env: &Env, name: &str, script: &str) -> ProcessSpec {
         stop_timeout: Duration::from_secs(5),
         ready: None,
         passthrough: false,
+        release: None,
+        direnv: false,
     }
 }
 

@@ -13,7 +13,10 @@
 //! - [`process`] is the policy on top: one task per supervised process (start, stop,
 //!   restart, crash backoff, build-then-swap, readiness), driven through a
 //!   [`process::ProcessHandle`].
+//! - [`cargo`] turns a `type = "rust"` process into cargo builds and the binary cargo's
+//!   metadata names, per mode (debug in dev, `--release` in release).
 
+pub mod cargo;
 pub mod ports;
 pub mod process;
 pub mod procgroup;

@@ -58,6 +58,17 @@ const MAX_ERROR_LINES: usize = 20;
 /// How often TCP and HTTP readiness probes try again.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long capture waits for the store's writer before letting lines drop from the store.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether runs and builds in `dir` go through direnv: the project has a `.envrc` and
+/// `direnv` is installed.
+pub fn uses_direnv(dir: &Path) -> bool {
+    dir.join(".envrc").is_file()
+        && std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join("direnv").is_file()))
+}
+
 /// How long one probe attempt may take.
 const PROBE_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
 
@@ -134,9 +145,52 @@ pub struct ProcessSpec {
     pub ready: Option<Ready>,
     /// Also copy every output line to the daemon's stdout, prefixed with `[name] `.
     pub passthrough: bool,
+    /// What runs and builds instead in release mode (cargo's `--release` binary).
+    pub release: Option<Variant>,
+    /// Run and build through `direnv exec CWD` (the project has a `.envrc`).
+    pub direnv: bool,
+}
+
+/// A mode-specific command and build.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub argv: Vec<String>,
+    pub build: Option<Vec<String>>,
 }
 
 impl ProcessSpec {
+    /// The command to run in `mode`.
+    pub fn run_argv(&self, mode: Mode) -> Vec<String> {
+        let argv = match (&self.release, mode) {
+            (Some(v), Mode::Release) => &v.argv,
+            _ => &self.argv,
+        };
+        self.wrap(argv)
+    }
+
+    /// The build command for `mode`, if the process has one.
+    pub fn build_argv(&self, mode: Mode) -> Option<Vec<String>> {
+        let build = match (&self.release, mode) {
+            (Some(v), Mode::Release) => v.build.as_ref(),
+            _ => self.build.as_ref(),
+        };
+        build.map(|b| self.wrap(b))
+    }
+
+    fn wrap(&self, argv: &[String]) -> Vec<String> {
+        if self.direnv {
+            let mut v = vec![
+                "direnv".to_owned(),
+                "exec".to_owned(),
+                self.cwd.display().to_string(),
+            ];
+            v.extend(argv.iter().cloned());
+            v
+        } else {
+            argv.to_vec()
+        }
+    }
+
     /// The spec of a configured process. For `type = "rust"` the argv is only known once
     /// cargo has built the binary: `argv` is then just `config.args`, and the caller
     /// is expected to put the executable in front.
@@ -156,6 +210,8 @@ impl ProcessSpec {
             stop_timeout: config.stop_timeout,
             ready: config.ready.clone(),
             passthrough,
+            release: None,
+            direnv: uses_direnv(&config.cwd),
         }
     }
 }
@@ -860,8 +916,9 @@ impl Supervisor {
 
     async fn try_spawn(&mut self) -> Result<Run, String> {
         let cwd = self.spec.cwd.display().to_string();
+        let argv = self.spec.run_argv(*self.mode.borrow());
         let spawned = procgroup::spawn(&procgroup::SpawnSpec {
-            argv: self.spec.argv.clone(),
+            argv: argv.clone(),
             cwd: self.spec.cwd.clone(),
             env: self.spec.env.clone(),
         })
@@ -882,7 +939,7 @@ impl Supervisor {
                 pid: Some(pid),
                 pgid: Some(pgid),
                 start_time: Some(start_time),
-                argv: self.spec.argv.clone(),
+                argv: argv.clone(),
                 cwd: cwd.clone(),
             },
         ) {
@@ -893,14 +950,7 @@ impl Supervisor {
             }
         };
         let instance = writer.id();
-        self.record(
-            Some(instance),
-            EventKind::Spawned {
-                pid,
-                argv: self.spec.argv.clone(),
-                cwd,
-            },
-        );
+        self.record(Some(instance), EventKind::Spawned { pid, argv, cwd });
         let prefix = self.spec.passthrough.then(|| self.spec.name.clone());
         let captures = vec![
             capture(stdout, Stream::Stdout, writer.clone(), prefix.clone()),
@@ -958,7 +1008,7 @@ impl Supervisor {
     }
 
     fn begin_build(&mut self, reply: Reply, restart: bool) {
-        let Some(argv) = self.spec.build.clone() else {
+        let Some(argv) = self.spec.build_argv(*self.mode.borrow()) else {
             return;
         };
         let id = self.next_build_id;
@@ -1070,6 +1120,10 @@ where
                 Ok(0) => break,
                 Ok(n) => {
                     writer.append(stream, &buf[..n]);
+                    // A child printing faster than the disk writes is slowed down (as a
+                    // file would slow it) rather than losing lines; after a second of a
+                    // stalled disk the store drops lines instead, and says so.
+                    writer.wait_for_room(ROOM_WAIT).await;
                     if let Some(p) = &mut pass {
                         p.feed(&buf[..n]);
                     }

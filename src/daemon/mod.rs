@@ -1,0 +1,299 @@
+//! The daemon: [`run`] opens the store, recovers from an unclean predecessor, binds the
+//! listeners, supervises the processes, and on shutdown stops them all and closes the
+//! store. `bpm serve` calls it; tests call it in-process.
+
+pub mod http;
+pub mod ops;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::config::{self, Config, ProcessKind};
+use crate::logs::{Actor, EventKind, InstanceKind, Store, StoreError, StoreOptions};
+use crate::supervisor::process::{Mode, ProcessSpec};
+use crate::supervisor::{cargo, procgroup};
+use ops::{Ops, RuntimeSpec};
+
+/// The store's file name inside the data directory.
+pub const STORE_FILE: &str = "logs.redb";
+/// Where a running daemon says who it is (pid, port), inside the data directory.
+pub const DAEMON_FILE: &str = "daemon.json";
+
+/// How to run the daemon.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The project directory (its `.mcp-run`, if any, is loaded).
+    pub dir: PathBuf,
+    /// `--data-dir`; else the rules of [`config::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// `--port`; else the config's `mcp_port`. 0 picks a free port.
+    pub port: Option<u16>,
+    /// Copy process output to stdout with `[name]` prefixes (the systemd journal).
+    pub passthrough: Option<bool>,
+    pub store: StoreOptions,
+}
+
+/// Who a running daemon is, as written to `daemon.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub project_dir: PathBuf,
+}
+
+/// Read a running daemon's `daemon.json`.
+pub fn read_daemon_info(data_dir: &Path) -> Option<DaemonInfo> {
+    let text = std::fs::read_to_string(data_dir.join(DAEMON_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Run the daemon until `shutdown` resolves. `on_ready` is called once the listeners are
+/// bound (before any process is built or started), with who the daemon is.
+pub async fn run(
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&DaemonInfo),
+) -> anyhow::Result<()> {
+    let dir = std::path::absolute(&opts.dir).with_context(|| {
+        format!(
+            "cannot resolve the project directory {}",
+            opts.dir.display()
+        )
+    })?;
+    let config = match Config::load(&dir)? {
+        Some(c) => c,
+        None => Config::default_for(&dir),
+    };
+    let has_config = dir.join(config::CONFIG_FILE).is_file();
+    let data_dir = config::data_dir(
+        opts.data_dir.as_deref(),
+        has_config.then_some(dir.as_path()),
+    );
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+
+    let store_path = data_dir.join(STORE_FILE);
+    let store_opts = StoreOptions {
+        store_max_bytes: config.store_max_bytes,
+        ..opts.store.clone()
+    };
+    let opened = {
+        let path = store_path.clone();
+        tokio::task::spawn_blocking(move || Store::open(&path, store_opts)).await?
+    };
+    let opened = match opened {
+        Ok(o) => o,
+        Err(StoreError::Locked { .. }) => {
+            let who = read_daemon_info(&data_dir)
+                .map(|i| format!(" (pid {}, port {})", i.pid, i.port))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "another bpm daemon{who} already runs with the data directory {}; use it (`bpm status`), stop it, or pass another --data-dir",
+                data_dir.display()
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let store = opened.store;
+    if let Some((from, to)) = &opened.moved_aside {
+        store.record(
+            None,
+            None,
+            EventKind::Note {
+                text: format!(
+                    "the store {} could not be opened; it was moved aside to {} and a new one started",
+                    from.display(),
+                    to.display()
+                ),
+            },
+        );
+    }
+
+    let port = opts.port.unwrap_or(config.mcp_port);
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port} (is another daemon or program using it? pass --port)"))?;
+    let port = listener.local_addr()?.port();
+    let info = DaemonInfo {
+        pid: std::process::id(),
+        port,
+        data_dir: data_dir.clone(),
+        project_dir: dir.clone(),
+    };
+    std::fs::write(
+        data_dir.join(DAEMON_FILE),
+        serde_json::to_vec_pretty(&info)?,
+    )?;
+
+    store.record(None, None, EventKind::DaemonStarted { pid: info.pid });
+    let passthrough = opts.passthrough.unwrap_or(config.prefix_output);
+    let ops = Ops::new(store.clone(), config.clone(), passthrough);
+
+    // Processes: configured ones, then runtime ones persisted by an earlier daemon.
+    for (name, pc) in &config.processes {
+        let mut spec = ProcessSpec::from_config(pc, passthrough);
+        if pc.kind == ProcessKind::Rust {
+            let (target, bin) = cargo::locate_binary(&pc.cwd)
+                .await
+                .map_err(|e| anyhow::anyhow!("process `{name}` (type = \"rust\"): {e}"))?;
+            spec = cargo::rust_spec(spec, &target, &bin);
+        }
+        debug_assert_eq!(&spec.name, name);
+        ops.add(spec, false);
+        store.set_limits(
+            name,
+            crate::logs::Limits {
+                keep_instances: pc.keep_instances,
+                keep_builds: pc.keep_builds,
+                max_bytes: pc.max_bytes,
+            },
+        );
+    }
+    let persisted = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.processes()).await??
+    };
+    for (name, bytes) in persisted {
+        if config.processes.contains_key(&name) {
+            continue;
+        }
+        match serde_json::from_slice::<RuntimeSpec>(&bytes) {
+            Ok(spec) => {
+                ops.add(ops::runtime_process_spec(&spec, passthrough), true);
+            }
+            Err(e) => tracing::warn!("ignoring the stored process `{name}`: {e}"),
+        }
+    }
+
+    let app = http::router(ops.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    };
+    // Ready once the listeners are bound, never after the builds.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    on_ready(&info);
+
+    // Recovery and autostart in the background, so the daemon answers at once.
+    let startup = {
+        let ops = ops.clone();
+        let interrupted = opened.interrupted.clone();
+        let unclean = opened.unclean;
+        tokio::spawn(async move { recover_and_autostart(ops, interrupted, unclean).await })
+    };
+    let mode_timer = tokio::spawn(mode_timer(ops.clone()));
+
+    shutdown.await;
+    tracing::info!("shutting down: stopping every process");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    mode_timer.abort();
+    startup.abort();
+    let _ = stop_tx.send(true);
+    ops.shutdown_all().await;
+    let _ = server.await;
+    store.record(None, None, EventKind::DaemonStopped);
+    let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
+    tokio::task::spawn_blocking(move || {
+        store.flush()?;
+        store.close()
+    })
+    .await??;
+    Ok(())
+}
+
+/// After an unclean death: stop the process groups the old daemon left running (only
+/// where the pid still has the recorded start time), say so, then start what should run.
+async fn recover_and_autostart(
+    ops: Ops,
+    interrupted: Vec<crate::logs::InstanceMeta>,
+    unclean: bool,
+) {
+    let store = ops.store().clone();
+    if unclean {
+        store.record(None, None, EventKind::RecoveredUncleanShutdown);
+    }
+    let mut was_running: Vec<String> = Vec::new();
+    for m in &interrupted {
+        if m.kind == InstanceKind::Run {
+            was_running.push(m.process.clone());
+        }
+        let (Some(pid), Some(pgid), Some(start)) = (m.spawn.pid, m.spawn.pgid, m.spawn.start_time)
+        else {
+            continue;
+        };
+        let outcome = procgroup::stop_orphan_group(
+            pid,
+            pgid,
+            start,
+            nix::sys::signal::Signal::SIGTERM,
+            Duration::from_secs(5),
+        )
+        .await;
+        if outcome.found() {
+            tracing::warn!(
+                "stopped process group {pgid} (pid {pid}, `{}`) left by the previous daemon",
+                m.process
+            );
+            store.record(
+                Some(&m.process),
+                Some(m.id),
+                EventKind::OrphanKilled { pid, pgid },
+            );
+        }
+    }
+    let autostart: Vec<String> = ops
+        .config()
+        .processes
+        .values()
+        .filter(|p| p.autostart)
+        .map(|p| p.name.clone())
+        .collect();
+    for (name, handle) in ops.handles() {
+        // Configured processes start as configured; runtime ones come back if they were
+        // running when the daemon died (a restart of the machine included).
+        let start = autostart.contains(&name)
+            || (!ops.config().processes.contains_key(&name) && was_running.contains(&name));
+        if start {
+            let by = Actor::Daemon;
+            tokio::spawn(async move {
+                if let Err(e) = handle.start(by).await {
+                    tracing::error!("{e}");
+                }
+            });
+        }
+    }
+}
+
+/// Back to release mode after `dev_timeout` without agent activity (DESIGN.md section 2);
+/// processes with a build step are rebuilt in release.
+async fn mode_timer(ops: Ops) {
+    let timeout = ops.config().dev_timeout;
+    let tick = (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(tick).await;
+        if ops.mode() == Mode::Dev && ops.since_agent_activity() >= timeout {
+            let _ = ops.set_mode(Mode::Release, Actor::ModeSwitch).await;
+            for (name, handle) in ops.handles() {
+                if ops.has_build(&name)
+                    && handle.status_now().state.is_running()
+                    && let Err(e) = handle.restart(Actor::ModeSwitch).await
+                {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+    }
+}
