@@ -234,14 +234,12 @@ async fn recover_and_autostart(
         else {
             continue;
         };
-        let outcome = procgroup::stop_orphan_group(
-            pid,
-            pgid,
-            start,
-            nix::sys::signal::Signal::SIGTERM,
-            Duration::from_secs(5),
-        )
-        .await;
+        // Stop it as its config says, if it is still configured.
+        let (sig, grace) = ops.config().processes.get(&m.process).map_or(
+            (nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5)),
+            |p| (p.stop_signal.signal(), p.stop_timeout),
+        );
+        let outcome = procgroup::stop_orphan_group(pid, pgid, start, sig, grace).await;
         if outcome.found() {
             tracing::warn!(
                 "stopped process group {pgid} (pid {pid}, `{}`) left by the previous daemon",
