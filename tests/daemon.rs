@@ -21,8 +21,42 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn serve(project: &Path, data: &Path) -> Child {
-    Command::new(BPM)
+/// A daemon under test: SIGTERMed (so it stops its processes) when dropped, also when
+/// the test panics.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("still owned")
+    }
+    fn id(&self) -> u32 {
+        self.0.as_ref().expect("still owned").id()
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child().try_wait()
+    }
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child().wait()
+    }
+    /// For a daemon expected to exit by itself.
+    fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0.take().expect("still owned").wait_with_output()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0
+            && let Ok(None) = child.try_wait()
+        {
+            signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn serve(project: &Path, data: &Path) -> Daemon {
+    let child = Command::new(BPM)
         .args(["serve", "--port", "0", "--no-prefix", "--data-dir"])
         .arg(data)
         .arg(project)
@@ -30,7 +64,8 @@ fn serve(project: &Path, data: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Daemon(Some(child))
 }
 
 /// The port of the daemon with pid `pid`, once it has bound its listener.

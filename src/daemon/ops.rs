@@ -198,6 +198,8 @@ pub struct InstanceSummary {
     pub exit: Option<String>,
     pub pid: Option<u32>,
     pub lines: u64,
+    /// Lines that never reached the store (the writer fell behind); 0 normally.
+    pub dropped: u64,
 }
 
 impl From<&InstanceMeta> for InstanceSummary {
@@ -210,6 +212,7 @@ impl From<&InstanceMeta> for InstanceSummary {
             exit: m.exit.as_ref().map(ToString::to_string),
             pid: m.spawn.pid,
             lines: m.next_seq - m.first_seq,
+            dropped: m.dropped_lines,
         }
     }
 }
@@ -471,8 +474,13 @@ impl Ops {
                     Some((name, handle)) if handle.status_now().state.is_running() => {
                         (name, handle, true)
                     }
-                    Some((name, handle)) => (name, handle, false),
-                    None => {
+                    // Not running: start it again, unless the caller names another process.
+                    Some((name, handle))
+                        if req.name.as_deref().is_none_or(|wanted| wanted == name) =>
+                    {
+                        (name, handle, false)
+                    }
+                    _ => {
                         let name = self.unique_name(req.name.as_deref(), argv)?;
                         let spec = RuntimeSpec {
                             name: name.clone(),

@@ -1,0 +1,283 @@
+//! Daemon benchmarks against the real `bpm serve` binary, each beside its baseline.
+//!
+//! `cargo bench --bench daemon` (it builds the release binary first). Measures: a child
+//! printing 2,000,000 lines of 100 bytes until its last line is durable, against the same
+//! child writing to a file (and fsync); `seq 1 2000000` through bpm with every line
+//! stored; restart of `python3 -m http.server` until the port accepts again, against
+//! starting it directly; the daemon's RSS idle and its peak during the flood; and daemon
+//! start until the listener accepts, on an empty store.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bpm_binary() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--bin", "bpm"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("release/bpm")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn http(port: u16, method: &str, path: &str, body: &str) -> Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(bin: &Path, project: &Path) -> (Daemon, Duration) {
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let t = Instant::now();
+        let child = Command::new(bin)
+            .args([
+                "serve",
+                "--no-prefix",
+                "--port",
+                &port.to_string(),
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .arg(project)
+            .env("BPM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(10, || TcpStream::connect(("127.0.0.1", port)).ok());
+        let bound = t.elapsed();
+        (
+            Daemon {
+                child,
+                port,
+                _data: data,
+            },
+            bound,
+        )
+    }
+
+    fn rss_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// Start `argv` as a runtime process and wait until it has exited, all durable.
+    fn run_to_exit(&self, name: &str, argv: &[&str]) -> Duration {
+        let body = serde_json::json!({ "name": name, "command": argv }).to_string();
+        let t = Instant::now();
+        let r = http(self.port, "POST", "/api/start", &body);
+        assert!(r["status"].is_object(), "{r}");
+        wait_for(600, || {
+            let s = http(self.port, "GET", &format!("/api/status/{name}"), "");
+            (s["processes"][0]["state"]["exited"].is_object()).then_some(())
+        });
+        t.elapsed()
+    }
+
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+/// A daemon is stopped (with its processes) even when a measurement panics.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// A child printing 2,000,000 lines of 100 bytes (99 + newline).
+fn flood() -> String {
+    format!("yes {} | head -n 2000000", "0".repeat(99))
+}
+
+fn main() {
+    let bin = bpm_binary();
+    let project = tempfile::tempdir().unwrap();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
+
+    if want("start") {
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let (d, bound) = Daemon::start(&bin, project.path());
+            starts.push(bound);
+            d.stop();
+        }
+        println!(
+            "{:<52} {:>10}   (target < 100 ms; includes process exec)",
+            "daemon start until the listener accepts",
+            ms(median(starts))
+        );
+    }
+
+    if want("flood") {
+        let (d, _) = Daemon::start(&bin, project.path());
+        std::thread::sleep(Duration::from_millis(500));
+        let idle = d.rss_kib("VmRSS:");
+        let mut ours = Vec::new();
+        let mut base = Vec::new();
+        for i in 0..3 {
+            let out = project.path().join("flood.txt");
+            let t = Instant::now();
+            let st = Command::new("sh")
+                .args(["-c", &format!("{} > {}", flood(), out.display())])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            std::fs::File::open(&out).unwrap().sync_all().unwrap();
+            base.push(t.elapsed());
+            assert_eq!(std::fs::metadata(&out).unwrap().len(), 200_000_000);
+            std::fs::remove_file(&out).unwrap();
+
+            let name = format!("flood{i}");
+            ours.push(d.run_to_exit(&name, &["sh", "-c", &flood()]));
+            let logs = http(d.port, "GET", &format!("/api/logs/{name}?tail=1"), "");
+            assert_eq!(logs["lines"][0]["seq"], 1_999_999, "{logs}");
+            assert_eq!(logs["instances"][0]["lines"], 2_000_000, "{logs}");
+            assert_eq!(
+                logs["instances"][0]["dropped"], 0,
+                "every line stored: {logs}"
+            );
+        }
+        let peak = d.rss_kib("VmHWM:");
+        let (o, b) = (median(ours), median(base));
+        println!(
+            "{:<52} {:>10}   child > file + fsync {:>10}   ratio {:.2}x (target <= 1.3x)",
+            "flood: 2,000,000 x 100 B lines until durable",
+            ms(o),
+            ms(b),
+            o.as_secs_f64() / b.as_secs_f64()
+        );
+        let t = d.run_to_exit("seq", &["seq", "1", "2000000"]);
+        let logs = http(d.port, "GET", "/api/logs/seq?tail=1", "");
+        assert_eq!(logs["lines"][0]["text"], "2000000");
+        println!(
+            "{:<52} {:>10}   lines: {} of 2000000, dropped: {}",
+            "seq 1 2000000 through bpm",
+            ms(t),
+            logs["instances"][0]["lines"],
+            logs["instances"][0]["dropped"]
+        );
+        println!(
+            "{:<52} {:>7} MiB   peak during the floods {:.1} MiB (targets 15 / 64 MiB)",
+            "daemon RSS idle",
+            format!("{:.1}", idle as f64 / 1024.0),
+            peak as f64 / 1024.0
+        );
+        d.stop();
+    }
+
+    if want("restart") {
+        let (d, _) = Daemon::start(&bin, project.path());
+        let port = free_port();
+        let argv = [
+            "python3",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ];
+        let accepts = || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ());
+        // Floor: start the command directly until the port accepts.
+        let mut floor = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let mut c = Command::new(argv[0])
+                .args(&argv[1..])
+                .current_dir(project.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            wait_for(10, accepts);
+            floor.push(t.elapsed());
+            c.kill().unwrap();
+            c.wait().unwrap();
+            wait_for(10, || accepts().is_none().then_some(()));
+        }
+        let body = serde_json::json!({ "name": "http", "command": argv }).to_string();
+        http(d.port, "POST", "/api/start", &body);
+        wait_for(10, accepts);
+        let mut ours = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            http(d.port, "POST", "/api/restart/http", "");
+            wait_for(10, accepts);
+            ours.push(t.elapsed());
+        }
+        let (o, f) = (median(ours), median(floor));
+        println!(
+            "{:<52} {:>10}   direct start {:>10}   over the floor {} (target <= 20 ms)",
+            "restart python3 -m http.server until it accepts",
+            ms(o),
+            ms(f),
+            ms(o.saturating_sub(f))
+        );
+        d.stop();
+    }
+}
