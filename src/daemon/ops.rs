@@ -556,10 +556,7 @@ impl Ops {
     }
 
     pub async fn stop(&self, process: &str, force: bool, by: Actor) -> Result<Status, OpError> {
-        let (name, handle) = self.find(process)?;
-        self.inner
-            .store
-            .record(Some(&name), None, EventKind::StopRequested { by });
+        let (_, handle) = self.find(process)?;
         Ok(handle.stop(by, force).await?)
     }
 
@@ -575,9 +572,6 @@ impl Ops {
         if by == Actor::Mcp {
             self.set_mode(Mode::Dev, Actor::Mcp).await?;
         }
-        self.inner
-            .store
-            .record(Some(&name), None, EventKind::RestartRequested { by });
         let status = handle.restart(by).await?;
         let readiness = match wait {
             Some(t) => Some(handle.wait_ready(t).await.into()),

@@ -716,7 +716,7 @@ impl Supervisor {
                 } else {
                     self.backoff = None;
                     self.crash_count = 0;
-                    self.stop_run(false).await;
+                    self.swap_out_run().await;
                     self.restarts += 1;
                     let result = self.spawn_run().await.map(|()| self.status());
                     self.reply(reply, result);
@@ -754,6 +754,17 @@ impl Supervisor {
 
     /// Stop the running instance, if any, on our own initiative: never a crash.
     async fn stop_run(&mut self, force: bool) {
+        self.stop_run_then(force, false).await;
+    }
+
+    /// Stop the running instance to start a new one at once: its end becomes durable in
+    /// the background (its lines stay readable from the ring meanwhile), so the commit's
+    /// fsync does not add to the restart's downtime. Nothing acts on this exit.
+    async fn swap_out_run(&mut self) {
+        self.stop_run_then(false, true).await;
+    }
+
+    async fn stop_run_then(&mut self, force: bool, defer_finish: bool) {
         let Some(mut run) = self.run.take() else {
             return;
         };
@@ -767,7 +778,7 @@ impl Supervisor {
         };
         let out = procgroup::stop_group(&mut run.child, run.pgid, sig, grace).await;
         let status = out.status.map_or(ExitStatus::Unknown, convert_status);
-        self.end_run(run, status, false).await;
+        self.end_run(run, status, false, defer_finish).await;
     }
 
     /// The leader exited by itself.
@@ -794,7 +805,7 @@ impl Supervisor {
         )
         .await;
         let ran = run.started.elapsed();
-        self.end_run(run, status.clone(), true).await;
+        self.end_run(run, status.clone(), true, false).await;
 
         if ran >= self.timing.stable_run {
             self.crash_count = 0;
@@ -833,7 +844,7 @@ impl Supervisor {
 
     /// After the run's group is gone: drain its output, make it durable, record the exit,
     /// and look at its last lines.
-    async fn end_run(&mut self, run: Run, status: ExitStatus, by_itself: bool) {
+    async fn end_run(&mut self, run: Run, status: ExitStatus, by_itself: bool, defer_finish: bool) {
         let Run {
             instance,
             writer,
@@ -842,8 +853,18 @@ impl Supervisor {
             ..
         } = run;
         drain(captures).await;
-        if let Err(e) = writer.finish_async(status.clone()).await {
-            tracing::warn!(process = %self.spec.name, error = %e, "cannot finish instance");
+        let finish = {
+            let (name, status) = (self.spec.name.clone(), status.clone());
+            async move {
+                if let Err(e) = writer.finish_async(status).await {
+                    tracing::warn!(process = %name, error = %e, "cannot finish instance");
+                }
+            }
+        };
+        if defer_finish {
+            tokio::spawn(finish);
+        } else {
+            finish.await;
         }
         self.record(
             Some(instance),
@@ -1053,7 +1074,7 @@ impl Supervisor {
                 self.backoff = None;
                 self.crash_count = 0;
                 let had_run = self.run.is_some();
-                self.stop_run(false).await;
+                self.swap_out_run().await;
                 if had_run || build.restart {
                     self.restarts += 1;
                 }

@@ -323,8 +323,12 @@ pub async fn stop_group(child: &mut Child, pgid: u32, sig: Signal, grace: Durati
         tracing::warn!(pgid, %sig, error = %e, "cannot signal process group");
     }
     let deadline = Instant::now() + grace;
+    // Most processes exit within milliseconds of the signal: poll fast at first (a
+    // restart's downtime includes this wait), then settle at POLL.
+    let mut poll = Duration::from_millis(1);
     while Instant::now() < deadline {
-        sleep(POLL).await;
+        sleep(poll).await;
+        poll = (poll * 2).min(POLL);
         if leader.gone_with_group(pgid) {
             return leader.outcome(Ending::Exited);
         }
