@@ -263,3 +263,68 @@ fn runtime_processes_start_once_and_unknown_names_say_what_exists() {
     assert!(status.success());
     assert!(!alive(a["status"]["pid"].as_u64().unwrap() as u32));
 }
+
+fn write_app(dir: &Path, body: &str) {
+    std::fs::write(
+        dir.join("src/main.rs"),
+        format!(
+            "fn main() {{ {body} std::thread::sleep(std::time::Duration::from_secs(300)); }}\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_rust_process_is_built_then_swapped_and_a_failed_build_keeps_the_old_one() {
+    let project = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = project.path();
+    std::fs::create_dir(p.join("src")).unwrap();
+    std::fs::write(
+        p.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    write_app(p, r#"println!("version one");"#);
+    write_config(p, "[process.app]\ntype = \"rust\"\nargs = [\"--flag\"]\n");
+    let mut daemon = serve(p, data.path());
+    let port = port_of(data.path(), daemon.id());
+    let first = wait_for("the first build and start", 120, || {
+        let (_, s) = http(port, "GET", "/api/status/app");
+        process(&s, "app")["pid"].as_u64()
+    });
+    wait_for("its output", 30, || {
+        let (_, l) = http(port, "GET", "/api/logs/app");
+        (l["lines"][0]["text"] == "version one").then_some(())
+    });
+
+    // A new version: built while the old one runs, then swapped in.
+    write_app(p, r#"println!("version two");"#);
+    let (code, r) = http(port, "POST", "/api/restart/app");
+    assert_eq!(code, 200, "{r}");
+    let second = r["status"]["pid"].as_u64().unwrap();
+    assert_ne!(first, second);
+    wait_for("the new output", 30, || {
+        let (_, l) = http(port, "GET", "/api/logs/app");
+        (l["lines"][0]["text"] == "version two").then_some(())
+    });
+    let (_, b) = http(port, "GET", "/api/logs/app?build=true&pattern=Compiling");
+    assert!(b["matched"].as_u64().unwrap() >= 1, "{b}");
+
+    // A broken version: the build fails with the compiler's errors, the old one runs on.
+    write_app(p, r#"let x: u32 = "not a number";"#);
+    let (code, r) = http(port, "POST", "/api/restart/app");
+    assert_eq!(code, 409, "{r}");
+    let err = r["error"].as_str().unwrap();
+    assert!(
+        err.contains("build of app failed") && err.contains("mismatched types"),
+        "{err}"
+    );
+    let (_, s) = http(port, "GET", "/api/status/app");
+    assert_eq!(process(&s, "app")["pid"].as_u64(), Some(second));
+    assert!(alive(second as u32));
+    signal(daemon.id(), nix::sys::signal::Signal::SIGTERM);
+    let status = wait_for("the daemon to exit", 30, || daemon.try_wait().unwrap());
+    assert!(status.success());
+    assert!(!alive(second as u32));
+}
