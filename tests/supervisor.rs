@@ -602,15 +602,22 @@ async fn ready_by_log_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_by_tcp_port() {
     let env = env();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut s = spec(&env, "db", "sleep 30");
+    // A free port, which the child itself starts listening on a moment after it starts.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = format!(
+        "exec python3 -c 'import socket, time; time.sleep(0.3); s = socket.socket(); s.bind((\"127.0.0.1\", {port})); s.listen(); time.sleep(30)'"
+    );
+    let mut s = spec(&env, "db", &script);
     s.ready = ready(ReadyCheck::Tcp { port });
     let h = supervise(&env, s, timing());
-    h.start(Actor::Cli).await.unwrap();
+    let started = h.start(Actor::Cli).await.unwrap();
+    assert_eq!(started.state, State::Starting);
     assert_eq!(h.wait_ready(DEADLINE).await, ReadyOutcome::Ready);
     assert_eq!(h.status().await.state, State::Ready);
-    drop(listener);
     finish(env, &[&h]).await;
 }
 
@@ -758,4 +765,35 @@ async fn shutdown_stops_the_process_and_ends_the_task() {
         Err(ProcessError::Gone { .. })
     ));
     finish(env, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_readiness_port_is_refused_naming_its_holder() {
+    let env = env();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut s = spec(&env, "web", "echo should not run; sleep 30");
+    s.ready = Some(Ready {
+        check: ReadyCheck::Tcp { port },
+        timeout: Duration::from_secs(5),
+    });
+    let h = supervise(&env, s, timing());
+    let err = h.start(Actor::Cli).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "port {port} is already in use by pid {}",
+            std::process::id()
+        )) && msg.contains("(not managed by bpm)"),
+        "{msg}"
+    );
+    assert_eq!(runs(&env.store, "web"), 0, "nothing was started");
+    until_event(
+        &env.store,
+        "web",
+        |e| matches!(e, EventKind::PortConflict { port: p, holder: Some(_) } if *p == port),
+    )
+    .await;
+    drop(listener);
+    finish(env, &[&h]).await;
 }

@@ -295,3 +295,64 @@ async fn mode_timer(ops: Ops) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::Store;
+
+    /// An agent's restart switches to dev; after `dev_timeout` without agent activity the
+    /// daemon switches back to release by itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn modes_follow_agent_activity() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "dev_timeout_hours = 0.0002\n[process.w]\ncommand = [\"sleep\", \"30\"]\n";
+        let config = Config::parse(text, &dir.path().join(".mcp-run"), dir.path()).unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), StoreOptions::default())
+            .unwrap()
+            .store;
+        let ops = Ops::new(store.clone(), config.clone(), false);
+        ops.add(
+            ProcessSpec::from_config(&config.processes["w"], false),
+            false,
+        );
+        assert_eq!(ops.mode(), Mode::Release, "starts in release");
+        ops.restart("w", Actor::Cli, None).await.unwrap();
+        assert_eq!(
+            ops.mode(),
+            Mode::Release,
+            "a human's restart does not switch"
+        );
+        ops.agent_activity();
+        ops.restart("w", Actor::Mcp, None).await.unwrap();
+        assert_eq!(ops.mode(), Mode::Dev);
+        let timer = tokio::spawn(mode_timer(ops.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while ops.mode() != Mode::Release {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never went back to release"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        timer.abort();
+        ops.shutdown_all().await;
+        store.flush_async().await.unwrap();
+        let switches: Vec<_> = store
+            .events(None, 100)
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::ModeSwitched { to, by, .. } => Some((to, by)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            switches,
+            [
+                ("dev".to_owned(), Actor::Mcp),
+                ("release".to_owned(), Actor::ModeSwitch)
+            ]
+        );
+    }
+}

@@ -154,6 +154,25 @@ pub fn pid_in_group(pid: u32) -> Option<u32> {
     super::procgroup::read_stat(pid).map(|s| s.pgrp)
 }
 
+/// Whether `pid` belongs to a process group this daemon started: the group's leader is
+/// one of our children (bpm starts every process as the leader of its own group).
+pub fn managed_by_this_daemon(pid: u32) -> bool {
+    pid_in_group(pid)
+        .and_then(super::procgroup::read_stat)
+        .is_some_and(|leader| leader.ppid == std::process::id())
+}
+
+/// "pid N: command (managed by bpm)" for a port's holder, for errors and events.
+pub fn describe_holder(port: u16) -> Option<String> {
+    let h = port_holder(port)?;
+    let managed = if managed_by_this_daemon(h.pid) {
+        "managed by bpm"
+    } else {
+        "not managed by bpm"
+    };
+    Some(format!("pid {}: {} ({managed})", h.pid, h.command))
+}
+
 /// Byte strings at least one of which every recognised message contains, checked before
 /// anything that allocates: this runs on every line every process prints.
 const PREFILTER: [&[u8]; 6] = [

@@ -886,11 +886,10 @@ impl Supervisor {
                     None => "address already in use".to_string(),
                 });
                 if let Some(port) = port {
-                    let holder = tokio::task::spawn_blocking(move || ports::port_holder(port))
+                    let holder = tokio::task::spawn_blocking(move || ports::describe_holder(port))
                         .await
                         .ok()
-                        .flatten()
-                        .map(|h| format!("pid {}: {}", h.pid, h.command));
+                        .flatten();
                     if let Some(h) = &holder {
                         self.last_error = Some(format!("port {port} is already in use by {h}"));
                     }
@@ -936,6 +935,34 @@ impl Supervisor {
     }
 
     async fn try_spawn(&mut self) -> Result<Run, String> {
+        // A readiness port that is already taken: say who holds it instead of starting
+        // a process that can only fail with "address in use".
+        if let Some(Ready {
+            check: ReadyCheck::Tcp { port },
+            ..
+        }) = &self.spec.ready
+        {
+            let port = *port;
+            let taken = tokio::task::spawn_blocking(move || {
+                ports::port_in_use(port).then(|| ports::describe_holder(port))
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(holder) = taken {
+                self.record(
+                    None,
+                    EventKind::PortConflict {
+                        port,
+                        holder: holder.clone(),
+                    },
+                );
+                return Err(format!(
+                    "port {port} is already in use{}; stop that process or change the port",
+                    holder.map(|h| format!(" by {h}")).unwrap_or_default()
+                ));
+            }
+        }
         let cwd = self.spec.cwd.display().to_string();
         let argv = self.spec.run_argv(*self.mode.borrow());
         let spawned = procgroup::spawn(&procgroup::SpawnSpec {

@@ -216,6 +216,8 @@ fn os_error(program: &str, spec: &SpawnSpec, source: io::Error) -> SpawnError {
 pub(crate) struct ProcStat {
     /// Field 3: R, S, D, Z, T, ...
     pub state: char,
+    /// Field 4.
+    pub ppid: u32,
     /// Field 5.
     pub pgrp: u32,
     /// Field 22, clock ticks since boot.
@@ -231,10 +233,12 @@ pub(crate) fn parse_stat(content: &str) -> Option<ProcStat> {
     // After the name, fields start at field 3.
     let mut fields = content.get(close + 1..)?.split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
-    let pgrp = fields.nth(1)?.parse().ok()?; // field 5
+    let ppid = fields.next()?.parse().ok()?; // field 4
+    let pgrp = fields.next()?.parse().ok()?; // field 5
     let start_time = fields.nth(16)?.parse().ok()?; // field 22
     Some(ProcStat {
         state,
+        ppid,
         pgrp,
         start_time,
     })
@@ -503,6 +507,7 @@ mod tests {
                 parse_stat(&line),
                 Some(ProcStat {
                     state: 'S',
+                    ppid: 1,
                     pgrp: 4242,
                     start_time: 987654
                 }),
