@@ -965,38 +965,27 @@ impl Supervisor {
         }
         let cwd = self.spec.cwd.display().to_string();
         let argv = self.spec.run_argv(*self.mode.borrow());
-        let spawned = procgroup::spawn(&procgroup::SpawnSpec {
-            argv: argv.clone(),
-            cwd: self.spec.cwd.clone(),
-            env: self.spec.env.clone(),
-        })
-        .map_err(|e| e.to_string())?;
-        let procgroup::Spawned {
-            mut child,
+        let Recorded {
+            child,
             pid,
             pgid,
-            start_time,
             stdout,
             stderr,
-        } = spawned;
-        let started = Instant::now();
-        let writer = match self.store.begin_instance(
+            writer,
+        } = spawn_recorded(
+            &self.store,
             &self.spec.name,
             InstanceKind::Run,
-            SpawnInfo {
-                pid: Some(pid),
-                pgid: Some(pgid),
-                start_time: Some(start_time),
-                argv: argv.clone(),
-                cwd: cwd.clone(),
-            },
-        ) {
-            Ok(w) => w,
-            Err(e) => {
-                procgroup::stop_group(&mut child, pgid, Signal::SIGKILL, Duration::ZERO).await;
-                return Err(format!("cannot record its output: {e}"));
-            }
-        };
+            &argv,
+            &self.spec.cwd,
+            &self.spec.env,
+        )
+        .await
+        .map_err(|e| match e {
+            SpawnFailure::Spawn(m) => m,
+            SpawnFailure::Record(m) => format!("cannot record its output: {m}"),
+        })?;
+        let started = Instant::now();
         let instance = writer.id();
         self.record(Some(instance), EventKind::Spawned { pid, argv, cwd });
         let prefix = self.spec.passthrough.then(|| self.spec.name.clone());
@@ -1151,6 +1140,69 @@ fn unix_ms() -> i64 {
 }
 
 /// Copy one pipe into the instance until EOF.
+/// A process spawned into its own group, with its store instance begun.
+struct Recorded {
+    child: Child,
+    pid: u32,
+    pgid: u32,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::process::ChildStderr,
+    writer: InstanceWriter,
+}
+
+enum SpawnFailure {
+    /// The command could not be started (the message names program and directory).
+    Spawn(String),
+    /// It started, but the store refused the instance; the group was killed.
+    Record(String),
+}
+
+/// Spawn `argv` in its own process group and begin its instance in the store: what a run
+/// and a build have in common.
+async fn spawn_recorded(
+    store: &Store,
+    name: &str,
+    kind: InstanceKind,
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+) -> Result<Recorded, SpawnFailure> {
+    let procgroup::Spawned {
+        mut child,
+        pid,
+        pgid,
+        start_time,
+        stdout,
+        stderr,
+    } = procgroup::spawn(&procgroup::SpawnSpec {
+        argv: argv.to_vec(),
+        cwd: cwd.to_owned(),
+        env: env.to_vec(),
+    })
+    .map_err(|e| SpawnFailure::Spawn(e.to_string()))?;
+    let info = SpawnInfo {
+        pid: Some(pid),
+        pgid: Some(pgid),
+        start_time: Some(start_time),
+        argv: argv.to_vec(),
+        cwd: cwd.display().to_string(),
+    };
+    match store.begin_instance(name, kind, info) {
+        Ok(writer) => Ok(Recorded {
+            child,
+            pid,
+            pgid,
+            stdout,
+            stderr,
+            writer,
+        }),
+        Err(e) => {
+            procgroup::stop_group(&mut child, pgid, Signal::SIGKILL, Duration::ZERO).await;
+            Err(SpawnFailure::Record(e.to_string()))
+        }
+    }
+}
+
 fn capture<R>(
     mut pipe: R,
     stream: Stream,
@@ -1304,41 +1356,31 @@ async fn run_build(ctx: BuildCtx, cancel: oneshot::Receiver<bool>) -> Result<(),
             },
         );
     };
-    let spawned = match procgroup::spawn(&procgroup::SpawnSpec {
-        argv: ctx.argv.clone(),
-        cwd: ctx.cwd.clone(),
-        env: ctx.env.clone(),
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            finished(false);
-            return Err(failed(None, vec![e.to_string()]));
-        }
-    };
-    let procgroup::Spawned {
+    let Recorded {
         mut child,
-        pid,
+        pid: _,
         pgid,
-        start_time,
         stdout,
         stderr,
-    } = spawned;
-    let writer = match ctx.store.begin_instance(
+        writer,
+    } = match spawn_recorded(
+        &ctx.store,
         &ctx.name,
         InstanceKind::Build,
-        SpawnInfo {
-            pid: Some(pid),
-            pgid: Some(pgid),
-            start_time: Some(start_time),
-            argv: ctx.argv.clone(),
-            cwd: ctx.cwd.display().to_string(),
-        },
-    ) {
-        Ok(w) => w,
+        &ctx.argv,
+        &ctx.cwd,
+        &ctx.env,
+    )
+    .await
+    {
+        Ok(r) => r,
         Err(e) => {
-            procgroup::stop_group(&mut child, pgid, Signal::SIGKILL, Duration::ZERO).await;
             finished(false);
-            return Err(failed(None, vec![format!("cannot record the build: {e}")]));
+            let message = match e {
+                SpawnFailure::Spawn(m) => m,
+                SpawnFailure::Record(m) => format!("cannot record the build: {m}"),
+            };
+            return Err(failed(None, vec![message]));
         }
     };
     let instance = writer.id();
