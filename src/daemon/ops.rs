@@ -349,7 +349,8 @@ impl Ops {
             .elapsed()
     }
 
-    /// Switch the daemon's mode. Processes with a build step are rebuilt in the new mode.
+    /// Switch the daemon's mode; later builds and crash waits follow it (the mode timer
+    /// rebuilds what runs when it switches back to release).
     pub async fn set_mode(&self, mode: Mode, by: Actor) -> Result<Mode, OpError> {
         let from = self.mode();
         if from == mode {
@@ -369,29 +370,22 @@ impl Ops {
     }
 
     pub async fn status(&self, process: Option<&str>) -> Result<StatusReport, OpError> {
+        // Resolve a pid to its name first: `find` takes the lock itself.
+        let only = process
+            .map(|p| self.find(p))
+            .transpose()?
+            .map(|(name, _)| name);
         let selected: Vec<(String, ProcessHandle, ProcessSpec, bool)> = {
             let procs = self
                 .inner
                 .processes
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
-            match process {
-                Some(p) => {
-                    drop(procs);
-                    let (name, _) = self.find(p)?;
-                    let procs = self
-                        .inner
-                        .processes
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner());
-                    let m = &procs[&name];
-                    vec![(name, m.handle.clone(), m.spec.clone(), m.runtime)]
-                }
-                None => procs
-                    .iter()
-                    .map(|(n, m)| (n.clone(), m.handle.clone(), m.spec.clone(), m.runtime))
-                    .collect(),
-            }
+            procs
+                .iter()
+                .filter(|(n, _)| only.as_ref().is_none_or(|o| o == *n))
+                .map(|(n, m)| (n.clone(), m.handle.clone(), m.spec.clone(), m.runtime))
+                .collect()
         };
         let store = self.inner.store.clone();
         let names: Vec<String> = selected.iter().map(|s| s.0.clone()).collect();
