@@ -20,5 +20,7 @@
 pub mod config;
 pub mod daemon;
 pub mod logs;
+pub mod mcp;
 pub mod search;
 pub mod supervisor;
+pub mod timespec;

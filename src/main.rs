@@ -32,6 +32,26 @@ enum Command {
         /// Do not copy process output to stdout with [name] prefixes.
         #[arg(long)]
         no_prefix: bool,
+        /// The address to listen on (default 127.0.0.1). Any other than loopback needs a
+        /// token.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::IpAddr>,
+        /// Require `Authorization: Bearer <token>` on every HTTP request, with the token
+        /// read from FILE (or from the BPM_TOKEN environment variable).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Expire MCP sessions idle for this many seconds (default: a week).
+        #[arg(long, value_name = "SECONDS", hide = true)]
+        mcp_session_idle: Option<f64>,
+    },
+    /// Print how to connect an agent (claude, cursor, vscode, codex, gemini) to bpm.
+    Setup {
+        /// The client; all of them when omitted.
+        #[arg(value_enum)]
+        client: Option<bpm::mcp::setup::Client>,
+        /// The daemon's port (default: the config's mcp_port, else 8947).
+        #[arg(long)]
+        port: Option<u16>,
     },
 }
 
@@ -61,13 +81,31 @@ fn main() -> ExitCode {
             port,
             data_dir,
             no_prefix,
-        } => serve(bpm::daemon::Options {
-            dir,
-            data_dir,
-            port,
-            passthrough: no_prefix.then_some(false),
-            store: Default::default(),
+            listen,
+            token_file,
+            mcp_session_idle,
+        } => read_token(token_file.as_deref()).and_then(|token| {
+            serve(bpm::daemon::Options {
+                dir,
+                data_dir,
+                port,
+                passthrough: no_prefix.then_some(false),
+                store: Default::default(),
+                listen,
+                token,
+                mcp_session_idle: mcp_session_idle.map(std::time::Duration::from_secs_f64),
+            })
         }),
+        Command::Setup { client, port } => {
+            let port = port.unwrap_or_else(|| {
+                std::env::current_dir()
+                    .ok()
+                    .and_then(|d| bpm::config::Config::load(&d).ok().flatten())
+                    .map_or(bpm::config::DEFAULT_MCP_PORT, |c| c.mcp_port)
+            });
+            print!("{}", bpm::mcp::setup::instructions(client, port));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,6 +114,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The bearer token: from `--token-file`, else `BPM_TOKEN`.
+fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", f.display()))?;
+        let token = text.trim().to_owned();
+        if token.is_empty() {
+            anyhow::bail!(
+                "the token file {} is empty; put a long random string in it (e.g. `openssl rand -hex 32 > {}`)",
+                f.display(),
+                f.display()
+            );
+        }
+        return Ok(Some(token));
+    }
+    Ok(std::env::var("BPM_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
 }
 
 fn serve(opts: bpm::daemon::Options) -> anyhow::Result<()> {
@@ -90,12 +149,17 @@ fn serve(opts: bpm::daemon::Options) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
+        let host = opts
+            .listen
+            .filter(|ip| !ip.is_loopback())
+            .map_or_else(|| "127.0.0.1".to_owned(), |ip| ip.to_string());
         bpm::daemon::run(opts, shutdown, |info| {
             eprintln!(
-                "bpm: daemon pid {} listening on http://127.0.0.1:{} (data in {})",
+                "bpm: daemon pid {} listening on http://{host}:{} (data in {})\n{}",
                 info.pid,
                 info.port,
-                info.data_dir.display()
+                info.data_dir.display(),
+                bpm::mcp::setup::short(info.port)
             );
         })
         .await

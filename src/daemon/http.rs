@@ -133,6 +133,7 @@ async fn logs(
         stream,
         since_us: None,
         until_us: None,
+        around: None,
     };
     Ok(Json(ops.logs(req).await?).into_response())
 }

@@ -2,6 +2,7 @@
 //! listeners, supervises the processes, and on shutdown stops them all and closes the
 //! store. `bpm serve` calls it; tests call it in-process.
 
+pub mod guard;
 pub mod http;
 pub mod ops;
 
@@ -36,6 +37,13 @@ pub struct Options {
     /// Copy process output to stdout with `[name]` prefixes (the systemd journal).
     pub passthrough: Option<bool>,
     pub store: StoreOptions,
+    /// `--listen`: the address of the TCP listener (default 127.0.0.1). Another than a
+    /// loopback address needs `token`.
+    pub listen: Option<std::net::IpAddr>,
+    /// The bearer token every TCP request must carry (`--token-file`, `BPM_TOKEN`).
+    pub token: Option<String>,
+    /// How long an idle MCP session lives (default [`crate::mcp::DEFAULT_SESSION_IDLE`]).
+    pub mcp_session_idle: Option<Duration>,
 }
 
 /// Who a running daemon is, as written to `daemon.json`.
@@ -116,9 +124,18 @@ pub async fn run(
     }
 
     let port = opts.port.unwrap_or(config.mcp_port);
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("cannot listen on 127.0.0.1:{port} (is another daemon or program using it? pass --port)"))?;
+    let listen = opts.listen.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let token = opts.token.clone().filter(|t| !t.trim().is_empty());
+    if !listen.is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "refusing to listen on {listen} without a token: anyone who can reach it could run commands as you; pass --token-file FILE (or set BPM_TOKEN), or listen on 127.0.0.1"
+        );
+    }
+    let listener = TcpListener::bind((listen, port)).await.with_context(|| {
+        format!(
+            "cannot listen on {listen}:{port} (is another daemon or program using it? pass --port)"
+        )
+    })?;
     let port = listener.local_addr()?.port();
     let info = DaemonInfo {
         pid: std::process::id(),
@@ -171,7 +188,21 @@ pub async fn run(
         }
     }
 
-    let app = http::router(ops.clone());
+    let mcp_cancel = tokio_util::sync::CancellationToken::new();
+    let mcp = crate::mcp::http_service(
+        ops.clone(),
+        Some(
+            opts.mcp_session_idle
+                .unwrap_or(crate::mcp::DEFAULT_SESSION_IDLE),
+        ),
+        mcp_cancel.clone(),
+    );
+    // Nesting at `/mcp` serves `/mcp/` too.
+    let app = http::router(ops.clone()).nest_service("/mcp", mcp);
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        guard::Guard::new(listen, token),
+        guard::guard,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = {
         let mut stop_rx = stop_rx.clone();
@@ -202,6 +233,8 @@ pub async fn run(
     mode_timer.abort();
     startup.abort();
     let _ = stop_tx.send(true);
+    // Ends the MCP sessions' open event streams, which graceful shutdown would wait on.
+    mcp_cancel.cancel();
     ops.shutdown_all().await;
     let _ = server.await;
     store.record(None, None, EventKind::DaemonStopped);

@@ -66,7 +66,7 @@ pub struct StartRequest {
     pub wait: Option<Duration>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct StartResult {
     pub name: String,
     /// It was running already (the same command in the same directory).
@@ -76,7 +76,7 @@ pub struct StartResult {
 }
 
 /// What waiting for readiness found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Readiness {
     Ready,
@@ -111,7 +111,7 @@ impl From<ReadyOutcome> for Readiness {
 }
 
 /// One process in a status report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ProcessReport {
     #[serde(flatten)]
     pub status: Status,
@@ -124,7 +124,7 @@ pub struct ProcessReport {
     pub recent_events: Vec<EventReport>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct EventReport {
     pub at: String,
     pub instance: Option<u64>,
@@ -141,7 +141,7 @@ impl From<&Event> for EventReport {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct StatusReport {
     pub mode: Mode,
     pub daemon_pid: u32,
@@ -165,9 +165,12 @@ pub struct LogRequest {
     pub stream: Option<Stream>,
     pub since_us: Option<i64>,
     pub until_us: Option<i64>,
+    /// Without a pattern: the lines around this sequence number (`context` on each side),
+    /// the line itself marked as matched.
+    pub around: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct LogLine {
     pub instance: u64,
     pub seq: u64,
@@ -178,7 +181,7 @@ pub struct LogLine {
     pub text: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct LogResult {
     pub process: String,
     pub instances: Vec<InstanceSummary>,
@@ -189,7 +192,7 @@ pub struct LogResult {
     pub omitted: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct InstanceSummary {
     pub id: u64,
     pub kind: InstanceKind,
@@ -554,6 +557,12 @@ impl Ops {
         Ok(handle.stop(by, force).await?)
     }
 
+    /// Cancel a build under way; what runs keeps running.
+    pub async fn cancel_build(&self, process: &str, by: Actor) -> Result<Status, OpError> {
+        let (_, handle) = self.find(process)?;
+        Ok(handle.cancel_build(by).await?)
+    }
+
     /// Restart (build-then-swap where there is a build step). An agent's restart switches
     /// the daemon to dev mode.
     pub async fn restart(
@@ -687,10 +696,14 @@ pub fn read_logs(store: &Store, name: &str, req: &LogRequest) -> Result<LogResul
             let mut out: Vec<Line> = Vec::new();
             let mut total = 0u64;
             for id in &ids {
-                let window = match (req.head, req.tail) {
-                    (Some(h), _) => Window::Head(h),
-                    (None, Some(t)) => Window::Tail(t),
-                    (None, None) => Window::Tail(usize::MAX),
+                let window = match (req.around, req.head, req.tail) {
+                    (Some(seq), _, _) => Window::Seqs {
+                        from: seq.saturating_sub(req.context as u64),
+                        to: seq.saturating_add(req.context as u64 + 1),
+                    },
+                    (None, Some(h), _) => Window::Head(h),
+                    (None, None, Some(t)) => Window::Tail(t),
+                    (None, None, None) => Window::Tail(usize::MAX),
                 };
                 let lines = store.read(*id, window, &filter)?;
                 total += lines.len() as u64;
@@ -706,7 +719,13 @@ pub fn read_logs(store: &Store, name: &str, req: &LogRequest) -> Result<LogResul
                 omitted = (out.len() - t) as u64;
                 out.drain(..out.len() - t);
             }
-            let lines = out.into_iter().map(|l| log_line(l, false)).collect();
+            let lines = out
+                .into_iter()
+                .map(|l| {
+                    let marked = req.around == Some(l.seq);
+                    log_line(l, marked)
+                })
+                .collect();
             (lines, total, omitted)
         }
     };

@@ -38,7 +38,19 @@ const LZ4: u8 = 2;
 const HEADER: usize = 1 + 8 + 4 + 4;
 
 /// Which pipe a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+// Variants are stored by index (bincode), so the JSON names can change freely.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
     Stderr,

@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Whether an instance is a run of the process or a build of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+// Variants are stored by index (bincode), so the JSON names can change freely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum InstanceKind {
     Run,
     Build,
@@ -183,4 +185,23 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     d.as_micros() as i64
+}
+
+/// Serialize an optional value by its `Display` (e.g. an [`ExitStatus`] as "exit code 1").
+pub fn serialize_display_opt<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// Serialize a value by its `Display`.
+pub fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }

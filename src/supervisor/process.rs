@@ -73,7 +73,7 @@ pub fn uses_direnv(dir: &Path) -> bool {
 const PROBE_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
 
 /// The daemon's mode (DESIGN.md section 2): how crashes are waited out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// A fixed wait ([`Timing::dev_crash_wait`]) so the developer can investigate.
@@ -217,7 +217,7 @@ impl ProcessSpec {
 }
 
 /// Where a process is in its life.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Never started, or stopped on request.
@@ -234,7 +234,11 @@ pub enum State {
     /// build-then-swap, the state is that instance's and [`Status::building`] is set).
     Building,
     /// Exited by itself and the restart policy does not restart it.
-    Exited { status: ExitStatus },
+    Exited {
+        #[serde(serialize_with = "crate::logs::serialize_display")]
+        #[schemars(with = "String")]
+        status: ExitStatus,
+    },
     /// Could not be started (the command or its build failed).
     Failed { error: String },
 }
@@ -247,7 +251,7 @@ impl State {
 }
 
 /// A snapshot of a supervised process.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Status {
     pub name: String,
     pub state: State,
@@ -259,6 +263,9 @@ pub struct Status {
     pub restarts: u32,
     /// Consecutive crashes; reset by a stable run and by a manual start or restart.
     pub crash_count: u32,
+    /// How the last instance ended, e.g. "exit code 1" or "killed by signal 9".
+    #[serde(serialize_with = "crate::logs::serialize_display_opt")]
+    #[schemars(with = "Option<String>")]
     pub last_exit: Option<ExitStatus>,
     /// The newest run instance: the running one, else the one that ran last.
     pub instance: Option<u64>,
@@ -336,6 +343,10 @@ enum Cmd {
         reply: Reply,
     },
     Restart {
+        by: Actor,
+        reply: Reply,
+    },
+    CancelBuild {
         by: Actor,
         reply: Reply,
     },
@@ -458,6 +469,12 @@ impl ProcessHandle {
     }
 
     /// The latest status. Never waits for a command in progress.
+    /// Cancel a build under way (a restart's build-then-swap, or a start's build); the
+    /// running instance, if any, keeps running. Callers waiting on it get `Cancelled`.
+    pub async fn cancel_build(&self, by: Actor) -> Result<Status, ProcessError> {
+        self.request(|reply| Cmd::CancelBuild { by, reply }).await
+    }
+
     pub async fn status(&self) -> Status {
         self.status_now()
     }
@@ -726,6 +743,20 @@ impl Supervisor {
                 self.stop_everything(by, force).await;
                 self.reply(reply, Ok(self.status()));
             }
+            Cmd::CancelBuild { by, reply } => {
+                if self.cancel_build(false).await {
+                    self.record(
+                        self.run.as_ref().map(|r| r.instance),
+                        EventKind::Note {
+                            text: format!("build cancelled by {by:?}"),
+                        },
+                    );
+                    if matches!(self.state, State::Building) {
+                        self.state = State::Stopped;
+                    }
+                }
+                self.reply(reply, Ok(self.status()));
+            }
             Cmd::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -737,19 +768,27 @@ impl Supervisor {
             EventKind::StopRequested { by },
         );
         self.backoff = None;
-        if let Some(mut build) = self.build.take() {
-            if let Some(cancel) = build.cancel.take() {
-                let _ = cancel.send(force);
-            }
-            let _ = (&mut build.task).await;
-            for w in build.waiters {
-                let _ = w.send(Err(ProcessError::Cancelled {
-                    name: self.spec.name.clone(),
-                }));
-            }
-        }
+        self.cancel_build(force).await;
         self.stop_run(force).await;
         self.state = State::Stopped;
+    }
+
+    /// Stop a build under way (its process group); its waiters get `Cancelled`. A running
+    /// instance is left alone. Whether there was one.
+    async fn cancel_build(&mut self, force: bool) -> bool {
+        let Some(mut build) = self.build.take() else {
+            return false;
+        };
+        if let Some(cancel) = build.cancel.take() {
+            let _ = cancel.send(force);
+        }
+        let _ = (&mut build.task).await;
+        for w in build.waiters {
+            let _ = w.send(Err(ProcessError::Cancelled {
+                name: self.spec.name.clone(),
+            }));
+        }
+        true
     }
 
     /// Stop the running instance, if any, on our own initiative: never a crash.

@@ -1,0 +1,41 @@
+//! The MCP server: six tools for agents over the operations layer, served as rmcp
+//! streamable HTTP at `/mcp` on the daemon's listener, and over stdio by `bpm mcp`.
+
+pub mod params;
+pub mod render;
+pub mod setup;
+pub mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::ops::Ops;
+pub use tools::BpmTools;
+
+/// How long an idle session lives by default. rmcp's default (5 minutes) kills the
+/// session of an agent that thinks, or waits on a human, for longer; a week keeps any
+/// real conversation alive while sessions of clients that vanished are still reclaimed.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The streamable HTTP service, to be nested at `/mcp`. `session_idle` None: never
+/// expire. Host and Origin checks are done by the daemon's guard for the whole listener,
+/// so rmcp's own are off here.
+pub fn http_service(
+    ops: Ops,
+    session_idle: Option<Duration>,
+    cancel: CancellationToken,
+) -> StreamableHttpService<BpmTools, LocalSessionManager> {
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = session_idle;
+    StreamableHttpService::new(
+        move || Ok(BpmTools::new(ops.clone())),
+        Arc::new(sessions),
+        StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .with_cancellation_token(cancel),
+    )
+}
