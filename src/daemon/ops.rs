@@ -146,6 +146,8 @@ pub struct StatusReport {
     pub mode: Mode,
     pub daemon_pid: u32,
     pub daemon_uptime_seconds: f64,
+    /// Seconds since an agent last called a tool (dev mode ends after dev_timeout_hours).
+    pub agent_idle_seconds: f64,
     pub processes: Vec<ProcessReport>,
 }
 
@@ -430,6 +432,7 @@ impl Ops {
             mode: self.mode(),
             daemon_pid: std::process::id(),
             daemon_uptime_seconds: self.inner.started.elapsed().as_secs_f64(),
+            agent_idle_seconds: self.since_agent_activity().as_secs_f64(),
             processes,
         })
     }
@@ -692,10 +695,10 @@ pub fn read_logs(store: &Store, name: &str, req: &LogRequest) -> Result<LogResul
             (lines, r.matched, r.omitted)
         }
         _ => {
-            // No pattern: the tail (or head) of the instance(s).
+            // No pattern: the tail (or head) of the instance(s), or the lines around one.
             let mut out: Vec<Line> = Vec::new();
             let mut total = 0u64;
-            for id in &ids {
+            for m in &metas {
                 let window = match (req.around, req.head, req.tail) {
                     (Some(seq), _, _) => Window::Seqs {
                         from: seq.saturating_sub(req.context as u64),
@@ -705,20 +708,22 @@ pub fn read_logs(store: &Store, name: &str, req: &LogRequest) -> Result<LogResul
                     (None, None, Some(t)) => Window::Tail(t),
                     (None, None, None) => Window::Tail(usize::MAX),
                 };
-                let lines = store.read(*id, window, &filter)?;
-                total += lines.len() as u64;
+                let lines = store.read(m.id, window, &filter)?;
+                total += if req.around.is_some() {
+                    lines.len() as u64
+                } else {
+                    store.count(m, &filter)?.max(lines.len() as u64)
+                };
                 out.extend(lines);
             }
-            let mut omitted = 0;
             if let Some(h) = req.head {
-                omitted = out.len().saturating_sub(h) as u64;
                 out.truncate(h);
             } else if let Some(t) = req.tail
                 && out.len() > t
             {
-                omitted = (out.len() - t) as u64;
                 out.drain(..out.len() - t);
             }
+            let omitted = total.saturating_sub(out.len() as u64);
             let lines = out
                 .into_iter()
                 .map(|l| {

@@ -739,6 +739,20 @@ impl Store {
         Ok(list.swap_remove(i as usize))
     }
 
+    /// How many of an instance's retained lines pass `filter`. Without a filter this is
+    /// read from the instance's counters; with one, every block is scanned.
+    pub fn count(&self, meta: &InstanceMeta, filter: &Filter) -> Result<u64, StoreError> {
+        if *filter == Filter::default() {
+            return Ok(meta.next_seq - meta.first_seq);
+        }
+        let mut n = 0;
+        self.scan_blocks(meta.id, meta.first_seq, &mut |view| {
+            n += view.metas().filter(|m| filter.accepts(m)).count() as u64;
+            ControlFlow::Continue(())
+        })?;
+        Ok(n)
+    }
+
     /// Visit an instance's blocks in order, starting with the one holding `from_seq`:
     /// older blocks from redb, the newest from the ring (never touching the disk for them).
     pub fn scan_blocks(
