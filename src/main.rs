@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use bpm::cli::{logs::LogsArgs, run::RunArgs, status};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +34,25 @@ enum Command {
         #[arg(long)]
         no_prefix: bool,
     },
+    /// Run a command through the daemon and follow it (or attach if it already runs here).
+    Run(RunArgs),
+    /// Start a process by name.
+    Start(status::NameArgs),
+    /// Stop a process (its whole process group).
+    Stop(status::StopArgs),
+    /// Restart a process (rebuild first if it has a build step).
+    Restart(status::NameArgs),
+    /// Print or switch the daemon's mode.
+    Mode(status::ModeArgs),
+    /// The processes and their state; with NAME, its instances and recent events.
+    Status(status::StatusArgs),
+    /// Read, search or follow a process's output, also of earlier runs and without a daemon.
+    Logs(LogsArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,11 +68,16 @@ fn main() -> ExitCode {
         }
     };
     // Logs go to stderr: stdout carries process output (and the MCP protocol in `bpm mcp`).
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BPM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
     let result = match cli.command {
@@ -68,6 +93,17 @@ fn main() -> ExitCode {
             passthrough: no_prefix.then_some(false),
             store: Default::default(),
         }),
+        Command::Run(a) => return bpm::cli::run::main(a),
+        Command::Start(a) => return status::start(a),
+        Command::Stop(a) => return status::stop(a),
+        Command::Restart(a) => return status::restart(a),
+        Command::Mode(a) => return status::mode(a),
+        Command::Status(a) => return status::main(a),
+        Command::Logs(a) => return bpm::cli::logs::main(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,8 @@ use ops::{Ops, RuntimeSpec};
 pub const STORE_FILE: &str = "logs.redb";
 /// Where a running daemon says who it is (pid, port), inside the data directory.
 pub const DAEMON_FILE: &str = "daemon.json";
+/// The local API's Unix socket (mode 0600), inside the data directory.
+pub const SOCKET_FILE: &str = "bpm.sock";
 
 /// How to run the daemon.
 #[derive(Clone, Debug, Default)]
@@ -120,6 +122,8 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{port} (is another daemon or program using it? pass --port)"))?;
     let port = listener.local_addr()?.port();
+    let socket_path = data_dir.join(SOCKET_FILE);
+    let unix_listener = bind_socket(&socket_path)?;
     let info = DaemonInfo {
         pid: std::process::id(),
         port,
@@ -173,6 +177,18 @@ pub async fn run(
 
     let app = http::router(ops.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The local API for the CLI: the same router on the Unix socket.
+    let local_server = {
+        let mut stop_rx = stop_rx.clone();
+        let app = http::router(ops.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(unix_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    };
     let server = {
         let mut stop_rx = stop_rx.clone();
         tokio::spawn(async move {
@@ -204,6 +220,8 @@ pub async fn run(
     let _ = stop_tx.send(true);
     ops.shutdown_all().await;
     let _ = server.await;
+    let _ = local_server.await;
+    let _ = std::fs::remove_file(&socket_path);
     store.record(None, None, EventKind::DaemonStopped);
     let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
     tokio::task::spawn_blocking(move || {
@@ -212,6 +230,30 @@ pub async fn run(
     })
     .await??;
     Ok(())
+}
+
+/// Bind the local API's socket, readable and writable by its owner only. A socket file
+/// left by a daemon that died is stale (this daemon holds the store's lock, so no other
+/// daemon serves this data directory) and is replaced.
+fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot remove the stale socket {}", path.display()));
+        }
+    }
+    // No window in which the socket is open to others: create it under a strict umask.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener =
+        bound.with_context(|| format!("cannot listen on the socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict the socket {}", path.display()))?;
+    Ok(listener)
 }
 
 /// After an unclean death: stop the process groups the old daemon left running (only
