@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use crate::config::{Config, RestartPolicy};
 use crate::logs::{
-    Actor, Event, EventKind, Filter, InstanceKind, InstanceMeta, Line, Store, StoreError, Stream,
-    Window,
+    Actor, Event, EventKind, ExitStatus, Filter, InstanceKind, InstanceMeta, Line, Store,
+    StoreError, Stream, Window,
 };
 use crate::search::{self, Query, SearchError};
 use crate::supervisor::process::{
@@ -947,8 +947,8 @@ impl Follow {
             .and_then(Result::ok)
             .and_then(|m| m.exit);
         let (code, signal) = match &exit {
-            Some(crate::logs::ExitStatus::Code(c)) => (Some(*c), None),
-            Some(crate::logs::ExitStatus::Signal(s)) => (None, Some(*s)),
+            Some(ExitStatus::Code(c)) => (Some(*c), None),
+            Some(ExitStatus::Signal(s)) => (None, Some(*s)),
             _ => (None, None),
         };
         FollowRecord::Exit {
@@ -1028,7 +1028,10 @@ pub fn offline_status(
             continue;
         }
         let last = store.instances(&name, InstanceKind::Run)?.pop();
-        let last_exit = last.as_ref().and_then(|m| m.exit.clone());
+        // An instance the store still has as live was cut short by the daemon's death.
+        let last_exit = last
+            .as_ref()
+            .map(|m| m.exit.clone().unwrap_or(ExitStatus::Unknown));
         let status = Status {
             name,
             state: match &last_exit {
