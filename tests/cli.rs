@@ -261,7 +261,24 @@ fn run_starts_once_then_attaches_and_passes_argv_exactly() {
         assert!(c.err().contains("detached"), "{}", c.err());
     }
     assert!(alive(pid));
-    assert_eq!(env.process(procs[0]["name"].as_str().unwrap())["pid"], pid);
+    let name = procs[0]["name"].as_str().unwrap();
+    assert_eq!(env.process(name)["pid"], pid);
+
+    // --restart: the running match is restarted instead of attached to.
+    let restart_args = [&["run", "--restart"][..], &args[1..]].concat();
+    let mut third = env.spawn(&restart_args);
+    wait_for("the restart note", 30, || {
+        third
+            .err()
+            .contains(&format!("restarted {name}"))
+            .then_some(())
+    });
+    third.wait_out("the new instance's argv line", expected);
+    let new_pid = env.process(name)["pid"].as_u64().unwrap() as u32;
+    assert_ne!(new_pid, pid);
+    assert!(!alive(pid));
+    signal(third.child.id(), Signal::SIGINT);
+    assert_eq!(third.wait_exit().code(), Some(0));
 }
 
 #[test]
