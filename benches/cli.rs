@@ -83,6 +83,9 @@ fn bpm(data: &Path, args: &[&str]) -> Command {
         .arg(data)
         .arg("--no-autostart")
         .args(&args[1..])
+        // Belt and braces: whatever goes wrong, never the default data dir or port.
+        .env("BPM_HOME", data)
+        .env("BPM_PORT", "0")
         .env("NO_COLOR", "1");
     c
 }

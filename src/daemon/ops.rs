@@ -841,8 +841,11 @@ struct Follow {
     closing: watch::Receiver<bool>,
 }
 
-/// How often a follow stream looks at the supervisor's status between instances.
+/// How often a follow stream looks at the supervisor's status right after an instance
+/// ended (a restart's new instance comes within milliseconds)...
 const FOLLOW_POLL: Duration = Duration::from_millis(20);
+/// ...and while it waits for an exited or stopped process to run again.
+const FOLLOW_IDLE_POLL: Duration = Duration::from_millis(100);
 
 impl Follow {
     fn instance_record(&self, meta: &InstanceMeta, switch: bool) -> FollowRecord {
@@ -929,8 +932,13 @@ impl Follow {
                         self.phase = Phase::Done;
                         return !out.is_empty();
                     }
+                    let poll = if matches!(self.phase, Phase::Waiting) {
+                        FOLLOW_IDLE_POLL
+                    } else {
+                        FOLLOW_POLL
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                        _ = tokio::time::sleep(poll) => {}
                         _ = self.closing.wait_for(|c| *c) => {}
                     }
                 }
