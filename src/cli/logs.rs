@@ -105,6 +105,10 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     {
         return follow(&args, target, &render).await;
     }
+    #[allow(
+        clippy::needless_update,
+        reason = "fields the CLI has no flag for (added by other front ends) keep their defaults"
+    )]
     let req = LogRequest {
         process: args.name.clone(),
         pattern: args.grep.clone(),
@@ -121,6 +125,7 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         }),
         since_us,
         until_us,
+        ..Default::default()
     };
     let result = match &source {
         Source::Empty(t) => return Err(Source::nothing_here(t)),

@@ -165,7 +165,11 @@ fn state_text(p: &Value) -> (String, &'static str) {
     }
     if let Some(e) = state.get("exited") {
         let st = exit_text(&e["status"]);
-        let color = if st == "exit 0" { "" } else { RED };
+        let color = if st == "exit 0" || st == "exit code 0" {
+            ""
+        } else {
+            RED
+        };
         return (format!("exited ({st})"), color);
     }
     if state.get("failed").is_some() {
@@ -174,8 +178,12 @@ fn state_text(p: &Value) -> (String, &'static str) {
     (state.to_string(), "")
 }
 
+/// An exit status as the API gives it: `{"Code":3}`, `{"Signal":9}`, `"Unknown"`, or
+/// already as text.
 fn exit_text(v: &Value) -> String {
-    if let Some(c) = v.get("Code") {
+    if let Some(text) = v.as_str().filter(|t| *t != "Unknown") {
+        text.to_owned()
+    } else if let Some(c) = v.get("Code") {
         format!("exit {c}")
     } else if let Some(s) = v.get("Signal") {
         format!("signal {s}")
