@@ -614,7 +614,8 @@ fn json_shapes_and_errors_that_say_what_works() {
     assert_eq!(l["instances"][0]["lines"], 3);
     let l = env.json(&["logs", "job", "--stream", "stderr"]);
     assert_eq!(l["lines"][0]["text"], "two");
-    assert_eq!(l["lines"][0]["stream"], "Stderr");
+    let stream = l["lines"][0]["stream"].as_str().unwrap().to_lowercase();
+    assert_eq!(stream, "stderr");
     let l = env.json(&["logs", "job", "--grep", "^t", "--head", "1"]);
     assert_eq!(l["matched"], 2);
     assert_eq!(l["omitted"], 1);
