@@ -15,8 +15,13 @@
 //! - [`supervisor`] owns the operating-system side of supervision: process groups (spawn,
 //!   stop with grace, crash-recovery cleanup) and port-conflict diagnostics.
 //!
+//! - [`daemon`] runs the daemon: the operations layer every front end shares, the JSON
+//!   API on TCP and on the local Unix socket.
+//! - [`cli`] is the command-line front end and the local API's client.
+//!
 //! `main.rs` only parses arguments, dispatches and maps errors to exit codes.
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod logs;

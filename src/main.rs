@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use bpm::cli::{logs::LogsArgs, run::RunArgs, status};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +45,17 @@ enum Command {
         #[arg(long, value_name = "SECONDS", hide = true)]
         mcp_session_idle: Option<f64>,
     },
+    /// Serve the MCP tools over stdio (for clients that launch a command), bridged to the
+    /// running daemon, which is started when none runs. Logs go to stderr only.
+    Mcp {
+        /// The daemon's data directory (default: $BPM_HOME, the nearest project's .bpm,
+        /// else ~/.local/state/bpm).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Do not start a daemon when none runs.
+        #[arg(long)]
+        no_autostart: bool,
+    },
     /// Print how to connect an agent (claude, cursor, vscode, codex, gemini) to bpm.
     Setup {
         /// The client; all of them when omitted.
@@ -52,6 +64,25 @@ enum Command {
         /// The daemon's port (default: the config's mcp_port, else 8947).
         #[arg(long)]
         port: Option<u16>,
+    },
+    /// Run a command through the daemon and follow it (or attach if it already runs here).
+    Run(RunArgs),
+    /// Start a process by name.
+    Start(status::NameArgs),
+    /// Stop a process (its whole process group).
+    Stop(status::StopArgs),
+    /// Restart a process (rebuild first if it has a build step).
+    Restart(status::NameArgs),
+    /// Print or switch the daemon's mode.
+    Mode(status::ModeArgs),
+    /// The processes and their state; with NAME, its instances and recent events.
+    Status(status::StatusArgs),
+    /// Read, search or follow a process's output, also of earlier runs and without a daemon.
+    Logs(LogsArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -68,11 +99,16 @@ fn main() -> ExitCode {
         }
     };
     // Logs go to stderr: stdout carries process output (and the MCP protocol in `bpm mcp`).
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BPM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
     let result = match cli.command {
@@ -96,6 +132,18 @@ fn main() -> ExitCode {
                 mcp_session_idle: mcp_session_idle.map(std::time::Duration::from_secs_f64),
             })
         }),
+        Command::Mcp {
+            data_dir,
+            no_autostart,
+        } => {
+            let opts = bpm::cli::client::DaemonOptions::new(data_dir, !no_autostart);
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(bpm::mcp::bridge::serve_stdio(opts)))
+        }
         Command::Setup { client, port } => {
             let port = port.unwrap_or_else(|| {
                 std::env::current_dir()
@@ -105,6 +153,17 @@ fn main() -> ExitCode {
             });
             print!("{}", bpm::mcp::setup::instructions(client, port));
             Ok(())
+        }
+        Command::Run(a) => return bpm::cli::run::main(a),
+        Command::Start(a) => return status::start(a),
+        Command::Stop(a) => return status::stop(a),
+        Command::Restart(a) => return status::restart(a),
+        Command::Mode(a) => return status::mode(a),
+        Command::Status(a) => return status::main(a),
+        Command::Logs(a) => return bpm::cli::logs::main(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
         }
     };
     match result {

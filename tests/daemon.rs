@@ -232,7 +232,7 @@ fn runtime_processes_start_once_and_unknown_names_say_what_exists() {
         let body = r#"{"command":["sh","-c","echo up; sleep 300"]}"#;
         write!(
             s,
-            "POST /api/start HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/start HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();

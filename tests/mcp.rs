@@ -886,3 +886,97 @@ async fn every_tool_call_is_agent_activity() {
     s.cancel().await.unwrap();
     d.shutdown().await;
 }
+
+/// SIGTERM the daemon recorded in `data` (one this test started), and wait until it is gone.
+fn stop_daemon_of(data: &Path) -> Option<u32> {
+    let info = bpm::daemon::read_daemon_info(data)?;
+    let pid = nix::unistd::Pid::from_raw(info.pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while process_alive(info.pid as i32) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(info.pid)
+}
+
+/// Stops the daemon a `bpm mcp` started, also when the test fails.
+struct StopDaemonOf(PathBuf);
+
+impl Drop for StopDaemonOf {
+    fn drop(&mut self) {
+        stop_daemon_of(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stdio_bridge_starts_the_daemon_and_survives_its_restart() {
+    let (_t, project, data) = dirs();
+    let _cleanup = StopDaemonOf(data.clone());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bpm"))
+        .arg("mcp")
+        .arg("--data-dir")
+        .arg(&data)
+        .current_dir(&project)
+        .env("BPM_PORT", "0")
+        .env("BPM_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let client = Client::default();
+    let s = client
+        .serve((stdout, stdin))
+        .await
+        .expect("an MCP session over stdio");
+    assert_eq!(s.list_all_tools().await.unwrap().len(), 6);
+
+    // The first call starts a daemon for the project.
+    let started = ok(
+        &s,
+        "start",
+        json!({"command": ["sh", "-c", "echo hello from bridge; exec sleep 60"]}),
+    )
+    .await;
+    let name = started["name"].as_str().unwrap().to_owned();
+    let first = bpm::daemon::read_daemon_info(&data).expect("a daemon was started");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = ok(
+            &s,
+            "search_logs",
+            json!({"process": name, "pattern": "hello"}),
+        )
+        .await;
+        if r["matched"] == json!(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no output: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Failures come through as error results.
+    let e = err(&s, "search_logs", json!({"process": "nope"})).await;
+    assert!(e.contains(&format!("known: {name}")), "{e}");
+    ok(&s, "restart", json!({"process": name})).await;
+
+    // The daemon goes away; the next call finds none and starts another.
+    stop_daemon_of(&data);
+    let st = ok(&s, "get_status", json!({})).await;
+    let second = bpm::daemon::read_daemon_info(&data).expect("a new daemon");
+    assert_ne!(first.pid, second.pid);
+    assert_eq!(st["daemon_pid"].as_u64(), Some(u64::from(second.pid)));
+    // Its history survived: the runtime process and its output are still there.
+    let r = ok(
+        &s,
+        "search_logs",
+        json!({"process": name, "index": -2, "pattern": "hello"}),
+    )
+    .await;
+    assert_eq!(r["matched"], json!(1));
+
+    s.cancel().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}

@@ -24,6 +24,8 @@ use ops::{Ops, RuntimeSpec};
 pub const STORE_FILE: &str = "logs.redb";
 /// Where a running daemon says who it is (pid, port), inside the data directory.
 pub const DAEMON_FILE: &str = "daemon.json";
+/// The local API's Unix socket (mode 0600), inside the data directory.
+pub const SOCKET_FILE: &str = "bpm.sock";
 
 /// How to run the daemon.
 #[derive(Clone, Debug, Default)]
@@ -137,6 +139,8 @@ pub async fn run(
         )
     })?;
     let port = listener.local_addr()?.port();
+    let socket_path = data_dir.join(SOCKET_FILE);
+    let unix_listener = bind_socket(&socket_path)?;
     let info = DaemonInfo {
         pid: std::process::id(),
         port,
@@ -197,13 +201,28 @@ pub async fn run(
         ),
         mcp_cancel.clone(),
     );
-    // Nesting at `/mcp` serves `/mcp/` too.
-    let app = http::router(ops.clone()).nest_service("/mcp", mcp);
-    let app = app.layer(axum::middleware::from_fn_with_state(
-        guard::Guard::new(listen, token),
-        guard::guard,
-    ));
+    // Nesting at `/mcp` serves `/mcp/` too. The Unix socket serves the same app; only
+    // the TCP listener needs the guard (the socket's file mode is its access control).
+    let local_app = http::router(ops.clone()).nest_service("/mcp", mcp);
+    let app = local_app
+        .clone()
+        .layer(axum::middleware::from_fn_with_state(
+            guard::Guard::new(listen, token),
+            guard::guard,
+        ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The local API for the CLI and `bpm mcp`: the same app on the Unix socket.
+    let local_server = {
+        let mut stop_rx = stop_rx.clone();
+        let app = local_app;
+        tokio::spawn(async move {
+            let _ = axum::serve(unix_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    };
     let server = {
         let mut stop_rx = stop_rx.clone();
         tokio::spawn(async move {
@@ -237,6 +256,8 @@ pub async fn run(
     mcp_cancel.cancel();
     ops.shutdown_all().await;
     let _ = server.await;
+    let _ = local_server.await;
+    let _ = std::fs::remove_file(&socket_path);
     store.record(None, None, EventKind::DaemonStopped);
     let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
     tokio::task::spawn_blocking(move || {
@@ -245,6 +266,30 @@ pub async fn run(
     })
     .await??;
     Ok(())
+}
+
+/// Bind the local API's socket, readable and writable by its owner only. A socket file
+/// left by a daemon that died is stale (this daemon holds the store's lock, so no other
+/// daemon serves this data directory) and is replaced.
+fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot remove the stale socket {}", path.display()));
+        }
+    }
+    // No window in which the socket is open to others: create it under a strict umask.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener =
+        bound.with_context(|| format!("cannot listen on the socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict the socket {}", path.display()))?;
+    Ok(listener)
 }
 
 /// After an unclean death: stop the process groups the old daemon left running (only

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use crate::config::{Config, RestartPolicy};
 use crate::logs::{
-    Actor, Event, EventKind, Filter, InstanceKind, InstanceMeta, Line, Store, StoreError, Stream,
-    Window,
+    Actor, Event, EventKind, ExitStatus, Filter, InstanceKind, InstanceMeta, Line, Store,
+    StoreError, Stream, Window,
 };
 use crate::search::{self, Query, SearchError};
 use crate::supervisor::process::{
@@ -194,6 +194,49 @@ pub struct LogResult {
     pub omitted: u64,
 }
 
+/// A request to follow a process's output (`bpm logs --follow`, `bpm run`).
+#[derive(Clone, Debug, Default)]
+pub struct FollowRequest {
+    pub process: String,
+    /// Begin with this instance (its stable number); else with `index`.
+    pub instance: Option<u64>,
+    /// -1 the newest instance (default), -2 the one before, 0 the oldest retained.
+    pub index: Option<i64>,
+    pub build: bool,
+    /// Lines of backlog before the live lines (the instance's last lines); `None`: all.
+    pub tail: Option<u64>,
+    pub stream: Option<Stream>,
+    /// Only lines matching this regex.
+    pub pattern: Option<String>,
+    pub case_insensitive: bool,
+}
+
+/// One record of a follow stream, in order.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FollowRecord {
+    /// Following this instance from now on. `switch`: it replaced the one followed before
+    /// (a restart, or a start after an exit).
+    Instance {
+        process: String,
+        instance: u64,
+        pid: Option<u32>,
+        started: String,
+        switch: bool,
+    },
+    Line(LogLine),
+    /// The followed instance ended and all its lines were sent. `restarted`: a restart
+    /// already replaced it (an `Instance` record follows at once); otherwise it exited or
+    /// was stopped, and the stream goes on only if the process runs again.
+    Exit {
+        instance: u64,
+        status: String,
+        code: Option<i32>,
+        signal: Option<i32>,
+        restarted: bool,
+    },
+}
+
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct InstanceSummary {
     pub id: u64,
@@ -240,6 +283,9 @@ struct Inner {
     mode: watch::Sender<Mode>,
     last_agent_activity: Mutex<Instant>,
     started: Instant,
+    /// Set when the daemon shuts down, so that open `follow` streams end (the HTTP
+    /// server's graceful shutdown waits for them).
+    closing: watch::Sender<bool>,
 }
 
 impl Ops {
@@ -256,6 +302,7 @@ impl Ops {
                 mode: watch::channel(Mode::Release).0,
                 last_agent_activity: Mutex::new(Instant::now()),
                 started: Instant::now(),
+                closing: watch::channel(false).0,
             }),
         }
     }
@@ -393,41 +440,16 @@ impl Ops {
                 .collect()
         };
         let store = self.inner.store.clone();
-        let names: Vec<String> = selected.iter().map(|s| s.0.clone()).collect();
-        let counts = tokio::task::spawn_blocking(move || {
-            names
-                .iter()
-                .map(|n| {
-                    let runs = store.instances(n, InstanceKind::Run)?.len();
-                    let builds = store.instances(n, InstanceKind::Build)?.len();
-                    let events = store.events(Some(n), 5)?;
-                    Ok((runs, builds, events))
+        let processes = tokio::task::spawn_blocking(move || {
+            selected
+                .into_iter()
+                .map(|(_, handle, spec, runtime)| {
+                    process_report(&store, handle.status_now(), spec.argv, spec.cwd, runtime)
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
         })
         .await
         .map_err(|e| OpError::BadRequest(e.to_string()))??;
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let processes = selected
-            .into_iter()
-            .zip(counts)
-            .map(|((_, handle, spec, runtime), (runs, builds, events))| {
-                let status = handle.status_now();
-                ProcessReport {
-                    uptime_seconds: status
-                        .started_at
-                        .filter(|_| status.state.is_running())
-                        .map(|t| (now_ms - t) as f64 / 1000.0),
-                    status,
-                    argv: spec.argv,
-                    cwd: spec.cwd,
-                    runtime,
-                    run_instances: runs,
-                    build_instances: builds,
-                    recent_events: events.iter().map(EventReport::from).collect(),
-                }
-            })
-            .collect();
         Ok(StatusReport {
             mode: self.mode(),
             daemon_pid: std::process::id(),
@@ -618,8 +640,81 @@ impl Ops {
             .map_err(|e| OpError::BadRequest(e.to_string()))?
     }
 
+    /// Follow a process's output: the backlog of an instance, its live lines, its end, and
+    /// then the next instance when the process runs again (a restart, a crash restart, a
+    /// start), for as long as the stream is polled or until the daemon shuts down. Errors
+    /// (unknown process, bad regex, instance out of range) come before the stream.
+    pub async fn follow(
+        &self,
+        req: FollowRequest,
+    ) -> Result<impl futures_util::Stream<Item = Vec<FollowRecord>> + Send + 'static, OpError> {
+        let (name, handle) = match self.find(&req.process) {
+            Ok((name, handle)) => (name, Some(handle)),
+            // A process only the store knows (removed from the config) can be followed
+            // to the end of its last instance.
+            Err(e) => {
+                let store = self.inner.store.clone();
+                let known = tokio::task::spawn_blocking(move || store.process_names())
+                    .await
+                    .map_err(|e| OpError::BadRequest(e.to_string()))??;
+                if !known.contains(&req.process) {
+                    return Err(e);
+                }
+                (req.process.clone(), None)
+            }
+        };
+        let re = match &req.pattern {
+            Some(p) if !p.is_empty() => Some(search::compile(p, req.case_insensitive)?),
+            _ => None,
+        };
+        let kind = if req.build {
+            InstanceKind::Build
+        } else {
+            InstanceKind::Run
+        };
+        let store = self.inner.store.clone();
+        let meta = {
+            let (store, name, req) = (store.clone(), name.clone(), req.clone());
+            tokio::task::spawn_blocking(move || match req.instance {
+                Some(id) => store.instance(id),
+                None => store.resolve(&name, kind, req.index.unwrap_or(-1)),
+            })
+            .await
+            .map_err(|e| OpError::BadRequest(e.to_string()))??
+        };
+        let from = match req.tail {
+            Some(n) => meta.next_seq.saturating_sub(n).max(meta.first_seq),
+            None => meta.first_seq,
+        };
+        let f = Follow {
+            closing: self.inner.closing.subscribe(),
+            handle,
+            follower: store.follow(meta.id, from),
+            store,
+            name,
+            kind,
+            stream: req.stream,
+            re,
+            current: meta.id,
+            phase: Phase::Lines,
+        };
+        let first = f.instance_record(&meta, false);
+        Ok(futures_util::stream::unfold(
+            (f, Some(first)),
+            |(mut f, first)| async move {
+                let mut out: Vec<FollowRecord> = first.into_iter().collect();
+                if f.next(&mut out).await || !out.is_empty() {
+                    Some((out, (f, None)))
+                } else {
+                    None
+                }
+            },
+        ))
+    }
+
     /// Stop every process (in parallel, each with its grace period).
     pub async fn shutdown_all(&self) {
+        self.inner.closing.send_replace(true);
         let handles: Vec<ProcessHandle> = {
             let procs = self
                 .inner
@@ -740,6 +835,262 @@ pub fn read_logs(store: &Store, name: &str, req: &LogRequest) -> Result<LogResul
         lines,
         matched,
         omitted,
+    })
+}
+
+/// Where a follow stream is.
+enum Phase {
+    /// Sending the current instance's lines.
+    Lines,
+    /// The instance ended; waiting for the supervisor to say what comes next.
+    Ended,
+    /// The end was reported; waiting for the process to run again.
+    Waiting,
+    Done,
+}
+
+/// The state of one follow stream (see [`Ops::follow`]).
+struct Follow {
+    store: Store,
+    /// `None` for a process only the store knows (no supervisor): the stream ends with
+    /// its instance.
+    handle: Option<ProcessHandle>,
+    name: String,
+    kind: InstanceKind,
+    stream: Option<Stream>,
+    re: Option<regex::bytes::Regex>,
+    current: u64,
+    follower: crate::logs::Follower,
+    phase: Phase,
+    closing: watch::Receiver<bool>,
+}
+
+/// How often a follow stream looks at the supervisor's status right after an instance
+/// ended (a restart's new instance comes within milliseconds)...
+const FOLLOW_POLL: Duration = Duration::from_millis(20);
+/// ...and while it waits for an exited or stopped process to run again.
+const FOLLOW_IDLE_POLL: Duration = Duration::from_millis(100);
+
+impl Follow {
+    fn instance_record(&self, meta: &InstanceMeta, switch: bool) -> FollowRecord {
+        FollowRecord::Instance {
+            process: self.name.clone(),
+            instance: meta.id,
+            pid: meta.spawn.pid,
+            started: format_ts(meta.started_us),
+            switch,
+        }
+    }
+
+    /// Append the next records to `out`, waiting until there are some. False once the
+    /// stream is over.
+    async fn next(&mut self, out: &mut Vec<FollowRecord>) -> bool {
+        loop {
+            match self.phase {
+                Phase::Done => return false,
+                Phase::Lines => match self.follower.next_batch(4096).await {
+                    Ok(Some(lines)) => {
+                        for l in lines {
+                            if self.stream.is_some_and(|s| s != l.stream) {
+                                continue;
+                            }
+                            if let Some(re) = &self.re
+                                && !re.is_match(&l.bytes)
+                            {
+                                continue;
+                            }
+                            out.push(FollowRecord::Line(log_line(l, self.re.is_some())));
+                        }
+                        if !out.is_empty() {
+                            return true;
+                        }
+                    }
+                    Ok(None) => self.phase = Phase::Ended,
+                    Err(e) => {
+                        tracing::warn!(process = %self.name, error = %e, "follow stopped");
+                        self.phase = Phase::Done;
+                    }
+                },
+                Phase::Ended | Phase::Waiting => {
+                    let Some(handle) = &self.handle else {
+                        if matches!(self.phase, Phase::Ended) {
+                            out.push(self.exit_record(false).await);
+                        }
+                        self.phase = Phase::Done;
+                        return true;
+                    };
+                    let status = handle.status_now();
+                    let newer = status.instance.filter(|&i| i > self.current);
+                    let newer = match self.kind {
+                        InstanceKind::Run => newer,
+                        // Builds are not in the status: a build stream ends with its build.
+                        InstanceKind::Build => None,
+                    };
+                    if let Some(next) = newer {
+                        if matches!(self.phase, Phase::Ended) {
+                            out.push(self.exit_record(true).await);
+                        }
+                        let store = self.store.clone();
+                        let meta = tokio::task::spawn_blocking(move || store.instance(next)).await;
+                        let Ok(Ok(meta)) = meta else {
+                            self.phase = Phase::Done;
+                            return true;
+                        };
+                        out.push(self.instance_record(&meta, true));
+                        self.current = next;
+                        self.follower = self.store.follow(next, meta.first_seq);
+                        self.phase = Phase::Lines;
+                        return true;
+                    }
+                    let settled = !status.state.is_running() || self.kind == InstanceKind::Build;
+                    if matches!(self.phase, Phase::Ended) && settled {
+                        out.push(self.exit_record(false).await);
+                        self.phase = if self.kind == InstanceKind::Build {
+                            Phase::Done
+                        } else {
+                            Phase::Waiting
+                        };
+                        return true;
+                    }
+                    if *self.closing.borrow() {
+                        self.phase = Phase::Done;
+                        return !out.is_empty();
+                    }
+                    let poll = if matches!(self.phase, Phase::Waiting) {
+                        FOLLOW_IDLE_POLL
+                    } else {
+                        FOLLOW_POLL
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = self.closing.wait_for(|c| *c) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn exit_record(&self, restarted: bool) -> FollowRecord {
+        let store = self.store.clone();
+        let id = self.current;
+        let exit = tokio::task::spawn_blocking(move || store.instance(id))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|m| m.exit);
+        let (code, signal) = match &exit {
+            Some(ExitStatus::Code(c)) => (Some(*c), None),
+            Some(ExitStatus::Signal(s)) => (None, Some(*s)),
+            _ => (None, None),
+        };
+        FollowRecord::Exit {
+            instance: id,
+            status: exit.map_or_else(|| "unknown".to_owned(), |e| e.to_string()),
+            code,
+            signal,
+            restarted,
+        }
+    }
+}
+
+/// One process's report: its status as given, and what the store knows of it (instance
+/// counts, recent events). Blocking (store reads). Shared by the daemon's status and the
+/// offline one.
+fn process_report(
+    store: &Store,
+    status: Status,
+    argv: Vec<String>,
+    cwd: PathBuf,
+    runtime: bool,
+) -> Result<ProcessReport, StoreError> {
+    let runs = store.instances(&status.name, InstanceKind::Run)?.len();
+    let builds = store.instances(&status.name, InstanceKind::Build)?.len();
+    let events = store.events(Some(&status.name), 5)?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    Ok(ProcessReport {
+        uptime_seconds: status
+            .started_at
+            .filter(|_| status.state.is_running())
+            .map(|t| (now_ms - t) as f64 / 1000.0),
+        status,
+        argv,
+        cwd,
+        runtime,
+        run_instances: runs,
+        build_instances: builds,
+        recent_events: events.iter().map(EventReport::from).collect(),
+    })
+}
+
+/// The status as the store alone tells it, when no daemon runs (post-crash
+/// investigation): the configured processes, the persisted runtime ones, and any other
+/// process the store has logs of; none is running. `daemon_pid` is 0 and the mode is the
+/// one a daemon starts in. Blocking.
+pub fn offline_status(
+    store: &Store,
+    config: &Config,
+    process: Option<&str>,
+) -> Result<StatusReport, OpError> {
+    let mut known: BTreeMap<String, (Vec<String>, PathBuf, bool)> = BTreeMap::new();
+    for (name, pc) in &config.processes {
+        let argv = pc.command.iter().chain(&pc.args).cloned().collect();
+        known.insert(name.clone(), (argv, pc.cwd.clone(), false));
+    }
+    for (name, bytes) in store.processes()? {
+        if let Ok(spec) = serde_json::from_slice::<RuntimeSpec>(&bytes) {
+            known.entry(name).or_insert((spec.argv, spec.cwd, true));
+        }
+    }
+    for name in store.process_names()? {
+        known
+            .entry(name)
+            .or_insert((Vec::new(), PathBuf::new(), true));
+    }
+    if let Some(p) = process
+        && !known.contains_key(p)
+    {
+        return Err(OpError::UnknownProcess {
+            name: p.to_owned(),
+            known: known.keys().cloned().collect(),
+        });
+    }
+    let mut processes = Vec::new();
+    for (name, (argv, cwd, runtime)) in known {
+        if process.is_some_and(|p| p != name) {
+            continue;
+        }
+        let last = store.instances(&name, InstanceKind::Run)?.pop();
+        // An instance the store still has as live was cut short by the daemon's death.
+        let last_exit = last
+            .as_ref()
+            .map(|m| m.exit.clone().unwrap_or(ExitStatus::Unknown));
+        let status = Status {
+            name,
+            state: match &last_exit {
+                Some(status) => crate::supervisor::process::State::Exited {
+                    status: status.clone(),
+                },
+                None => crate::supervisor::process::State::Stopped,
+            },
+            pid: None,
+            pgid: None,
+            started_at: None,
+            restarts: 0,
+            crash_count: 0,
+            last_exit,
+            instance: last.as_ref().map(|m| m.id),
+            ready: None,
+            building: false,
+            last_error: None,
+        };
+        processes.push(process_report(store, status, argv, cwd, runtime)?);
+    }
+    Ok(StatusReport {
+        mode: Mode::Release,
+        daemon_pid: 0,
+        daemon_uptime_seconds: 0.0,
+        agent_idle_seconds: 0.0,
+        processes,
     })
 }
 

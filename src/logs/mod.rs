@@ -426,13 +426,30 @@ impl Store {
 
     /// Open the store read-only, for reading without a daemon (post-crash investigation).
     /// Fails with [`StoreError::Locked`] while a daemon holds it.
+    ///
+    /// A store left open by a daemon that died (kill -9, power loss) cannot be read as it
+    /// is: redb must first recover it, which only a writable open does. That recovery is
+    /// done here (the same one the next daemon's open would do), and nothing else: bpm's
+    /// own record of the unclean shutdown and of the interrupted instances is left for the
+    /// next daemon, which still stops the orphans and records the recovery.
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let locked = || StoreError::Locked {
+            path: path.to_owned(),
+        };
         let db = match ReadOnlyDatabase::open(path) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked {
-                    path: path.to_owned(),
-                });
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(locked()),
+            Err(redb::DatabaseError::RepairAborted) => {
+                match open_rw(path, &StoreOptions::default()) {
+                    Ok(db) => drop(db),
+                    Err(OpenFailure::Locked) => return Err(locked()),
+                    Err(f) => return Err(f.into_error(path)),
+                }
+                match ReadOnlyDatabase::open(path) {
+                    Ok(db) => db,
+                    Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(locked()),
+                    Err(e) => return Err(e.into()),
+                }
             }
             Err(e) => return Err(e.into()),
         };

@@ -1,6 +1,7 @@
 //! The MCP server: six tools for agents over the operations layer, served as rmcp
 //! streamable HTTP at `/mcp` on the daemon's listener, and over stdio by `bpm mcp`.
 
+pub mod bridge;
 pub mod params;
 pub mod render;
 pub mod setup;

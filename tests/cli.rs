@@ -1,0 +1,685 @@
+//! The real `bpm` CLI against real daemons (autostarted or `bpm serve`), real child
+//! processes and the real store. Every test stops the daemons it started (SIGTERM by
+//! pid) when it ends, also when it panics.
+
+use std::io::{BufRead as _, Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const BPM: &str = env!("CARGO_BIN_EXE_bpm");
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: u32, sig: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start())
+                .unwrap_or("");
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// A project directory and a data directory; `bpm` commands run in the project with
+/// `BPM_HOME` set to the data directory and `BPM_PORT=0` (an autostarted daemon never
+/// takes the default port). On drop, SIGTERMs the daemon named in `daemon.json` (an
+/// autostarted one, or one started with [`Env::serve`]) and waits until it is gone.
+struct Env {
+    project: tempfile::TempDir,
+    data: tempfile::TempDir,
+    served: Vec<Child>,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            project: tempfile::tempdir().unwrap(),
+            data: tempfile::tempdir().unwrap(),
+            served: Vec::new(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BPM);
+        c.args(args)
+            .current_dir(self.project.path())
+            .env("BPM_HOME", self.data.path())
+            .env("BPM_PORT", "0")
+            .env("BPM_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn bpm(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Run a command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.bpm(args);
+        assert!(
+            out.status.success(),
+            "bpm {args:?} failed ({:?}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Spawned {
+        Spawned::new(
+            self.cmd(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// `bpm serve --port 0` of the project, as a child of the test.
+    fn serve(&mut self) -> u32 {
+        let child = Command::new(BPM)
+            .args(["serve", "--port", "0", "--no-prefix", "--data-dir"])
+            .arg(self.data.path())
+            .arg(self.project.path())
+            .env("BPM_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.served.push(child);
+        wait_for("the daemon to answer", 30, || {
+            let info = bpm::daemon::read_daemon_info(self.data.path())?;
+            (info.pid == pid && self.data.path().join("bpm.sock").exists()).then_some(pid)
+        })
+    }
+
+    fn daemon_pid(&self) -> Option<u32> {
+        bpm::daemon::read_daemon_info(self.data.path()).map(|i| i.pid)
+    }
+
+    fn write_config(&self, body: &str) {
+        std::fs::write(self.project.path().join(".mcp-run"), body).unwrap();
+    }
+
+    fn process(&self, name: &str) -> Value {
+        let s = self.json(&["status"]);
+        s["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(pid) = self.daemon_pid()
+            && alive(pid)
+        {
+            signal(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for c in &mut self.served {
+            if let Ok(None) = c.try_wait() {
+                signal(c.id(), Signal::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A running `bpm` client whose stdout and stderr are collected as they come. Killed on
+/// drop if still running.
+struct Spawned {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+}
+
+impl Spawned {
+    fn new(mut child: Child) -> Spawned {
+        let collect = |r: Box<dyn std::io::Read + Send>| {
+            let buf = Arc::new(Mutex::new(String::new()));
+            let b = buf.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(r).lines() {
+                    let Ok(line) = line else { break };
+                    let mut b = b.lock().unwrap();
+                    b.push_str(&line);
+                    b.push('\n');
+                }
+            });
+            buf
+        };
+        let out = collect(Box::new(child.stdout.take().unwrap()));
+        let err = collect(Box::new(child.stderr.take().unwrap()));
+        Spawned { child, out, err }
+    }
+    fn out(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+    fn err(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+    fn wait_out(&self, what: &str, needle: &str) {
+        wait_for(what, 30, || self.out().contains(needle).then_some(()));
+    }
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        wait_for("the client to exit", 30, || self.child.try_wait().unwrap())
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An exit status from the JSON API, lowercased, in either shape it may take
+/// (`{"Code":0}` or `"exit code 0"`).
+fn exit_str(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.to_lowercase(),
+        other => other.to_string().to_lowercase(),
+    }
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const ARGV_PROBE: &str = "import sys, time; print(sys.argv[1:], flush=True); time.sleep(300)";
+
+#[test]
+fn run_starts_once_then_attaches_and_passes_argv_exactly() {
+    let env = Env::new();
+    let args = [
+        "run", "--", "python3", "-c", ARGV_PROBE, "a b", "c\"d", "", "$HOME",
+    ];
+    let expected = r#"['a b', 'c"d', '', '$HOME']"#;
+    let mut first = env.spawn(&args);
+    first.wait_out("the argv line", expected);
+    assert!(
+        first.err().contains("bpm: started python3-c-import-sys"),
+        "{}",
+        first.err()
+    );
+
+    // The same argv in the same directory: attach, with the backlog.
+    let mut second = env.spawn(&args);
+    second.wait_out("the backlog", expected);
+    wait_for("the attach note", 10, || {
+        second
+            .err()
+            .contains("attached to python3-c-import-sys")
+            .then_some(())
+    });
+    let status = env.json(&["status"]);
+    let procs = status["processes"].as_array().unwrap();
+    assert_eq!(procs.len(), 1, "{status}");
+    let pid = procs[0]["pid"].as_u64().unwrap() as u32;
+
+    // Without a terminal, Ctrl+C detaches: the process keeps running.
+    for c in [&mut first, &mut second] {
+        signal(c.child.id(), Signal::SIGINT);
+        let st = c.wait_exit();
+        assert_eq!(st.code(), Some(0), "{}", c.err());
+        assert!(c.err().contains("detached"), "{}", c.err());
+    }
+    assert!(alive(pid));
+    let name = procs[0]["name"].as_str().unwrap();
+    assert_eq!(env.process(name)["pid"], pid);
+
+    // --restart: the running match is restarted instead of attached to.
+    let restart_args = [&["run", "--restart"][..], &args[1..]].concat();
+    let mut third = env.spawn(&restart_args);
+    wait_for("the restart note", 30, || {
+        third
+            .err()
+            .contains(&format!("restarted {name}"))
+            .then_some(())
+    });
+    third.wait_out("the new instance's argv line", expected);
+    let new_pid = env.process(name)["pid"].as_u64().unwrap() as u32;
+    assert_ne!(new_pid, pid);
+    assert!(!alive(pid));
+    signal(third.child.id(), Signal::SIGINT);
+    assert_eq!(third.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn run_exits_with_the_process_exit_code_and_splits_the_streams() {
+    let env = Env::new();
+    let out = env.bpm(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(code(&out), Some(7), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(stderr(&out).contains("\nerr\n"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exited: exit code 7"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = env.bpm(&["run", "--name", "killed", "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(code(&out), Some(128 + 9), "{}", stderr(&out));
+    env.ok(&["stop", "killed"]);
+}
+
+#[test]
+fn logs_follow_survives_a_restart() {
+    let env = Env::new();
+    env.write_config(
+        "[process.web]\ncommand = [\"sh\", \"-c\", \"echo gen $$; exec sleep 300\"]\n",
+    );
+    env.ok(&["start", "web"]);
+    let first = wait_for("web to run", 30, || env.process("web")["pid"].as_u64());
+    let mut follow = env.spawn(&["logs", "web", "--follow"]);
+    follow.wait_out("the first instance's line", &format!("gen {first}"));
+    env.ok(&["restart", "web"]);
+    let second = env.process("web")["pid"].as_u64().unwrap();
+    assert_ne!(first, second);
+    follow.wait_out("the new instance's line", &format!("gen {second}"));
+    assert!(follow.err().contains("web runs again"), "{}", follow.err());
+    // The daemon's shutdown ends the follow.
+    signal(env.daemon_pid().unwrap(), Signal::SIGTERM);
+    let st = follow.wait_exit();
+    assert!(st.success(), "{}", follow.err());
+}
+
+#[test]
+fn previous_instance_after_sigkill_and_offline_reads() {
+    let mut env = Env::new();
+    env.write_config(
+        "[process.api]\ncommand = [\"sh\", \"-c\", \"echo boot $$; echo 'thread main panicked at src/main.rs' >&2; exec sleep 300\"]\n",
+    );
+    let daemon = env.serve();
+    let old = wait_for("api to run", 30, || env.process("api")["pid"].as_u64()) as u32;
+    // If the test fails while no daemon runs, nobody else would stop the orphan.
+    let _orphan = KillOnDrop(old);
+    wait_for("its lines", 30, || {
+        env.ok(&["logs", "api", "--grep", "panic"])
+            .contains("panicked")
+            .then_some(())
+    });
+    // Let a group commit (at most 100 ms) make the lines durable before the kill.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(daemon, Signal::SIGKILL);
+    wait_for("the daemon to die", 10, || (!alive(daemon)).then_some(()));
+
+    // No daemon: reads go to the store, read-only, and say so. Nothing is started.
+    let out = env.bpm(&["logs", "api", "--grep", "panic"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("panicked at src/main.rs"));
+    assert!(
+        stderr(&out).contains("no daemon is running"),
+        "{}",
+        stderr(&out)
+    );
+    let status = env.json(&["status"]);
+    assert_eq!(status["processes"][0]["name"], "api");
+    let exit = exit_str(&status["processes"][0]["state"]["exited"]["status"]);
+    assert!(exit.contains("unknown"), "{status}");
+    assert!(
+        env.daemon_pid().is_none_or(|p| !alive(p)),
+        "a read started a daemon"
+    );
+
+    // The next daemon stops the orphan and starts api again; the crashed run is -2.
+    env.serve();
+    let new = wait_for("api to run again", 30, || {
+        let p = env.process("api")["pid"].as_u64()? as u32;
+        (p != old).then_some(p)
+    });
+    wait_for("the orphan to be stopped", 30, || {
+        (!alive(old)).then_some(())
+    });
+    let out = env.ok(&["logs", "api", "--instance", "-2"]);
+    assert!(out.contains(&format!("boot {old}")), "{out}");
+    let out = env.ok(&[
+        "logs",
+        "api",
+        "--instance",
+        "-2",
+        "--grep",
+        "panic",
+        "--timestamps",
+    ]);
+    assert!(out.contains("Z thread main panicked"), "{out}");
+    let detail = env.ok(&["status", "api"]);
+    assert!(
+        detail.contains("unknown (the daemon stopped uncleanly)"),
+        "{detail}"
+    );
+    assert!(alive(new));
+}
+
+#[test]
+fn autostart_from_a_subdirectory_and_no_autostart() {
+    let env = Env::new();
+    env.write_config("");
+    let sub = env.project.path().join("sub/deeper");
+    std::fs::create_dir_all(&sub).unwrap();
+    let data = env.project.path().join(".bpm");
+    let cmd = |args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.current_dir(&sub).env_remove("BPM_HOME");
+        c.output().unwrap()
+    };
+    let out = cmd(&["run", "--no-autostart", "--", "true"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(
+        stderr(&out).contains("no bpm daemon runs"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("--no-autostart"), "{}", stderr(&out));
+
+    // The project's daemon is found (and started) from a subdirectory.
+    let stop_it = StopDaemonOf(data.clone());
+    let out = cmd(&["mode"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "release\n");
+    let info = bpm::daemon::read_daemon_info(&data).expect("a daemon.json");
+    assert_eq!(info.project_dir, env.project.path());
+    let mode = std::fs::metadata(data.join("bpm.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(data.join("daemon.log").exists());
+    let out = cmd(&["mode", "dev"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "dev\n");
+    let out = cmd(&["mode"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "dev\n");
+    assert_eq!(
+        bpm::daemon::read_daemon_info(&data).unwrap().pid,
+        info.pid,
+        "one daemon"
+    );
+    drop(stop_it);
+    assert!(!alive(info.pid));
+    assert!(
+        !data.join("bpm.sock").exists(),
+        "the socket is removed at shutdown"
+    );
+}
+
+/// SIGKILLs a process on drop if it still runs.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            signal(self.0, Signal::SIGKILL);
+        }
+    }
+}
+
+/// SIGTERMs the daemon of a data directory on drop and waits until it is gone.
+struct StopDaemonOf(PathBuf);
+
+impl Drop for StopDaemonOf {
+    fn drop(&mut self) {
+        if let Some(info) = bpm::daemon::read_daemon_info(&self.0) {
+            signal(info.pid, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while alive(info.pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// `bpm run` on a pseudo-terminal: Ctrl+C asks, one keypress answers.
+struct Pty {
+    child: Child,
+    master: std::fs::File,
+    seen: Arc<Mutex<String>>,
+}
+
+impl Pty {
+    fn run(env: &Env, args: &[&str]) -> Pty {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave = std::fs::File::from(pty.slave);
+        // setsid -c: a new session whose controlling terminal is the pty, with bpm as
+        // its foreground process group, so ^C becomes a SIGINT to bpm.
+        let mut cmd = Command::new("setsid");
+        cmd.arg("-c").arg(BPM).args(args);
+        let bpm_cmd = env.cmd(&[]);
+        for (k, v) in bpm_cmd.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.current_dir(env.project.path())
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave);
+        let child = cmd.spawn().unwrap();
+        drop(cmd); // our copies of the slave: the master reads EIO once bpm is gone
+        let master = std::fs::File::from(pty.master);
+        let seen = Arc::new(Mutex::new(String::new()));
+        let (mut r, s) = (master.try_clone().unwrap(), seen.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Pty {
+            child,
+            master,
+            seen,
+        }
+    }
+    fn wait_seen(&self, what: &str, needle: &str) {
+        wait_for(what, 30, || {
+            self.seen.lock().unwrap().contains(needle).then_some(())
+        });
+    }
+    fn press(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ctrl_c_on_a_terminal_asks_whether_to_stop() {
+    let env = Env::new();
+    let args = ["run", "--", "sh", "-c", "echo up; exec sleep 300"];
+    let mut pty = Pty::run(&env, &args);
+    pty.wait_seen("the output", "up\r\n");
+    let pid = env.process("sh-c-echo-up-exec-sleep-300")["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    pty.press(b"\x03");
+    pty.wait_seen(
+        "the question",
+        &format!("Stop sh-c-echo-up-exec-sleep-300 (pid {pid})? [y/N]"),
+    );
+    pty.press(b"n");
+    let st = wait_for("bpm to detach", 30, || pty.child.try_wait().unwrap());
+    assert_eq!(st.code(), Some(0));
+    pty.wait_seen("the detach note", "detached");
+    assert!(alive(pid));
+
+    // Attach again; this time stop it.
+    let mut pty = Pty::run(&env, &args);
+    pty.wait_seen("the attach note", "attached to");
+    pty.press(b"\x03");
+    pty.wait_seen("the question", "? [y/N]");
+    pty.press(b"y");
+    let st = wait_for("bpm to stop it", 30, || pty.child.try_wait().unwrap());
+    assert_eq!(st.code(), Some(130));
+    assert!(!alive(pid), "stopped and gone before bpm returned");
+    assert_eq!(
+        env.process("sh-c-echo-up-exec-sleep-300")["state"],
+        "stopped"
+    );
+}
+
+#[test]
+fn json_shapes_and_errors_that_say_what_works() {
+    let env = Env::new();
+    let out = env.bpm(&[
+        "run",
+        "--name",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        "echo one; echo two >&2; echo three",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+
+    let s = env.json(&["status"]);
+    assert_eq!(s["mode"], "release");
+    assert!(s["daemon_pid"].as_u64().unwrap() > 0);
+    let p = &s["processes"][0];
+    assert_eq!(p["name"], "job");
+    let exit = exit_str(&p["state"]["exited"]["status"]);
+    assert!(exit == r#"{"code":0}"# || exit == "exit code 0", "{s}");
+    assert_eq!(p["argv"][0], "sh");
+    assert_eq!(p["run_instances"], 1);
+
+    let s = env.json(&["status", "job"]);
+    assert_eq!(s["instances"][0]["exit"], "exit code 0", "{s}");
+
+    let l = env.json(&["logs", "job"]);
+    assert_eq!(l["process"], "job");
+    let texts: Vec<&str> = l["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 3, "{l}");
+    assert!(texts.contains(&"two"));
+    assert_eq!(l["instances"][0]["lines"], 3);
+    let l = env.json(&["logs", "job", "--stream", "stderr"]);
+    assert_eq!(l["lines"][0]["text"], "two");
+    let stream = l["lines"][0]["stream"].as_str().unwrap().to_lowercase();
+    assert_eq!(stream, "stderr");
+    let l = env.json(&["logs", "job", "--grep", "^t", "--head", "1"]);
+    assert_eq!(l["matched"], 2);
+    assert_eq!(l["omitted"], 1);
+    assert_eq!(l["lines"][0]["matched"], true);
+    let l = env.json(&["logs", "job", "--since", "1h"]);
+    assert_eq!(l["lines"].as_array().unwrap().len(), 3);
+    let l = env.json(&["logs", "job", "--until", "2000-01-01"]);
+    assert_eq!(l["lines"].as_array().unwrap().len(), 0);
+
+    // Follow as NDJSON: the instance, its lines, its end.
+    let f = env.spawn(&["logs", "job", "--follow", "--json"]);
+    f.wait_out("the exit record", "\"type\":\"exit\"");
+    let recs: Vec<Value> = f
+        .out()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs[0]["type"], "instance");
+    assert_eq!(recs[1]["type"], "line");
+    assert_eq!(recs.last().unwrap()["code"], 0);
+
+    let r = env.json(&["start", "job"]);
+    assert_eq!(r["name"], "job");
+    assert!(r["status"]["pid"].as_u64().is_some(), "{r}");
+    env.ok(&["stop", "job"]);
+
+    // Errors: what is wrong and what works; 1 for a failure, 2 for bad input.
+    let out = env.bpm(&["logs", "jbo"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(
+        stderr(&out).contains("no process named `jbo`; known: job"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.bpm(&["logs", "job", "--grep", "a(b"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).contains("unclosed group") && stderr(&out).contains('^'),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.bpm(&["logs", "job", "--instance", "-5"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).contains("use -1..-2, or 0..1"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.bpm(&["logs", "job", "--since", "last tuesday"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).contains("10m") && stderr(&out).contains("T10:00:00Z"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.bpm(&["logs"]);
+    assert_eq!(code(&out), Some(2));
+    let out = env.bpm(&["restart", "nope"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(stderr(&out).contains("known: job"), "{}", stderr(&out));
+
+    let comp = env.ok(&["completions", "bash"]);
+    assert!(
+        comp.contains("_bpm()") && comp.contains("logs"),
+        "completions"
+    );
+}
