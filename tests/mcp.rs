@@ -174,6 +174,16 @@ async fn ok(s: &Session, tool: &str, args: Value) -> Value {
     r.structured_content.expect("structured content")
 }
 
+/// The texts of a log answer's lines.
+fn texts(answer: &Value) -> Vec<&str> {
+    answer["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect()
+}
+
 /// A failed call's text.
 async fn err(s: &Session, tool: &str, args: Value) -> String {
     let r = call(s, tool, args.clone()).await;
@@ -390,14 +400,8 @@ async fn tools_work_and_failures_say_what_would_work() {
         json!({"process": pid.to_string(), "tail": "5", "stream": "stdout"}),
     )
     .await;
-    let texts: Vec<&str> = tail["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["text"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        texts,
+        texts(&tail),
         ["line 295", "line 296", "line 297", "line 298", "line 299"]
     );
     assert_eq!(tail["omitted_by_limit"], json!(296));
@@ -455,14 +459,8 @@ async fn tools_work_and_failures_say_what_would_work() {
         json!({"process": name, "around_line": seq, "context_lines": "2"}),
     )
     .await;
-    let texts: Vec<&str> = around["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["text"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        texts,
+        texts(&around),
         ["line 13", "line 14", "line 15", "line 16", "line 17"]
     );
 

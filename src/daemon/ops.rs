@@ -374,6 +374,33 @@ impl Ops {
         })
     }
 
+    /// Like [`Ops::find`], but a process the store still has logs of (removed from the
+    /// config since) is found too, without a handle.
+    async fn find_or_stored(
+        &self,
+        name_or_pid: &str,
+    ) -> Result<(String, Option<ProcessHandle>), OpError> {
+        match self.find(name_or_pid) {
+            Ok((name, handle)) => Ok((name, Some(handle))),
+            Err(e) => {
+                let store = self.inner.store.clone();
+                let known = tokio::task::spawn_blocking(move || store.process_names())
+                    .await
+                    .map_err(|e| OpError::BadRequest(e.to_string()))??;
+                if known.iter().any(|k| k == name_or_pid) {
+                    Ok((name_or_pid.to_owned(), None))
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// A process's current status, without touching the store.
+    pub fn status_now(&self, name_or_pid: &str) -> Result<Status, OpError> {
+        Ok(self.find(name_or_pid)?.1.status_now())
+    }
+
     /// Whether a process has a build step (rebuilt on a mode switch).
     pub fn has_build(&self, name: &str) -> bool {
         let procs = self
@@ -619,21 +646,7 @@ impl Ops {
 
     /// Read or search a process's logs.
     pub async fn logs(&self, req: LogRequest) -> Result<LogResult, OpError> {
-        let name = match self.find(&req.process) {
-            Ok((name, _)) => name,
-            // A process the store still has logs of (removed from the config) is fine.
-            Err(e) => {
-                let store = self.inner.store.clone();
-                let known = tokio::task::spawn_blocking(move || store.process_names())
-                    .await
-                    .map_err(|e| OpError::BadRequest(e.to_string()))??;
-                if known.contains(&req.process) {
-                    req.process.clone()
-                } else {
-                    return Err(e);
-                }
-            }
-        };
+        let (name, _) = self.find_or_stored(&req.process).await?;
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || read_logs(&store, &name, &req))
             .await
@@ -648,21 +661,8 @@ impl Ops {
         &self,
         req: FollowRequest,
     ) -> Result<impl futures_util::Stream<Item = Vec<FollowRecord>> + Send + 'static, OpError> {
-        let (name, handle) = match self.find(&req.process) {
-            Ok((name, handle)) => (name, Some(handle)),
-            // A process only the store knows (removed from the config) can be followed
-            // to the end of its last instance.
-            Err(e) => {
-                let store = self.inner.store.clone();
-                let known = tokio::task::spawn_blocking(move || store.process_names())
-                    .await
-                    .map_err(|e| OpError::BadRequest(e.to_string()))??;
-                if !known.contains(&req.process) {
-                    return Err(e);
-                }
-                (req.process.clone(), None)
-            }
-        };
+        // A process only the store knows is followed to the end of its last instance.
+        let (name, handle) = self.find_or_stored(&req.process).await?;
         let re = match &req.pattern {
             Some(p) if !p.is_empty() => Some(search::compile(p, req.case_insensitive)?),
             _ => None,

@@ -244,8 +244,7 @@ impl BpmTools {
 
     async fn stop(&self, p: Result<StopParams, String>) -> ToolResult {
         let p = p?;
-        let before = self.ops.status(Some(&p.process)).await.map_err(op_err)?;
-        let was_pid = before.processes.first().and_then(|r| r.status.pid);
+        let was_pid = self.ops.status_now(&p.process).map_err(op_err)?.pid;
         let status = self
             .ops
             .stop(&p.process, p.force.unwrap_or(false), Actor::Mcp)
