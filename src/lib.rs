@@ -22,10 +22,12 @@
 //! `main.rs` only parses arguments, dispatches and maps errors to exit codes.
 
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod logs;
 pub mod mcp;
+pub mod protocol;
 pub mod search;
 pub mod supervisor;
 pub mod timespec;

@@ -136,7 +136,7 @@ fn main() -> ExitCode {
             data_dir,
             no_autostart,
         } => {
-            let opts = bpm::cli::client::DaemonOptions::new(data_dir, !no_autostart);
+            let opts = bpm::client::DaemonOptions::new(data_dir, !no_autostart);
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -599,7 +599,7 @@ fn json_shapes_and_errors_that_say_what_works() {
     assert_eq!(p["run_instances"], 1);
 
     let s = env.json(&["status", "job"]);
-    assert_eq!(s["instances"][0]["exit"], "exit code 0", "{s}");
+    assert_eq!(s["instances"][0]["exit"]["code"], 0, "{s}");
 
     let l = env.json(&["logs", "job"]);
     assert_eq!(l["process"], "job");
@@ -635,7 +635,7 @@ fn json_shapes_and_errors_that_say_what_works() {
         .collect();
     assert_eq!(recs[0]["type"], "instance");
     assert_eq!(recs[1]["type"], "line");
-    assert_eq!(recs.last().unwrap()["code"], 0);
+    assert_eq!(recs.last().unwrap()["status"]["code"], 0);
 
     let r = env.json(&["start", "job"]);
     assert_eq!(r["name"], "job");

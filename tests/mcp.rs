@@ -506,7 +506,7 @@ async fn tools_work_and_failures_say_what_would_work() {
         json!({"process": name, "stream": "stdmix"}),
     )
     .await;
-    assert!(e.contains("\"stdout\", \"stderr\" or \"both\""), "{e}");
+    assert!(e.contains("stdout, stderr or both"), "{e}");
     let e = err(
         &s,
         "search_logs",

@@ -1,15 +1,13 @@
 //! The command-line front end: `bpm run`, `start`/`stop`/`restart`, `mode`, `status`,
-//! `logs`. No business logic: every verb is a call to the daemon's local API
-//! ([`client`]), or, for `status` and `logs` when no daemon runs, the same operations
-//! ([`crate::daemon::ops`]) over the store opened read-only.
+//! `logs`. No business logic: every verb is a typed call to the daemon's local API
+//! ([`crate::client`]), or, for `status` and `logs` when no daemon runs, the same
+//! operations ([`crate::daemon::ops`]) over the store opened read-only.
 //!
-//! - [`client`]: the local API's client (reused by other front ends).
 //! - [`run`]: `bpm run`: start or attach, follow, the Ctrl+C prompt.
 //! - [`logs`]: `bpm logs`, and the follow stream's rendering shared with `run`.
 //! - [`status`]: `bpm status`, and `start`/`stop`/`restart`/`mode`.
 //! - `--since`/`--until` values are read by [`crate::timespec`].
 
-pub mod client;
 pub mod logs;
 pub mod run;
 pub mod status;
@@ -18,7 +16,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use client::{DaemonOptions, Target};
+use crate::client::{self, Client, ClientError, DaemonOptions, Target};
 
 /// Options every daemon-facing command takes.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -86,46 +84,27 @@ pub fn color_stdout() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// A call to the daemon that answered with an error: its message, as a usage error for
-/// a 400 (bad regex, instance out of range, bad value) and a failure otherwise.
-fn api_error(status: u16, body: &[u8]) -> anyhow::Error {
-    let msg = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    if status == 400 {
-        UsageError(msg).into()
-    } else {
-        anyhow::anyhow!(msg)
+/// A failed call to the daemon as the CLI reports it: bad input the daemon refused (a bad
+/// regex, an instance out of range, a bad value) is a usage error (exit 2).
+fn api_error(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Api {
+            status: 400,
+            message,
+        } => UsageError(message).into(),
+        e => e.into(),
     }
 }
 
-/// Call the daemon and return its JSON answer, or its error.
-async fn call(
-    target: &Target,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> anyhow::Result<serde_json::Value> {
-    let (headers, bytes): (&[(&str, &str)], Vec<u8>) = match body {
-        Some(b) => (
-            &[("content-type", "application/json")],
-            serde_json::to_vec(&b)?,
-        ),
-        None => (&[], Vec::new()),
-    };
-    let resp = client::request(&target.socket(), method, path, headers, bytes).await?;
-    let status = resp.status;
-    let bytes = resp.bytes().await?;
-    if status != 200 {
-        return Err(api_error(status, &bytes));
-    }
-    Ok(serde_json::from_slice(&bytes)?)
+/// The daemon for a command that needs one (started when none runs, unless
+/// `--no-autostart`).
+async fn connect(common: &Common) -> anyhow::Result<Client> {
+    Ok(Client::connect(&common.daemon_options()).await?)
 }
 
 /// Where a read (`status`, `logs`) is answered.
 enum Source {
-    Daemon(Target),
+    Daemon(Client),
     /// No daemon runs: the store, opened read-only.
     Store(Target, crate::logs::Store),
     /// No daemon runs, and nothing ever ran with this data directory.
@@ -150,7 +129,7 @@ async fn read_source(common: &Common) -> anyhow::Result<Source> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         if client::answers(&target.socket()).await {
-            return Ok(Source::Daemon(target));
+            return Ok(Source::Daemon(Client::new(target)));
         }
         let path = target.store();
         if !path.exists() {
@@ -174,22 +153,9 @@ async fn read_source(common: &Common) -> anyhow::Result<Source> {
 }
 
 /// Print a JSON document on stdout.
-fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())
-}
-
-/// Percent-encode a query value or path segment.
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

@@ -6,10 +6,9 @@ use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use serde_json::{Value, json};
-
-use super::logs::{FollowReader, Record, Render};
-use super::{Common, call, client, enc};
+use super::logs::Render;
+use super::{Common, api_error, connect};
+use crate::protocol::{ExitStatus, FollowQuery, FollowRecord, StartRequest, Status};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -50,73 +49,64 @@ pub fn main(args: RunArgs) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let target = client::ensure_daemon(&args.common.daemon_options()).await?;
+    let client = connect(&args.common).await?;
     let cwd = match &args.cwd {
         Some(d) => std::path::absolute(d)?,
         None => std::env::current_dir()?,
     };
-    let mut body = json!({ "command": args.command, "cwd": cwd });
-    if let Some(n) = &args.name {
-        body["name"] = json!(n);
-    }
-    let mut r = call(&target, "POST", "/api/start", Some(body)).await?;
-    let name = r["name"].as_str().unwrap_or("?").to_owned();
-    let attached = r["already_running"] == true;
+    let req = StartRequest {
+        name: args.name.clone(),
+        command: Some(args.command.clone()),
+        cwd: Some(cwd.clone()),
+        ..Default::default()
+    };
+    let mut r = client.start(&req).await.map_err(api_error)?;
+    let name = r.name.clone();
+    let attached = r.already_running;
     let mut tail = None;
     if attached && args.restart {
-        r = call(
-            &target,
-            "POST",
-            &format!("/api/restart/{}", enc(&name)),
-            None,
-        )
-        .await?;
-        note(
-            &args,
-            &format!("restarted {name}{}", pid_text(&r["status"])),
-        );
+        r = client.restart(&name).await.map_err(api_error)?;
+        note(&args, &format!("restarted {name}{}", pid_text(&r.status)));
     } else if attached {
         tail = Some(args.lines);
         note(
             &args,
             &format!(
                 "attached to {name}{}: the same command already runs in {}",
-                pid_text(&r["status"]),
+                pid_text(&r.status),
                 cwd.display()
             ),
         );
     } else {
-        note(&args, &format!("started {name}{}", pid_text(&r["status"])));
+        note(&args, &format!("started {name}{}", pid_text(&r.status)));
     }
-    let mut path = format!("/api/follow/{}?", enc(&name));
-    if let Some(id) = r["status"]["instance"].as_u64() {
-        path.push_str(&format!("instance={id}&"));
-    }
-    if let Some(t) = tail {
-        path.push_str(&format!("tail={t}"));
-    }
+    let query = FollowQuery {
+        instance: r.status.instance,
+        tail,
+        ..Default::default()
+    };
     let render = Render {
         timestamps: args.timestamps,
         color: super::color_stdout(),
         highlight: None,
         json: args.common.json,
     };
-    let mut pid = r["status"]["pid"].as_u64();
-    let mut reader = FollowReader::open(&target, &path).await?;
+    let mut pid = r.status.pid;
+    let mut records = client.follow(&name, &query).await.map_err(api_error)?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            batch = reader.next() => {
+            batch = records.next() => {
                 let Some(batch) = batch? else {
                     note(&args, "the daemon stopped");
                     return Ok(ExitCode::FAILURE);
                 };
                 render.records(&batch, true)?;
-                for (_, rec) in &batch {
+                for rec in &batch {
                     match rec {
-                        Record::Instance { pid: p, .. } => pid = p.map(u64::from),
-                        Record::Exit { code, signal, restarted: false, .. } => {
-                            return Ok(ExitCode::from(exit_code(*code, *signal)));
+                        FollowRecord::Instance { pid: p, .. } => pid = *p,
+                        FollowRecord::Exit { status, restarted: false, .. } => {
+                            return Ok(ExitCode::from(exit_code(status)));
                         }
                         _ => {}
                     }
@@ -129,7 +119,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 );
                 let answer = tokio::task::spawn_blocking(move || ask(&question)).await?;
                 if answer == Some(true) {
-                    call(&target, "POST", &format!("/api/stop/{}", enc(&name)), None).await?;
+                    client.stop(&name, false).await.map_err(api_error)?;
                     note(&args, &format!("stopped {name}"));
                     return Ok(ExitCode::from(130));
                 }
@@ -149,20 +139,20 @@ fn note(args: &RunArgs, text: &str) {
     }
 }
 
-fn pid_text(status: &Value) -> String {
-    status["pid"]
-        .as_u64()
+fn pid_text(status: &Status) -> String {
+    status
+        .pid
         .map(|p| format!(" (pid {p})"))
         .unwrap_or_default()
 }
 
 /// The exit code that passes a process's end through: its code, 128+N for signal N, 1
 /// when unknown.
-fn exit_code(code: Option<i32>, signal: Option<i32>) -> u8 {
-    match (code, signal) {
-        (Some(c), _) => (c & 0xff) as u8,
-        (None, Some(s)) => (128 + s).clamp(0, 255) as u8,
-        _ => 1,
+fn exit_code(status: &ExitStatus) -> u8 {
+    match status {
+        ExitStatus::Code(c) => (c & 0xff) as u8,
+        ExitStatus::Signal(s) => (128 + s).clamp(0, 255) as u8,
+        ExitStatus::Unknown => 1,
     }
 }
 

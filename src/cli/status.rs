@@ -3,10 +3,13 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use super::{Common, Source, call, client, enc, print_json, read_source};
+use super::{Common, Source, api_error, connect, print_json, read_source};
 use crate::daemon::ops;
+use crate::protocol::{
+    InstanceSummary, LogQuery, Mode, ProcessReport, State, Status, StatusReport, human_duration,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -35,23 +38,26 @@ pub struct StopArgs {
     pub common: Common,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum ModeArg {
-    Dev,
-    Release,
-}
-
 #[derive(clap::Args, Debug)]
 pub struct ModeArgs {
-    /// Switch to this mode; without it, print the current one.
-    #[arg(value_enum)]
-    pub mode: Option<ModeArg>,
+    /// Switch to this mode (dev or release); without it, print the current one.
+    pub mode: Option<Mode>,
     #[command(flatten)]
     pub common: Common,
 }
 
 pub fn main(args: StatusArgs) -> ExitCode {
     super::execute(status(args))
+}
+
+/// What `bpm status [NAME] --json` prints: the status report, and with a name the
+/// process's instances.
+#[derive(Serialize)]
+struct StatusOutput {
+    #[serde(flatten)]
+    report: StatusReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instances: Option<Vec<InstanceSummary>>,
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -65,27 +71,24 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "bpm: no daemon runs for {} and nothing has run with it yet",
             t.data_dir.display()
         );
-        let empty = json!({ "mode": "release", "daemon_pid": 0, "daemon_uptime_seconds": 0.0, "processes": [] });
+        let empty = StatusOutput {
+            report: StatusReport::empty(),
+            instances: None,
+        };
         if args.common.json {
             print_json(&empty)?;
         } else {
-            print_report(&empty, false, true)?;
+            print_report(&empty, true)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut report = match &source {
-        Source::Daemon(t) => {
-            let path = match &args.name {
-                Some(n) => format!("/api/status/{}", enc(n)),
-                None => "/api/status".to_owned(),
-            };
-            call(t, "GET", &path, None).await?
-        }
+    let report = match &source {
+        Source::Daemon(c) => c.status(args.name.as_deref()).await.map_err(api_error)?,
         Source::Store(t, store) => {
             let store = store.clone();
             let project = t.project_dir.clone();
             let name = args.name.clone();
-            let r = tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || {
                 let config = match &project {
                     Some(dir) => crate::config::Config::load(dir).ok().flatten(),
                     None => None,
@@ -93,52 +96,39 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| crate::config::Config::default_for(std::path::Path::new("/")));
                 ops::offline_status(&store, &config, name.as_deref())
             })
-            .await??;
-            serde_json::to_value(r)?
+            .await??
         }
         Source::Empty(_) => unreachable!("handled above"),
     };
-    if let Some(name) = &args.name {
-        let name = report["processes"][0]["name"]
-            .as_str()
-            .unwrap_or(name)
-            .to_owned();
-        let req = ops::LogRequest {
-            process: name.clone(),
+    let mut out = StatusOutput {
+        report,
+        instances: None,
+    };
+    if args.name.is_some()
+        && let Some(name) = out.report.processes.first().map(|p| p.status.name.clone())
+    {
+        let query = LogQuery {
             all_instances: true,
             tail: Some(0),
             ..Default::default()
         };
-        let instances = match &source {
-            Source::Daemon(t) => call(
-                t,
-                "GET",
-                &format!("/api/logs/{}?all_instances=true&tail=0", enc(&name)),
-                None,
-            )
-            .await
-            .ok()
-            .map(|v| v["instances"].clone()),
+        let result = match &source {
+            Source::Daemon(c) => c.logs(&name, &query).await.ok(),
             Source::Store(_, store) => {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || ops::read_logs(&store, &name, &req))
+                tokio::task::spawn_blocking(move || ops::read_logs(&store, &name, &query))
                     .await?
                     .ok()
-                    .and_then(|r| serde_json::to_value(r.instances).ok())
             }
             Source::Empty(_) => None,
         };
-        report["instances"] = instances.unwrap_or_else(|| json!([]));
+        out.instances = Some(result.map(|r| r.instances).unwrap_or_default());
     }
     if args.common.json {
-        print_json(&report)?;
+        print_json(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    print_report(
-        &report,
-        args.name.is_some(),
-        matches!(source, Source::Store(..)),
-    )?;
+    print_report(&out, matches!(source, Source::Store(..)))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -148,76 +138,36 @@ const RED: &str = "\x1b[31m";
 const BOLD: &str = "\x1b[1m";
 const RESET: &str = "\x1b[0m";
 
-/// The state as a word, and its colour.
-fn state_text(p: &Value) -> (String, &'static str) {
-    let state = &p["state"];
-    if let Some(s) = state.as_str() {
-        let color = match s {
-            "running" | "ready" => GREEN,
-            "starting" | "building" => YELLOW,
-            _ => "",
-        };
-        return (s.to_owned(), color);
-    }
-    if let Some(b) = state.get("backoff") {
-        let left = b["until_unix_ms"].as_i64().unwrap_or(0) - chrono::Utc::now().timestamp_millis();
-        return (format!("backoff {}s", (left.max(0) + 999) / 1000), YELLOW);
-    }
-    if let Some(e) = state.get("exited") {
-        let st = exit_text(&e["status"]);
-        let color = if st == "exit 0" || st == "exit code 0" {
-            ""
-        } else {
-            RED
-        };
-        return (format!("exited ({st})"), color);
-    }
-    if state.get("failed").is_some() {
-        return ("failed".into(), RED);
-    }
-    (state.to_string(), "")
-}
-
-/// An exit status as the API gives it: `{"Code":3}`, `{"Signal":9}`, `"Unknown"`, or
-/// already as text.
-fn exit_text(v: &Value) -> String {
-    if let Some(text) = v.as_str().filter(|t| *t != "Unknown") {
-        text.to_owned()
-    } else if let Some(c) = v.get("Code") {
-        format!("exit {c}")
-    } else if let Some(s) = v.get("Signal") {
-        format!("signal {s}")
-    } else if v.is_null() {
-        "-".into()
-    } else {
-        "unknown".into()
-    }
-}
-
-fn uptime(secs: Option<f64>) -> String {
-    let Some(s) = secs else { return "-".into() };
-    let s = s as u64;
+/// The state as a short word for the table, and its colour.
+fn state_text(s: &State) -> (String, &'static str) {
     match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+        State::Running | State::Ready => (s.to_string(), GREEN),
+        State::Starting | State::Building => (s.to_string(), YELLOW),
+        State::Stopped => (s.to_string(), ""),
+        State::Backoff { until_unix_ms } => {
+            let left = until_unix_ms - chrono::Utc::now().timestamp_millis();
+            (format!("backoff {}s", (left.max(0) + 999) / 1000), YELLOW)
+        }
+        State::Exited { status } => (
+            format!("exited ({status})"),
+            if status.success() { "" } else { RED },
+        ),
+        State::Failed { .. } => ("failed".into(), RED),
     }
 }
 
-fn print_report(report: &Value, detail: bool, offline: bool) -> anyhow::Result<()> {
+fn print_report(o: &StatusOutput, offline: bool) -> anyhow::Result<()> {
     let color = super::color_stdout();
     let mut out = std::io::stdout().lock();
-    let empty = Vec::new();
-    let procs = report["processes"].as_array().unwrap_or(&empty);
+    let report = &o.report;
+    let procs = &report.processes;
     if offline {
         writeln!(out, "no daemon running (read from the store)")?;
     } else {
         writeln!(
             out,
             "mode {}, daemon pid {}",
-            report["mode"].as_str().unwrap_or("?"),
-            report["daemon_pid"]
+            report.mode, report.daemon_pid
         )?;
     }
     if procs.is_empty() {
@@ -226,20 +176,15 @@ fn print_report(report: &Value, detail: bool, offline: bool) -> anyhow::Result<(
     }
     let rows: Vec<[String; 7]> = procs
         .iter()
-        .map(|p| {
-            let (state, _) = state_text(p);
-            let argv: Vec<&str> = p["argv"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+        .map(|p: &ProcessReport| {
             [
-                p["name"].as_str().unwrap_or("?").to_owned(),
-                state,
-                p["pid"].as_u64().map_or("-".into(), |x| x.to_string()),
-                uptime(p["uptime_seconds"].as_f64()),
-                p["restarts"].to_string(),
-                p["run_instances"].to_string(),
-                argv.join(" "),
+                p.status.name.clone(),
+                state_text(&p.status.state).0,
+                p.status.pid.map_or("-".into(), |x| x.to_string()),
+                p.uptime_seconds.map_or("-".into(), human_duration),
+                p.status.restarts.to_string(),
+                p.run_instances.to_string(),
+                p.argv.join(" "),
             ]
         })
         .collect();
@@ -277,72 +222,64 @@ fn print_report(report: &Value, detail: bool, offline: bool) -> anyhow::Result<(
         writeln!(out, "{}", line(&head, None))?;
     }
     for (p, r) in procs.iter().zip(&rows) {
-        writeln!(out, "{}", line(r, Some(state_text(p).1)))?;
+        writeln!(out, "{}", line(r, Some(state_text(&p.status.state).1)))?;
     }
-    if detail && let Some(p) = procs.first() {
-        if let Some(e) = p["last_error"].as_str() {
+    if let (Some(p), Some(inst)) = (procs.first(), &o.instances) {
+        if let Some(e) = &p.status.last_error {
             writeln!(out, "\nlast error: {e}")?;
         }
         writeln!(
             out,
             "\ninstances (newest last; address them with --instance):"
         )?;
-        let inst = report["instances"].as_array().unwrap_or(&empty);
         let n = inst.len() as i64;
         for (i, m) in inst.iter().enumerate() {
-            let state = match m["exit"].as_str() {
-                Some(e) => e.to_owned(),
-                None if m["ended"].is_null() => "running".into(),
-                None => "ended".into(),
+            let state = match (&m.exit, &m.ended) {
+                (Some(e), _) => e.to_string(),
+                (None, None) => "running".into(),
+                (None, Some(_)) => "ended".into(),
             };
             writeln!(
                 out,
                 "  {:>3}  #{:<5} pid {:<8} {}  {} lines  {}",
                 i as i64 - n,
-                m["id"],
-                m["pid"].as_u64().map_or("-".into(), |x| x.to_string()),
-                m["started"].as_str().unwrap_or(""),
-                m["lines"],
+                m.id,
+                m.pid.map_or("-".into(), |x| x.to_string()),
+                m.started,
+                m.lines,
                 state
             )?;
         }
         writeln!(out, "\nrecent events:")?;
-        for e in p["recent_events"].as_array().unwrap_or(&empty) {
-            writeln!(
-                out,
-                "  {}  {}",
-                e["at"].as_str().unwrap_or(""),
-                e["what"].as_str().unwrap_or("")
-            )?;
+        for e in &p.recent_events {
+            writeln!(out, "  {}  {}", e.at, e.what)?;
         }
     }
     Ok(())
 }
 
+/// " (pid N)" when the process runs.
+fn pid(status: &Status) -> String {
+    status
+        .pid
+        .map(|p| format!(" (pid {p})"))
+        .unwrap_or_default()
+}
+
 pub fn start(args: NameArgs) -> ExitCode {
     super::execute(async move {
-        let target = client::ensure_daemon(&args.common.daemon_options()).await?;
-        let r = call(
-            &target,
-            "POST",
-            "/api/start",
-            Some(json!({ "name": args.name })),
-        )
-        .await?;
+        let client = connect(&args.common).await?;
+        let req = crate::protocol::StartRequest {
+            name: Some(args.name.clone()),
+            ..Default::default()
+        };
+        let r = client.start(&req).await.map_err(api_error)?;
         if args.common.json {
             print_json(&r)?;
-        } else if r["already_running"] == true {
-            eprintln!(
-                "bpm: {} already runs{}",
-                r["name"].as_str().unwrap_or("?"),
-                pid(&r["status"])
-            );
+        } else if r.already_running {
+            eprintln!("bpm: {} already runs{}", r.name, pid(&r.status));
         } else {
-            eprintln!(
-                "bpm: started {}{}",
-                r["name"].as_str().unwrap_or("?"),
-                pid(&r["status"])
-            );
+            eprintln!("bpm: started {}{}", r.name, pid(&r.status));
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -350,17 +287,15 @@ pub fn start(args: NameArgs) -> ExitCode {
 
 pub fn stop(args: StopArgs) -> ExitCode {
     super::execute(async move {
-        let target = client::ensure_daemon(&args.common.daemon_options()).await?;
-        let path = format!(
-            "/api/stop/{}{}",
-            enc(&args.name),
-            if args.force { "?force=true" } else { "" }
-        );
-        let r = call(&target, "POST", &path, None).await?;
+        let client = connect(&args.common).await?;
+        let s = client
+            .stop(&args.name, args.force)
+            .await
+            .map_err(api_error)?;
         if args.common.json {
-            print_json(&r)?;
+            print_json(&s)?;
         } else {
-            eprintln!("bpm: stopped {}", r["name"].as_str().unwrap_or("?"));
+            eprintln!("bpm: stopped {}", s.name);
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -368,22 +303,12 @@ pub fn stop(args: StopArgs) -> ExitCode {
 
 pub fn restart(args: NameArgs) -> ExitCode {
     super::execute(async move {
-        let target = client::ensure_daemon(&args.common.daemon_options()).await?;
-        let r = call(
-            &target,
-            "POST",
-            &format!("/api/restart/{}", enc(&args.name)),
-            None,
-        )
-        .await?;
+        let client = connect(&args.common).await?;
+        let r = client.restart(&args.name).await.map_err(api_error)?;
         if args.common.json {
             print_json(&r)?;
         } else {
-            eprintln!(
-                "bpm: restarted {}{}",
-                r["name"].as_str().unwrap_or("?"),
-                pid(&r["status"])
-            );
+            eprintln!("bpm: restarted {}{}", r.name, pid(&r.status));
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -391,29 +316,17 @@ pub fn restart(args: NameArgs) -> ExitCode {
 
 pub fn mode(args: ModeArgs) -> ExitCode {
     super::execute(async move {
-        let target = client::ensure_daemon(&args.common.daemon_options()).await?;
-        let r = match args.mode {
-            None => call(&target, "GET", "/api/mode", None).await?,
-            Some(m) => {
-                let mode = match m {
-                    ModeArg::Dev => "dev",
-                    ModeArg::Release => "release",
-                };
-                call(&target, "POST", "/api/mode", Some(json!({ "mode": mode }))).await?
-            }
-        };
+        let client = connect(&args.common).await?;
+        let mode = match args.mode {
+            None => client.mode().await,
+            Some(m) => client.set_mode(m).await,
+        }
+        .map_err(api_error)?;
         if args.common.json {
-            print_json(&r)?;
+            print_json(&crate::protocol::ModeBody { mode })?;
         } else {
-            println!("{}", r["mode"].as_str().unwrap_or("?"));
+            println!("{mode}");
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-fn pid(status: &Value) -> String {
-    status["pid"]
-        .as_u64()
-        .map(|p| format!(" (pid {p})"))
-        .unwrap_or_default()
 }

@@ -1,21 +1,20 @@
 //! The daemon's JSON API over the operations layer, for the CLI (over the Unix socket),
 //! scripts and tests (over TCP): the same router is served on both listeners. Handlers
-//! only translate; the logic is in [`super::ops`].
+//! only translate [`crate::protocol`] requests into [`super::ops`] calls; every error is
+//! an [`ApiError`] body with a status code.
 
-use std::time::Duration;
-
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-use super::ops::{FollowRequest, LogRequest, OpError, Ops, StartRequest};
-use crate::logs::{Actor, StoreError, Stream};
+use super::ops::{OpError, Ops};
+use crate::logs::{Actor, StoreError};
+use crate::protocol::{ApiError, FollowQuery, LogQuery, ModeBody, StartRequest, StopQuery};
 use crate::search::SearchError;
-use crate::supervisor::process::Mode;
 
 pub fn router(ops: Ops) -> Router {
     Router::new()
@@ -42,8 +41,22 @@ impl IntoResponse for OpError {
             OpError::Process(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (code, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        let body = ApiError {
+            error: self.to_string(),
+        };
+        (code, Json(body)).into_response()
     }
+}
+
+/// A query string as a protocol type; a bad one is a 400 naming the field.
+fn query<T: DeserializeOwned>(raw: Option<String>) -> Result<T, OpError> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| OpError::BadRequest(format!("bad query string: {e}")))
+}
+
+/// A JSON body as a protocol type; a bad one is a 400 naming the problem.
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, OpError> {
+    serde_json::from_slice(bytes).map_err(|e| OpError::BadRequest(format!("bad request body: {e}")))
 }
 
 async fn status_all(State(ops): State<Ops>) -> Result<Response, OpError> {
@@ -54,38 +67,17 @@ async fn status_one(State(ops): State<Ops>, Path(name): Path<String>) -> Result<
     Ok(Json(ops.status(Some(&name)).await?).into_response())
 }
 
-#[derive(Deserialize, Default)]
-struct StartBody {
-    name: Option<String>,
-    command: Option<Vec<String>>,
-    cwd: Option<std::path::PathBuf>,
-    #[serde(default)]
-    env: Vec<(String, String)>,
-    wait_seconds: Option<f64>,
-}
-
-async fn start(State(ops): State<Ops>, Json(b): Json<StartBody>) -> Result<Response, OpError> {
-    let req = StartRequest {
-        name: b.name,
-        command: b.command,
-        cwd: b.cwd,
-        env: b.env,
-        wait: b.wait_seconds.map(Duration::from_secs_f64),
-    };
+async fn start(State(ops): State<Ops>, bytes: Bytes) -> Result<Response, OpError> {
+    let req: StartRequest = body(&bytes)?;
     Ok(Json(ops.start(req, Actor::Cli).await?).into_response())
-}
-
-#[derive(Deserialize, Default)]
-struct StopQuery {
-    #[serde(default)]
-    force: bool,
 }
 
 async fn stop(
     State(ops): State<Ops>,
     Path(name): Path<String>,
-    Query(q): Query<StopQuery>,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, OpError> {
+    let q: StopQuery = query(q)?;
     Ok(Json(ops.stop(&name, q.force, Actor::Cli).await?).into_response())
 }
 
@@ -93,105 +85,31 @@ async fn restart(State(ops): State<Ops>, Path(name): Path<String>) -> Result<Res
     Ok(Json(ops.restart(&name, Actor::Cli, None).await?).into_response())
 }
 
-#[derive(Deserialize, Default)]
-struct LogsQuery {
-    pattern: Option<String>,
-    #[serde(default)]
-    case_insensitive: bool,
-    #[serde(default)]
-    context: usize,
-    head: Option<usize>,
-    tail: Option<usize>,
-    index: Option<i64>,
-    #[serde(default)]
-    all_instances: bool,
-    #[serde(default)]
-    build: bool,
-    stream: Option<String>,
-    since_us: Option<i64>,
-    until_us: Option<i64>,
-    /// Neither head nor tail: every line (without it, the last 200).
-    #[serde(default)]
-    all: bool,
-}
-
-fn parse_stream(stream: Option<&str>) -> Result<Option<Stream>, OpError> {
-    match stream {
-        None | Some("both") => Ok(None),
-        Some("stdout") => Ok(Some(Stream::Stdout)),
-        Some("stderr") => Ok(Some(Stream::Stderr)),
-        Some(other) => Err(OpError::BadRequest(format!(
-            "unknown stream `{other}`; use stdout, stderr or both"
-        ))),
-    }
-}
-
 async fn logs(
     State(ops): State<Ops>,
     Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, OpError> {
-    let stream = parse_stream(q.stream.as_deref())?;
-    let req = LogRequest {
-        process: name,
-        pattern: q.pattern,
-        case_insensitive: q.case_insensitive,
-        context: q.context,
-        head: q.head,
-        tail: q.tail.or(if q.head.is_none() && !q.all {
-            Some(200)
-        } else {
-            None
-        }),
-        index: q.index,
-        all_instances: q.all_instances,
-        build: q.build,
-        stream,
-        since_us: q.since_us,
-        until_us: q.until_us,
-        around: None,
-    };
-    Ok(Json(ops.logs(req).await?).into_response())
+    let q: LogQuery = query(q)?;
+    Ok(Json(ops.logs(&name, q).await?).into_response())
 }
 
-#[derive(Deserialize, Default)]
-struct FollowQuery {
-    instance: Option<u64>,
-    index: Option<i64>,
-    #[serde(default)]
-    build: bool,
-    tail: Option<u64>,
-    stream: Option<String>,
-    pattern: Option<String>,
-    #[serde(default)]
-    case_insensitive: bool,
-}
-
-/// Newline-delimited JSON records ([`super::ops::FollowRecord`]), as a chunked body that
-/// lasts as long as the follow.
+/// Newline-delimited JSON records ([`crate::protocol::FollowRecord`]), as a chunked body
+/// that lasts as long as the follow.
 async fn follow(
     State(ops): State<Ops>,
     Path(name): Path<String>,
-    Query(q): Query<FollowQuery>,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, OpError> {
-    let req = FollowRequest {
-        process: name,
-        instance: q.instance,
-        index: q.index,
-        build: q.build,
-        tail: q.tail,
-        stream: parse_stream(q.stream.as_deref())?,
-        pattern: q.pattern,
-        case_insensitive: q.case_insensitive,
-    };
-    let records = ops.follow(req).await?;
+    let q: FollowQuery = query(q)?;
+    let records = ops.follow(&name, q).await?;
     let chunks = futures_util::StreamExt::map(records, |batch| {
         let mut buf = Vec::new();
         for r in &batch {
             serde_json::to_writer(&mut buf, r).expect("serializable");
             buf.push(b'\n');
         }
-        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(buf))
+        Ok::<_, std::convert::Infallible>(Bytes::from(buf))
     });
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
@@ -200,25 +118,12 @@ async fn follow(
         .into_response())
 }
 
-#[derive(Deserialize)]
-struct ModeBody {
-    mode: String,
-}
-
 async fn get_mode(State(ops): State<Ops>) -> Response {
-    Json(serde_json::json!({ "mode": ops.mode() })).into_response()
+    Json(ModeBody { mode: ops.mode() }).into_response()
 }
 
-async fn set_mode(State(ops): State<Ops>, Json(b): Json<ModeBody>) -> Result<Response, OpError> {
-    let mode = match b.mode.as_str() {
-        "dev" => Mode::Dev,
-        "release" => Mode::Release,
-        other => {
-            return Err(OpError::BadRequest(format!(
-                "unknown mode `{other}`; use dev or release"
-            )));
-        }
-    };
-    let mode = ops.set_mode(mode, Actor::Cli).await?;
-    Ok(Json(serde_json::json!({ "mode": mode })).into_response())
+async fn set_mode(State(ops): State<Ops>, bytes: Bytes) -> Result<Response, OpError> {
+    let b: ModeBody = body(&bytes)?;
+    let mode = ops.set_mode(b.mode, Actor::Cli).await?;
+    Ok(Json(ModeBody { mode }).into_response())
 }

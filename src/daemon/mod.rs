@@ -353,7 +353,8 @@ async fn recover_and_autostart(
     }
 }
 
-/// Back to release mode after `dev_timeout` without agent activity (DESIGN.md section 2);
+/// Back to release mode after `dev_timeout` without agent activity (only agents keep dev
+/// mode alive: reads from the TUI or CLI do not count);
 /// processes with a build step are rebuilt in release.
 async fn mode_timer(ops: Ops) {
     let timeout = ops.config().dev_timeout;

@@ -30,7 +30,6 @@ pub use block::{BlockView, Line, Stream};
 pub use live::InstanceWriter;
 pub use model::{
     Actor, Event, EventKind, ExitStatus, InstanceKind, InstanceMeta, SpawnInfo, now_us,
-    serialize_display, serialize_display_opt,
 };
 pub use schema::SCHEMA_VERSION;
 

@@ -30,8 +30,10 @@ impl InstanceKind {
     }
 }
 
-/// How a process ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a process ended. In JSON: `{"code": 1}`, `{"signal": 9}` or `"unknown"`.
+// Variants are stored by index (bincode), so the JSON names can change freely.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
@@ -52,6 +54,31 @@ impl std::fmt::Display for ExitStatus {
             ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
             ExitStatus::Unknown => f.write_str("unknown (the daemon stopped uncleanly)"),
         }
+    }
+}
+
+impl std::str::FromStr for ExitStatus {
+    type Err = String;
+    /// Reads what `Display` writes, and the short forms `3`, `code 3`, `signal 9`.
+    fn from_str(s: &str) -> Result<ExitStatus, String> {
+        let t = s.trim();
+        let num = |rest: &str| rest.trim().parse::<i32>().ok();
+        if t.starts_with("unknown") {
+            return Ok(ExitStatus::Unknown);
+        }
+        let parsed = if let Some(r) = t.strip_prefix("exit code").or(t.strip_prefix("code")) {
+            num(r).map(ExitStatus::Code)
+        } else if let Some(r) = t
+            .strip_prefix("killed by signal")
+            .or(t.strip_prefix("signal"))
+        {
+            num(r).map(ExitStatus::Signal)
+        } else {
+            num(t).map(ExitStatus::Code)
+        };
+        parsed.ok_or_else(|| {
+            format!("`{t}` is not an exit status; use e.g. `exit code 1` or `killed by signal 9`")
+        })
     }
 }
 
@@ -169,6 +196,62 @@ pub enum EventKind {
     },
 }
 
+/// One line describing the event, for status reports.
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = |ms: &u64| *ms as f64 / 1000.0;
+        match self {
+            EventKind::Spawned { pid, argv, .. } => {
+                write!(f, "spawned pid {pid}: {}", argv.join(" "))
+            }
+            EventKind::Exited {
+                status,
+                duration_ms,
+            } => write!(f, "exited ({status}) after {:.1}s", secs(duration_ms)),
+            EventKind::CrashDetected {
+                status,
+                crash_count,
+            } => write!(f, "crash #{crash_count} ({status})"),
+            EventKind::BackoffWait { seconds } => {
+                write!(f, "waiting {seconds:.1}s before restarting")
+            }
+            EventKind::RestartRequested { by } => write!(f, "restart requested by {by:?}"),
+            EventKind::StopRequested { by } => write!(f, "stop requested by {by:?}"),
+            EventKind::BuildStarted { argv } => write!(f, "build started: {}", argv.join(" ")),
+            EventKind::BuildFinished { ok, duration_ms } => write!(
+                f,
+                "build {} in {:.1}s",
+                if *ok { "succeeded" } else { "failed" },
+                secs(duration_ms)
+            ),
+            EventKind::ModeSwitched { from, to, by } => {
+                write!(f, "mode {from} -> {to} by {by:?}")
+            }
+            EventKind::DaemonStarted { pid } => write!(f, "daemon started (pid {pid})"),
+            EventKind::DaemonStopped => f.write_str("daemon stopped"),
+            EventKind::RecoveredUncleanShutdown => {
+                f.write_str("recovered from an unclean daemon shutdown")
+            }
+            EventKind::OrphanKilled { pid, pgid } => write!(
+                f,
+                "stopped orphan process group {pgid} (pid {pid}) left by the previous daemon"
+            ),
+            EventKind::LinesDropped { count } => {
+                write!(f, "{count} lines were not stored (the store fell behind)")
+            }
+            EventKind::RetentionRemoved { instance, why, .. } => {
+                write!(f, "retention removed instance #{instance}: {why}")
+            }
+            EventKind::PortConflict { port, holder } => match holder {
+                Some(h) => write!(f, "port {port} is in use by {h}"),
+                None => write!(f, "port {port} is in use"),
+            },
+            EventKind::Ready => f.write_str("ready"),
+            EventKind::Note { text } => f.write_str(text),
+        }
+    }
+}
+
 /// A lifecycle event as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -185,23 +268,4 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     d.as_micros() as i64
-}
-
-/// Serialize an optional value by its `Display` (e.g. an [`ExitStatus`] as "exit code 1").
-pub fn serialize_display_opt<T: std::fmt::Display, S: serde::Serializer>(
-    v: &Option<T>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => s.collect_str(v),
-        None => s.serialize_none(),
-    }
-}
-
-/// Serialize a value by its `Display`.
-pub fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
-    v: &T,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }

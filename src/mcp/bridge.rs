@@ -2,8 +2,13 @@
 //! bridge, not a second server: tool calls go to the running daemon over its Unix socket
 //! (started when none runs), with progress forwarded and cancellation passed on. If the
 //! daemon goes away between calls, the next call finds or starts it again.
+//!
+//! A call is sent once: a daemon that went away is noticed before the call is sent (it
+//! does not answer on its socket), never by retrying a call that may have run, so a
+//! `restart` whose answer was lost is not run twice.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rmcp::model::{
@@ -17,7 +22,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::cli::client::{DaemonOptions, ensure_daemon};
+use crate::client::{DaemonOptions, answers, ensure_daemon};
 
 /// Serve the tools on stdin/stdout until the client closes stdin.
 pub async fn serve_stdio(opts: DaemonOptions) -> anyhow::Result<()> {
@@ -34,10 +39,13 @@ pub async fn serve_stdio(opts: DaemonOptions) -> anyhow::Result<()> {
 /// Upstream progress tokens mapped to the downstream request they belong to.
 type ProgressRoutes = Arc<Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>>;
 
+/// The session with the daemon, and the daemon's socket.
+type Session = (RunningService<RoleClient, Upstream>, PathBuf);
+
 #[derive(Clone)]
 struct Bridge {
     opts: DaemonOptions,
-    upstream: Arc<AsyncMutex<Option<RunningService<RoleClient, Upstream>>>>,
+    upstream: Arc<AsyncMutex<Option<Session>>>,
     progress: ProgressRoutes,
 }
 
@@ -76,13 +84,20 @@ impl ClientHandler for Upstream {
 }
 
 impl Bridge {
-    /// The session with the daemon, (re)connecting (and starting the daemon) as needed.
+    /// The session with the daemon, (re)connecting (and starting the daemon) as needed:
+    /// a session whose daemon no longer answers on its socket is replaced before
+    /// anything is sent on it.
     async fn session(&self) -> Result<Peer<RoleClient>, String> {
         let mut up = self.upstream.lock().await;
-        if let Some(s) = up.as_ref()
+        if let Some((s, socket)) = up.as_ref()
             && !s.is_closed()
+            && answers(socket).await
         {
             return Ok(s.peer().clone());
+        }
+        if let Some((old, _)) = up.take() {
+            tracing::info!("bpm mcp: the daemon went away; reconnecting");
+            let _ = old.cancel().await;
         }
         let target = ensure_daemon(&self.opts).await.map_err(|e| e.to_string())?;
         let socket = target.socket();
@@ -97,22 +112,16 @@ impl Bridge {
         .await
         .map_err(|e| format!("cannot reach the bpm daemon at {}: {e}", socket.display()))?;
         let peer = service.peer().clone();
-        *up = Some(service);
+        *up = Some((service, socket));
         Ok(peer)
-    }
-
-    async fn forget_session(&self) {
-        if let Some(s) = self.upstream.lock().await.take() {
-            let _ = s.cancel().await;
-        }
     }
 
     async fn forward(
         &self,
+        peer: Peer<RoleClient>,
         request: CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, String> {
-        let peer = self.session().await?;
         let handle = peer
             .send_cancellable_request(
                 ClientRequest::CallToolRequest(Request::new(request)),
@@ -173,19 +182,21 @@ impl ServerHandler for Bridge {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let first = self.forward(request.clone(), &context).await;
-        let result = match first {
-            Err(e) if e != "cancelled" && !context.ct.is_cancelled() => {
-                // The daemon may have gone away: find or start it, and try once more.
-                tracing::info!("bpm mcp: reconnecting to the daemon after: {e}");
-                self.forget_session().await;
-                self.forward(request, &context).await
+        let peer = match self.session().await {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "bpm mcp could not reach the daemon: {e}; check `bpm status`, or start it with `bpm serve`"
+                ))])
+                .into());
             }
-            other => other,
         };
+        // Sent once (see the module docs): an error here may come after the daemon ran
+        // the call, so it is reported, not retried.
+        let result = self.forward(peer, request, &context).await;
         Ok(result.unwrap_or_else(|e| {
             CallToolResult::error(vec![ContentBlock::text(format!(
-                "bpm mcp could not reach the daemon: {e}; check `bpm status`, or start it with `bpm serve`"
+                "bpm mcp lost the daemon during the call ({e}); the call may or may not have taken effect: check with get_status before repeating it"
             ))])
             .into()
         }))

@@ -127,9 +127,9 @@ pub struct SearchLogsParams {
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     #[schemars(with = "Option<bool>")]
     pub all_instances: Option<bool>,
-    /// "stdout", "stderr" or "both" (default).
+    /// Which output stream: "stdout", "stderr" or "both" (default).
     #[serde(default)]
-    pub stream: Option<String>,
+    pub stream: Option<crate::protocol::StreamFilter>,
     /// Only lines printed at or after this time: a duration ago such as "10m", "2h",
     /// "1d", or an ISO 8601 time such as "2026-11-22T10:00:00Z".
     #[serde(default)]

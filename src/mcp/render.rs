@@ -6,15 +6,12 @@ use std::fmt::Write as _;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::daemon::ops::{
-    InstanceSummary, LogLine, LogResult, ProcessReport, Readiness, StartResult, StatusReport,
-    mode_name,
-};
 use crate::logs::{InstanceKind, Stream};
-use crate::supervisor::process::{State, Status};
+use crate::protocol::{
+    InstanceSummary, LogLine, LogResult, ProcessReport, Readiness, StartResult, Status,
+    StatusReport, human_duration,
+};
 
-/// Default cap on the lines of one answer.
-pub const DEFAULT_LINES: usize = 200;
 /// Default cap on the text of one answer.
 pub const DEFAULT_BYTES: usize = 32 * 1024;
 /// The most an agent may ask for with `max_bytes`.
@@ -196,30 +193,13 @@ fn instance_line(i: &InstanceSummary) -> String {
     s
 }
 
-pub fn state_word(s: &State) -> String {
-    match s {
-        State::Stopped => "stopped".into(),
-        State::Starting => "starting".into(),
-        State::Running => "running".into(),
-        State::Ready => "ready".into(),
-        State::Backoff { until_unix_ms } => {
-            let secs =
-                (*until_unix_ms - chrono::Utc::now().timestamp_millis()).max(0) as f64 / 1000.0;
-            format!("crashed, restarting in {secs:.0}s")
-        }
-        State::Building => "building".into(),
-        State::Exited { status } => format!("exited ({status})"),
-        State::Failed { error } => format!("failed: {error}"),
-    }
-}
-
 /// One line per process, then recent events (all of them for a single process).
 pub fn status_text(r: &StatusReport, single: bool) -> String {
     let mut out = format!(
         "mode: {} (daemon pid {}, up {})\n",
-        mode_name(r.mode),
+        r.mode,
         r.daemon_pid,
-        duration(r.daemon_uptime_seconds)
+        human_duration(r.daemon_uptime_seconds)
     );
     if r.processes.is_empty() {
         out.push_str("no processes: start one with the start tool and a command\n");
@@ -241,7 +221,7 @@ pub fn status_text(r: &StatusReport, single: bool) -> String {
 
 fn process_line(p: &ProcessReport) -> String {
     let s = &p.status;
-    let mut line = format!("{}: {}", s.name, state_word(&s.state));
+    let mut line = format!("{}: {}", s.name, s.state);
     if s.building {
         line.push_str(", building");
     }
@@ -249,7 +229,7 @@ fn process_line(p: &ProcessReport) -> String {
         let _ = write!(line, ", pid {pid}");
     }
     if let Some(up) = p.uptime_seconds {
-        let _ = write!(line, ", up {}", duration(up));
+        let _ = write!(line, ", up {}", human_duration(up));
     }
     if s.restarts > 0 {
         let _ = write!(line, ", {} restarts", s.restarts);
@@ -268,16 +248,6 @@ fn process_line(p: &ProcessReport) -> String {
         p.argv.join(" ")
     );
     line
-}
-
-fn duration(secs: f64) -> String {
-    let s = secs as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
-    }
 }
 
 /// What `start` and `restart` return.
@@ -301,7 +271,7 @@ pub fn start_message(r: &StartResult, verb: &str) -> String {
             r.name
         )
     } else {
-        format!("{verb} {}{pid}: {}", r.name, state_word(&r.status.state))
+        format!("{verb} {}{pid}: {}", r.name, r.status.state)
     };
     if let Some(ready) = &r.readiness {
         m.push_str(&match ready {
@@ -336,7 +306,7 @@ pub fn stop_message(s: &Status, was_pid: Option<u32>) -> String {
     match (was_pid, &s.last_exit) {
         (Some(pid), Some(exit)) => format!("stopped {} (pid {pid}, {exit})", s.name),
         (Some(pid), None) => format!("stopped {} (pid {pid})", s.name),
-        (None, _) => format!("{} was not running; it is {}", s.name, state_word(&s.state)),
+        (None, _) => format!("{} was not running; it is {}", s.name, s.state),
     }
 }
 

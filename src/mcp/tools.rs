@@ -17,8 +17,9 @@ use super::params::{
     self, GetStatusParams, RestartParams, SearchLogsParams, StartParams, StopParams,
 };
 use super::render::{self, LogsOutput, StartOutput, StopOutput};
-use crate::daemon::ops::{LogRequest, OpError, Ops, StartRequest, StatusReport};
-use crate::logs::{Actor, InstanceKind, Stream};
+use crate::daemon::ops::{OpError, Ops};
+use crate::logs::{Actor, InstanceKind};
+use crate::protocol::{LogQuery, StartRequest, StatusReport};
 
 /// Readiness waits default to this when the process has a readiness check.
 const DEFAULT_READY_WAIT: Duration = Duration::from_secs(30);
@@ -206,7 +207,7 @@ impl BpmTools {
             command,
             cwd: p.cwd.map(Into::into),
             env: p.env.unwrap_or_default().into_iter().collect(),
-            wait,
+            wait_seconds: wait.map(|d| d.as_secs_f64()),
         };
         let label = p.name.unwrap_or_else(|| "the process".into());
         let r = with_progress(&self.ops, &label, ctx, self.ops.start(req, Actor::Mcp)).await?;
@@ -290,30 +291,7 @@ impl BpmTools {
             InstanceKind::Run => "search_logs",
             InstanceKind::Build => "search_build_log",
         };
-        if p.head.is_some() && p.tail.is_some() {
-            return Err(format!("{tool}: pass `head` or `tail`, not both"));
-        }
-        if p.all_instances == Some(true) && p.index.is_some() {
-            return Err(format!(
-                "{tool}: pass `index` (one instance) or `all_instances` (every kept one), not both"
-            ));
-        }
         let pattern = p.pattern.filter(|s| !s.is_empty());
-        if p.around_line.is_some() && pattern.is_some() {
-            return Err(format!(
-                "{tool}: `around_line` reads the lines around one line; it cannot be combined with `pattern` (use context_lines for context around matches)"
-            ));
-        }
-        let stream = match p.stream.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("both") | Some("") => None,
-            Some("stdout") => Some(Stream::Stdout),
-            Some("stderr") => Some(Stream::Stderr),
-            Some(other) => {
-                return Err(format!(
-                    "{tool}: unknown stream `{other}`; use \"stdout\", \"stderr\" or \"both\""
-                ));
-            }
-        };
         let now = crate::logs::now_us();
         let time = |s: Option<String>, which: &str| {
             s.map(|s| {
@@ -329,8 +307,7 @@ impl BpmTools {
             .clamp(1024, render::MAX_BYTES);
         let from_head = p.head.is_some();
         let around = p.around_line;
-        let req = LogRequest {
-            process: p.process,
+        let query = LogQuery {
             pattern: pattern.clone(),
             case_insensitive: p.case_insensitive.unwrap_or(false),
             context: p
@@ -338,19 +315,21 @@ impl BpmTools {
                 .unwrap_or(if around.is_some() { 20 } else { 0 })
                 .min(1000),
             head: p.head,
-            tail: match (p.head, p.tail, around) {
-                (None, None, None) => Some(render::DEFAULT_LINES),
-                (_, t, _) => t,
-            },
+            tail: p.tail,
+            all: false,
             index: p.index,
             all_instances: p.all_instances.unwrap_or(false),
             build: kind == InstanceKind::Build,
-            stream,
+            stream: p.stream.unwrap_or_default(),
             since_us,
             until_us,
             around,
         };
-        let result = self.ops.logs(req).await.map_err(op_err)?;
+        let result = self
+            .ops
+            .logs(&p.process, query)
+            .await
+            .map_err(|e| format!("{tool}: {e}"))?;
         let out = render::logs_output(
             result,
             kind,

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Child;
@@ -72,8 +72,9 @@ pub fn uses_direnv(dir: &Path) -> bool {
 /// How long one probe attempt may take.
 const PROBE_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
 
-/// The daemon's mode (DESIGN.md section 2): how crashes are waited out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
+/// The daemon's mode: how crashes are waited out (and whether builds are debug or
+/// release). The daemon starts in release; an agent's restart switches to dev.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// A fixed wait ([`Timing::dev_crash_wait`]) so the developer can investigate.
@@ -81,6 +82,32 @@ pub enum Mode {
     /// Backoff from [`Timing::backoff_initial`], times 1.5 per crash, up to
     /// [`Timing::backoff_max`].
     Release,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Dev => "dev",
+            Mode::Release => "release",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "dev" => Ok(Mode::Dev),
+            "release" => Ok(Mode::Release),
+            other => Err(format!("unknown mode `{other}`; use dev or release")),
+        }
+    }
 }
 
 /// The durations of the restart policy.
@@ -217,7 +244,7 @@ impl ProcessSpec {
 }
 
 /// Where a process is in its life.
-#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Never started, or stopped on request.
@@ -234,11 +261,7 @@ pub enum State {
     /// build-then-swap, the state is that instance's and [`Status::building`] is set).
     Building,
     /// Exited by itself and the restart policy does not restart it.
-    Exited {
-        #[serde(serialize_with = "crate::logs::serialize_display")]
-        #[schemars(with = "String")]
-        status: ExitStatus,
-    },
+    Exited { status: ExitStatus },
     /// Could not be started (the command or its build failed).
     Failed { error: String },
 }
@@ -250,8 +273,28 @@ impl State {
     }
 }
 
+/// The state in a few words: `running`, `exited (exit code 1)`, `crashed, restarting
+/// in 3s`.
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Stopped => f.write_str("stopped"),
+            State::Starting => f.write_str("starting"),
+            State::Running => f.write_str("running"),
+            State::Ready => f.write_str("ready"),
+            State::Backoff { until_unix_ms } => {
+                let left = (*until_unix_ms - chrono::Utc::now().timestamp_millis()).max(0);
+                write!(f, "crashed, restarting in {:.0}s", left as f64 / 1000.0)
+            }
+            State::Building => f.write_str("building"),
+            State::Exited { status } => write!(f, "exited ({status})"),
+            State::Failed { error } => write!(f, "failed: {error}"),
+        }
+    }
+}
+
 /// A snapshot of a supervised process.
-#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Status {
     pub name: String,
     pub state: State,
@@ -263,9 +306,7 @@ pub struct Status {
     pub restarts: u32,
     /// Consecutive crashes; reset by a stable run and by a manual start or restart.
     pub crash_count: u32,
-    /// How the last instance ended, e.g. "exit code 1" or "killed by signal 9".
-    #[serde(serialize_with = "crate::logs::serialize_display_opt")]
-    #[schemars(with = "Option<String>")]
+    /// How the last instance ended.
     pub last_exit: Option<ExitStatus>,
     /// The newest run instance: the running one, else the one that ran last.
     pub instance: Option<u64>,

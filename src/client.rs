@@ -6,8 +6,10 @@
 //!
 //! - [`locate`]: which data directory (and so which daemon) a command means.
 //! - [`ensure_daemon`]: that daemon, started in the background if none runs.
-//! - [`request`]: one HTTP request over its socket; the [`Response`] body is read as it
-//!   arrives, so streaming answers (`/api/follow/...`, `text/event-stream`) work too.
+//! - [`Client`]: typed calls (`status`, `logs`, `follow`, `start`...), whose requests and
+//!   answers are the types of [`crate::protocol`].
+//! - [`request`]: one raw HTTP request over the socket; the [`Response`] body is read as
+//!   it arrives, so streaming answers work too.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,6 +21,10 @@ use hyper_util::rt::TokioIo;
 
 use crate::config;
 use crate::daemon::{SOCKET_FILE, STORE_FILE};
+use crate::protocol::{
+    ApiError, FollowQuery, FollowRecord, LogQuery, LogResult, Mode, ModeBody, StartRequest,
+    StartResult, Status, StatusReport, StopQuery,
+};
 
 /// Why talking to the daemon failed. Messages name the problem and the way out.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +44,22 @@ pub enum ClientError {
     },
     #[error("talking to the bpm daemon failed: {0}")]
     Http(String),
+    /// The daemon answered with an error: `message` says what went wrong and what would
+    /// work. `status` is the HTTP status: 400 bad input, 404 unknown process, 409 the
+    /// process refused, 500 anything else.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+}
+
+impl ClientError {
+    /// Whether the request never reached a daemon (nothing was done), so trying again
+    /// on another connection cannot do anything twice.
+    pub fn not_sent(&self) -> bool {
+        matches!(
+            self,
+            ClientError::NotRunning { .. } | ClientError::Io { .. }
+        )
+    }
 }
 
 /// Where a command's daemon lives.
@@ -182,6 +204,186 @@ pub async fn ensure_daemon(opts: &DaemonOptions) -> Result<Target, ClientError> 
 /// Whether a daemon answers on `socket`.
 pub async fn answers(socket: &Path) -> bool {
     matches!(request(socket, "GET", "/api/mode", &[], Vec::new()).await, Ok(r) if r.status == 200)
+}
+
+/// A path segment, percent-encoded (a process name may be anything a user typed).
+fn segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A query string from a protocol type (empty when every field has its default).
+fn query<T: serde::Serialize>(q: &T) -> Result<String, ClientError> {
+    let s = serde_urlencoded::to_string(q).map_err(|e| ClientError::Http(e.to_string()))?;
+    Ok(if s.is_empty() { s } else { format!("?{s}") })
+}
+
+/// The typed client of one daemon's local API. Cheap to clone; each call opens its own
+/// connection to the socket.
+#[derive(Clone, Debug)]
+pub struct Client {
+    target: Target,
+}
+
+impl Client {
+    /// A client of the daemon at `target` (whether one runs is found out by the calls).
+    pub fn new(target: Target) -> Client {
+        Client { target }
+    }
+
+    /// The daemon for `opts`, started when none runs and `opts.autostart` is set.
+    pub async fn connect(opts: &DaemonOptions) -> Result<Client, ClientError> {
+        Ok(Client::new(ensure_daemon(opts).await?))
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Whether the daemon answers.
+    pub async fn answers(&self) -> bool {
+        answers(&self.target.socket()).await
+    }
+
+    /// Send a request and return the response head, or the daemon's error answer.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response, ClientError> {
+        let headers: &[(&str, &str)] = if body.is_some() {
+            &[("content-type", "application/json")]
+        } else {
+            &[]
+        };
+        let resp = request(
+            &self.target.socket(),
+            method,
+            path,
+            headers,
+            body.unwrap_or_default(),
+        )
+        .await?;
+        if resp.status == 200 {
+            return Ok(resp);
+        }
+        let status = resp.status;
+        let bytes = resp.bytes().await?;
+        let message = serde_json::from_slice::<ApiError>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        Err(ClientError::Api { status, message })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, ClientError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        self.send(method, path, body).await?.json().await
+    }
+
+    /// Every process, or one (by name or pid).
+    pub async fn status(&self, process: Option<&str>) -> Result<StatusReport, ClientError> {
+        let path = match process {
+            Some(p) => format!("/api/status/{}", segment(p)),
+            None => "/api/status".to_owned(),
+        };
+        self.call("GET", &path, None::<&()>).await
+    }
+
+    pub async fn logs(&self, process: &str, q: &LogQuery) -> Result<LogResult, ClientError> {
+        let path = format!("/api/logs/{}{}", segment(process), query(q)?);
+        self.call("GET", &path, None::<&()>).await
+    }
+
+    /// A follow stream; errors (unknown process, bad regex) come before it.
+    pub async fn follow(
+        &self,
+        process: &str,
+        q: &FollowQuery,
+    ) -> Result<FollowStream, ClientError> {
+        let path = format!("/api/follow/{}{}", segment(process), query(q)?);
+        Ok(FollowStream {
+            resp: self.send("GET", &path, None).await?,
+            buf: Vec::new(),
+        })
+    }
+
+    pub async fn start(&self, req: &StartRequest) -> Result<StartResult, ClientError> {
+        self.call("POST", "/api/start", Some(req)).await
+    }
+
+    pub async fn stop(&self, process: &str, force: bool) -> Result<Status, ClientError> {
+        let path = format!(
+            "/api/stop/{}{}",
+            segment(process),
+            query(&StopQuery { force })?
+        );
+        self.call("POST", &path, None::<&()>).await
+    }
+
+    pub async fn restart(&self, process: &str) -> Result<StartResult, ClientError> {
+        let path = format!("/api/restart/{}", segment(process));
+        self.call("POST", &path, None::<&()>).await
+    }
+
+    pub async fn mode(&self) -> Result<Mode, ClientError> {
+        let m: ModeBody = self.call("GET", "/api/mode", None::<&()>).await?;
+        Ok(m.mode)
+    }
+
+    pub async fn set_mode(&self, mode: Mode) -> Result<Mode, ClientError> {
+        let m: ModeBody = self
+            .call("POST", "/api/mode", Some(&ModeBody { mode }))
+            .await?;
+        Ok(m.mode)
+    }
+}
+
+/// A follow stream's records as they arrive. [`FollowStream::next`] is cancel-safe: it
+/// can be raced against Ctrl+C.
+#[derive(Debug)]
+pub struct FollowStream {
+    resp: Response,
+    /// Bytes of a record whose newline has not arrived yet.
+    buf: Vec<u8>,
+}
+
+impl FollowStream {
+    /// The records that arrived since the last call, waiting for at least one; `None`
+    /// once the stream ended (the daemon shut down, or a process only the store knows
+    /// reached its end).
+    pub async fn next(&mut self) -> Result<Option<Vec<FollowRecord>>, ClientError> {
+        loop {
+            if let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') {
+                let rest = self.buf.split_off(end + 1);
+                let whole = std::mem::replace(&mut self.buf, rest);
+                return whole
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|raw| {
+                        serde_json::from_slice(raw).map_err(|e| {
+                            ClientError::Http(format!(
+                                "unexpected follow record ({e}): {}",
+                                String::from_utf8_lossy(raw)
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some);
+            }
+            match self.resp.chunk().await? {
+                Some(c) => self.buf.extend_from_slice(&c),
+                None => return Ok(None),
+            }
+        }
+    }
 }
 
 /// An HTTP response whose body is read as it arrives.

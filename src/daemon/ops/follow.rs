@@ -1,0 +1,220 @@
+//! The follow stream: an instance's backlog, its live lines, its end, and then the next
+//! instance, for as long as the client reads.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{OpError, Ops};
+use crate::logs::{ExitStatus, InstanceKind, InstanceMeta, Store, Stream};
+use crate::protocol::{FollowQuery, FollowRecord, LogLine, format_ts};
+use crate::search;
+use crate::supervisor::process::ProcessHandle;
+
+impl Ops {
+    /// start), for as long as the stream is polled or until the daemon shuts down. Errors
+    /// (unknown process, bad regex, instance out of range) come before the stream.
+    pub async fn follow(
+        &self,
+        process: &str,
+        req: FollowQuery,
+    ) -> Result<impl futures_util::Stream<Item = Vec<FollowRecord>> + Send + 'static, OpError> {
+        // A process only the store knows is followed to the end of its last instance.
+        let (name, handle) = self.find_or_stored(process).await?;
+        let re = match &req.pattern {
+            Some(p) if !p.is_empty() => Some(search::compile(p, req.case_insensitive)?),
+            _ => None,
+        };
+        let kind = if req.build {
+            InstanceKind::Build
+        } else {
+            InstanceKind::Run
+        };
+        let store = self.inner.store.clone();
+        let meta = {
+            let (store, name, req) = (store.clone(), name.clone(), req.clone());
+            tokio::task::spawn_blocking(move || match req.instance {
+                Some(id) => store.instance(id),
+                None => store.resolve(&name, kind, req.index.unwrap_or(-1)),
+            })
+            .await
+            .map_err(|e| OpError::BadRequest(e.to_string()))??
+        };
+        let from = match req.tail {
+            Some(n) => meta.next_seq.saturating_sub(n).max(meta.first_seq),
+            None => meta.first_seq,
+        };
+        let f = Follow {
+            closing: self.inner.closing.subscribe(),
+            handle,
+            follower: store.follow(meta.id, from),
+            store,
+            name,
+            kind,
+            stream: req.stream.only(),
+            re,
+            current: meta.id,
+            phase: Phase::Lines,
+        };
+        let first = f.instance_record(&meta, false);
+        Ok(futures_util::stream::unfold(
+            (f, Some(first)),
+            |(mut f, first)| async move {
+                let mut out: Vec<FollowRecord> = first.into_iter().collect();
+                if f.next(&mut out).await || !out.is_empty() {
+                    Some((out, (f, None)))
+                } else {
+                    None
+                }
+            },
+        ))
+    }
+}
+
+/// Where a follow stream is.
+enum Phase {
+    /// Sending the current instance's lines.
+    Lines,
+    /// The instance ended; waiting for the supervisor to say what comes next.
+    Ended,
+    /// The end was reported; waiting for the process to run again.
+    Waiting,
+    Done,
+}
+
+/// The state of one follow stream (see [`Ops::follow`]).
+struct Follow {
+    store: Store,
+    /// `None` for a process only the store knows (no supervisor): the stream ends with
+    /// its instance.
+    handle: Option<ProcessHandle>,
+    name: String,
+    kind: InstanceKind,
+    stream: Option<Stream>,
+    re: Option<regex::bytes::Regex>,
+    current: u64,
+    follower: crate::logs::Follower,
+    phase: Phase,
+    closing: watch::Receiver<bool>,
+}
+
+/// How often a follow stream looks at the supervisor's status right after an instance
+/// ended (a restart's new instance comes within milliseconds)...
+const FOLLOW_POLL: Duration = Duration::from_millis(20);
+/// ...and while it waits for an exited or stopped process to run again.
+const FOLLOW_IDLE_POLL: Duration = Duration::from_millis(100);
+
+impl Follow {
+    fn instance_record(&self, meta: &InstanceMeta, switch: bool) -> FollowRecord {
+        FollowRecord::Instance {
+            process: self.name.clone(),
+            instance: meta.id,
+            pid: meta.spawn.pid,
+            started: format_ts(meta.started_us),
+            switch,
+        }
+    }
+
+    /// Append the next records to `out`, waiting until there are some. False once the
+    /// stream is over.
+    async fn next(&mut self, out: &mut Vec<FollowRecord>) -> bool {
+        loop {
+            match self.phase {
+                Phase::Done => return false,
+                Phase::Lines => match self.follower.next_batch(4096).await {
+                    Ok(Some(lines)) => {
+                        for l in lines {
+                            if self.stream.is_some_and(|s| s != l.stream) {
+                                continue;
+                            }
+                            if let Some(re) = &self.re
+                                && !re.is_match(&l.bytes)
+                            {
+                                continue;
+                            }
+                            out.push(FollowRecord::Line(LogLine::new(l, self.re.is_some())));
+                        }
+                        if !out.is_empty() {
+                            return true;
+                        }
+                    }
+                    Ok(None) => self.phase = Phase::Ended,
+                    Err(e) => {
+                        tracing::warn!(process = %self.name, error = %e, "follow stopped");
+                        self.phase = Phase::Done;
+                    }
+                },
+                Phase::Ended | Phase::Waiting => {
+                    let Some(handle) = &self.handle else {
+                        if matches!(self.phase, Phase::Ended) {
+                            out.push(self.exit_record(false).await);
+                        }
+                        self.phase = Phase::Done;
+                        return true;
+                    };
+                    let status = handle.status_now();
+                    let newer = status.instance.filter(|&i| i > self.current);
+                    let newer = match self.kind {
+                        InstanceKind::Run => newer,
+                        // Builds are not in the status: a build stream ends with its build.
+                        InstanceKind::Build => None,
+                    };
+                    if let Some(next) = newer {
+                        if matches!(self.phase, Phase::Ended) {
+                            out.push(self.exit_record(true).await);
+                        }
+                        let store = self.store.clone();
+                        let meta = tokio::task::spawn_blocking(move || store.instance(next)).await;
+                        let Ok(Ok(meta)) = meta else {
+                            self.phase = Phase::Done;
+                            return true;
+                        };
+                        out.push(self.instance_record(&meta, true));
+                        self.current = next;
+                        self.follower = self.store.follow(next, meta.first_seq);
+                        self.phase = Phase::Lines;
+                        return true;
+                    }
+                    let settled = !status.state.is_running() || self.kind == InstanceKind::Build;
+                    if matches!(self.phase, Phase::Ended) && settled {
+                        out.push(self.exit_record(false).await);
+                        self.phase = if self.kind == InstanceKind::Build {
+                            Phase::Done
+                        } else {
+                            Phase::Waiting
+                        };
+                        return true;
+                    }
+                    if *self.closing.borrow() {
+                        self.phase = Phase::Done;
+                        return !out.is_empty();
+                    }
+                    let poll = if matches!(self.phase, Phase::Waiting) {
+                        FOLLOW_IDLE_POLL
+                    } else {
+                        FOLLOW_POLL
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = self.closing.wait_for(|c| *c) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn exit_record(&self, restarted: bool) -> FollowRecord {
+        let store = self.store.clone();
+        let id = self.current;
+        let exit = tokio::task::spawn_blocking(move || store.instance(id))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|m| m.exit);
+        FollowRecord::Exit {
+            instance: id,
+            status: exit.unwrap_or(ExitStatus::Unknown),
+            restarted,
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! The local API's messages: every request and answer between the daemon and its front
+//! ends (the CLI, the `bpm mcp` bridge, the TUI, scripts), as one set of types used in
+//! both directions, as pueue's `message` module does.
+//!
+//! The daemon's handlers deserialize the requests and serialize the answers; the
+//! [`crate::client`] does the reverse with the very same types, so a field renamed here is
+//! renamed on both sides. Query strings are written and read by serde
+//! (`serde_urlencoded`), never by hand. The MCP tools return the same answers as their
+//! structured content, so these types also give the tools' output schemas.
+//!
+//! Input is validated here, once ([`LogQuery::validate`], [`StartRequest::wait`]), for
+//! every front end; defaults live here as constants.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use crate::logs::{ExitStatus, InstanceKind, Stream};
+pub use crate::supervisor::process::{Mode, State, Status};
+
+/// Lines a log read returns when it asks for neither a head nor a tail.
+pub const DEFAULT_TAIL: usize = 200;
+/// Lines of backlog `bpm logs --follow` shows before the live lines.
+pub const DEFAULT_FOLLOW_TAIL: u64 = 10;
+/// The longest readiness wait a start or restart may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Which streams a read wants: stdout, stderr, or both (the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamFilter {
+    #[default]
+    Both,
+    Stdout,
+    Stderr,
+}
+
+impl StreamFilter {
+    /// The one stream wanted, or `None` for both.
+    pub fn only(self) -> Option<Stream> {
+        match self {
+            StreamFilter::Both => None,
+            StreamFilter::Stdout => Some(Stream::Stdout),
+            StreamFilter::Stderr => Some(Stream::Stderr),
+        }
+    }
+
+    pub fn is_both(&self) -> bool {
+        *self == StreamFilter::Both
+    }
+}
+
+impl FromStr for StreamFilter {
+    type Err = String;
+    /// Case-insensitive; an empty value means both.
+    fn from_str(s: &str) -> Result<StreamFilter, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "both" => Ok(StreamFilter::Both),
+            "stdout" | "out" => Ok(StreamFilter::Stdout),
+            "stderr" | "err" => Ok(StreamFilter::Stderr),
+            other => Err(format!(
+                "unknown stream `{other}`; use stdout, stderr or both"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for StreamFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StreamFilter::Both => "both",
+            StreamFilter::Stdout => "stdout",
+            StreamFilter::Stderr => "stderr",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StreamFilter, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl From<Option<Stream>> for StreamFilter {
+    fn from(s: Option<Stream>) -> StreamFilter {
+        match s {
+            None => StreamFilter::Both,
+            Some(Stream::Stdout) => StreamFilter::Stdout,
+            Some(Stream::Stderr) => StreamFilter::Stderr,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A log read or search over one process's instances (`GET /api/logs/NAME?...`, the
+/// parameters of `search_logs`, `bpm logs`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// Only lines matching this regex (none or empty: every line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub case_insensitive: bool,
+    /// Lines of context around each match; with `around`, on each side of that line.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub context: usize,
+    /// Only the first N result lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<usize>,
+    /// Only the last N result lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<usize>,
+    /// Every result line: neither a head nor the default tail.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub all: bool,
+    /// -1 the newest instance (default), -2 the one before, 0 the oldest retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<i64>,
+    /// Every retained instance, oldest first.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub all_instances: bool,
+    /// The build instances instead of the runs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub build: bool,
+    #[serde(default, skip_serializing_if = "StreamFilter::is_both")]
+    pub stream: StreamFilter,
+    /// Only lines read at or after this time (Unix microseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_us: Option<i64>,
+    /// Only lines read before this time (Unix microseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_us: Option<i64>,
+    /// Without a pattern: the lines around this sequence number (`context` on each side),
+    /// the line itself marked as matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub around: Option<u64>,
+}
+
+impl LogQuery {
+    /// The pattern, if it filters anything.
+    pub fn pattern(&self) -> Option<&str> {
+        self.pattern.as_deref().filter(|p| !p.is_empty())
+    }
+
+    /// The tail in effect: the one asked for, else [`DEFAULT_TAIL`] unless the query asks
+    /// for a head, for everything, or for the lines around one line.
+    pub fn effective_tail(&self) -> Option<usize> {
+        match (self.head, self.tail) {
+            (None, None) if !self.all && self.around.is_none() => Some(DEFAULT_TAIL),
+            (_, t) => t,
+        }
+    }
+
+    /// Whether the combination makes sense; the error says what to pass instead. Every
+    /// front end's query goes through here (the daemon calls it for each read).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.head.is_some() && self.tail.is_some() {
+            return Err("pass a head or a tail, not both".into());
+        }
+        if self.all && (self.head.is_some() || self.tail.is_some()) {
+            return Err(
+                "`all` reads every line; it cannot be combined with a head or a tail".into(),
+            );
+        }
+        if self.all_instances && self.index.is_some() {
+            return Err(
+                "pass an index (one instance) or all_instances (every kept one), not both".into(),
+            );
+        }
+        if self.around.is_some() && self.pattern().is_some() {
+            return Err("reading the lines around one line cannot be combined with a pattern; drop one (context lines around matches come with a pattern and a context)".into());
+        }
+        if let (Some(s), Some(u)) = (self.since_us, self.until_us)
+            && s > u
+        {
+            return Err("`since` is after `until`: nothing can match; swap them".into());
+        }
+        Ok(())
+    }
+}
+
+/// A request to follow a process's output (`GET /api/follow/NAME?...`): NDJSON
+/// [`FollowRecord`]s for as long as the client reads them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FollowQuery {
+    /// Begin with this instance (its stable number); else with `index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u64>,
+    /// -1 the newest instance (default), -2 the one before, 0 the oldest retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<i64>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub build: bool,
+    /// Lines of backlog before the live lines (the instance's last lines); none: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u64>,
+    #[serde(default, skip_serializing_if = "StreamFilter::is_both")]
+    pub stream: StreamFilter,
+    /// Only lines matching this regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub case_insensitive: bool,
+}
+
+/// A request to start a process (`POST /api/start`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// A configured or known process; with `command`, the name to give it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A command to run as a new runtime process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// Wait this many seconds for readiness and return evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<f64>,
+}
+
+impl StartRequest {
+    /// The readiness wait asked for, checked: a number of seconds from 0 to an hour.
+    pub fn wait(&self) -> Result<Option<Duration>, String> {
+        wait_duration(self.wait_seconds)
+    }
+}
+
+/// A readiness wait in seconds, checked: finite, not negative, at most [`MAX_WAIT`].
+/// Zero means no wait.
+pub fn wait_duration(seconds: Option<f64>) -> Result<Option<Duration>, String> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if !s.is_finite() || s < 0.0 => Err(format!(
+            "wait_seconds must be a number of seconds from 0 to {}, not {s}",
+            MAX_WAIT.as_secs()
+        )),
+        Some(0.0) => Ok(None),
+        Some(s) => Ok(Some(Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))),
+    }
+}
+
+/// `POST /api/stop/NAME?force=true`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopQuery {
+    /// Skip the grace period: SIGKILL the whole group at once.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+}
+
+/// `GET /api/mode` answers it; `POST /api/mode` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeBody {
+    pub mode: Mode,
+}
+
+/// The body of every error answer of the local API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong and what would work.
+    pub error: String,
+}
+
+/// What `start` and `restart` answer.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct StartResult {
+    pub name: String,
+    /// It was running already (the same command in the same directory).
+    pub already_running: bool,
+    pub status: Status,
+    pub readiness: Option<Readiness>,
+}
+
+/// What waiting for readiness found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Readiness {
+    Ready,
+    /// Not ready yet at the timeout; the process keeps running.
+    Slow,
+    Exited {
+        status: ExitStatus,
+        first_error_lines: Vec<String>,
+    },
+    Failed {
+        error: String,
+    },
+    NotRunning,
+}
+
+/// The daemon and its processes (`GET /api/status[/NAME]`, `get_status`).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct StatusReport {
+    pub mode: Mode,
+    /// 0 when no daemon runs (the status was read from the store).
+    pub daemon_pid: u32,
+    pub daemon_uptime_seconds: f64,
+    /// Seconds since an agent last called a tool (dev mode ends after dev_timeout_hours).
+    pub agent_idle_seconds: f64,
+    pub processes: Vec<ProcessReport>,
+}
+
+impl StatusReport {
+    /// What a status says when no daemon runs and nothing has run yet.
+    pub fn empty() -> StatusReport {
+        StatusReport {
+            mode: Mode::Release,
+            daemon_pid: 0,
+            daemon_uptime_seconds: 0.0,
+            agent_idle_seconds: 0.0,
+            processes: Vec::new(),
+        }
+    }
+}
+
+/// One process in a status report.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessReport {
+    #[serde(flatten)]
+    pub status: Status,
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    pub runtime: bool,
+    pub uptime_seconds: Option<f64>,
+    pub run_instances: usize,
+    pub build_instances: usize,
+    pub recent_events: Vec<EventReport>,
+}
+
+/// A lifecycle event, as reported.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct EventReport {
+    /// When (ISO 8601, UTC).
+    pub at: String,
+    pub instance: Option<u64>,
+    /// What happened, in words.
+    pub what: String,
+}
+
+impl From<&crate::logs::Event> for EventReport {
+    fn from(e: &crate::logs::Event) -> EventReport {
+        EventReport {
+            at: format_ts(e.ts_us),
+            instance: e.instance,
+            what: e.kind.to_string(),
+        }
+    }
+}
+
+/// One line of output, as reported.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LogLine {
+    pub instance: u64,
+    pub seq: u64,
+    /// When it was read (ISO 8601, UTC).
+    pub ts: String,
+    pub stream: Stream,
+    pub matched: bool,
+    pub continuation: bool,
+    pub text: String,
+}
+
+impl LogLine {
+    pub fn new(l: crate::logs::Line, matched: bool) -> LogLine {
+        LogLine {
+            instance: l.instance,
+            seq: l.seq,
+            ts: format_ts(l.ts_us),
+            stream: l.stream,
+            matched,
+            continuation: l.continuation,
+            text: l.text().into_owned(),
+        }
+    }
+}
+
+/// The answer of a log read or search.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct LogResult {
+    pub process: String,
+    pub instances: Vec<InstanceSummary>,
+    pub lines: Vec<LogLine>,
+    /// Lines that matched the pattern in total (no pattern: lines read).
+    pub matched: u64,
+    /// Result lines left out by the head/tail limit.
+    pub omitted: u64,
+}
+
+/// An instance (one run or build), as reported.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct InstanceSummary {
+    /// Its stable number (`#37`).
+    pub id: u64,
+    pub kind: InstanceKind,
+    pub started: String,
+    pub ended: Option<String>,
+    pub exit: Option<ExitStatus>,
+    pub pid: Option<u32>,
+    pub lines: u64,
+    /// Lines that never reached the store (the writer fell behind); 0 normally.
+    pub dropped: u64,
+}
+
+impl From<&crate::logs::InstanceMeta> for InstanceSummary {
+    fn from(m: &crate::logs::InstanceMeta) -> InstanceSummary {
+        InstanceSummary {
+            id: m.id,
+            kind: m.kind,
+            started: format_ts(m.started_us),
+            ended: m.ended_us.map(format_ts),
+            exit: m.exit.clone(),
+            pid: m.spawn.pid,
+            lines: m.next_seq - m.first_seq,
+            dropped: m.dropped_lines,
+        }
+    }
+}
+
+/// One record of a follow stream, in order.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FollowRecord {
+    /// Following this instance from now on. `switch`: it replaced the one followed before
+    /// (a restart, or a start after an exit).
+    Instance {
+        process: String,
+        instance: u64,
+        pid: Option<u32>,
+        started: String,
+        switch: bool,
+    },
+    Line(LogLine),
+    /// The followed instance ended and all its lines were sent. `restarted`: a restart
+    /// already replaced it (an `Instance` record follows at once); otherwise it exited or
+    /// was stopped, and the stream goes on only if the process runs again.
+    Exit {
+        instance: u64,
+        status: ExitStatus,
+        restarted: bool,
+    },
+}
+
+/// A time as the API reports it: ISO 8601 UTC with milliseconds.
+pub fn format_ts(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| us.to_string())
+}
+
+/// A duration for people: `42s`, `3m5s`, `2h10m`, `3d4h`.
+pub fn human_duration(secs: f64) -> String {
+    let s = if secs.is_finite() && secs > 0.0 {
+        secs as u64
+    } else {
+        0
+    };
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_queries_round_trip_through_a_query_string() {
+        let q = LogQuery {
+            pattern: Some("a b&c=d/é".into()),
+            case_insensitive: true,
+            context: 3,
+            tail: Some(5),
+            index: Some(-2),
+            stream: StreamFilter::Stderr,
+            since_us: Some(-5),
+            ..Default::default()
+        };
+        let s = serde_urlencoded::to_string(&q).unwrap();
+        assert!(!s.contains("head"), "{s}");
+        let back: LogQuery = serde_urlencoded::from_str(&s).unwrap();
+        assert_eq!(back, q);
+        let empty: LogQuery = serde_urlencoded::from_str("").unwrap();
+        assert_eq!(empty, LogQuery::default());
+        assert_eq!(empty.effective_tail(), Some(DEFAULT_TAIL));
+    }
+
+    #[test]
+    fn bad_combinations_say_what_to_pass() {
+        let both = LogQuery {
+            head: Some(1),
+            tail: Some(1),
+            ..Default::default()
+        };
+        assert!(both.validate().unwrap_err().contains("not both"));
+        let idx = LogQuery {
+            index: Some(-1),
+            all_instances: true,
+            ..Default::default()
+        };
+        assert!(idx.validate().unwrap_err().contains("all_instances"));
+        let times = LogQuery {
+            since_us: Some(10),
+            until_us: Some(5),
+            ..Default::default()
+        };
+        assert!(times.validate().unwrap_err().contains("swap"));
+        assert!(LogQuery::default().validate().is_ok());
+    }
+
+    #[test]
+    fn streams_parse_in_any_case_and_list_the_choices() {
+        assert_eq!("STDERR".parse::<StreamFilter>(), Ok(StreamFilter::Stderr));
+        assert_eq!("".parse::<StreamFilter>(), Ok(StreamFilter::Both));
+        let e = "sdout".parse::<StreamFilter>().unwrap_err();
+        assert!(e.contains("stdout, stderr or both"), "{e}");
+        let q: LogQuery = serde_urlencoded::from_str("stream=Stdout").unwrap();
+        assert_eq!(q.stream, StreamFilter::Stdout);
+    }
+
+    #[test]
+    fn waits_are_checked() {
+        assert!(wait_duration(Some(-1.0)).is_err());
+        assert!(wait_duration(Some(f64::NAN)).is_err());
+        assert_eq!(wait_duration(Some(1e300)).unwrap(), Some(MAX_WAIT));
+        assert_eq!(wait_duration(Some(0.0)).unwrap(), None);
+        assert_eq!(
+            wait_duration(Some(1.5)).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
+    fn exit_statuses_are_typed_on_the_wire() {
+        let json = serde_json::to_string(&Some(ExitStatus::Code(3))).unwrap();
+        assert_eq!(json, r#"{"code":3}"#);
+        let back: ExitStatus = serde_json::from_str(r#"{"signal":9}"#).unwrap();
+        assert_eq!(back, ExitStatus::Signal(9));
+        assert_eq!(
+            serde_json::to_string(&ExitStatus::Unknown).unwrap(),
+            r#""unknown""#
+        );
+    }
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human_duration(5.9), "5s");
+        assert_eq!(human_duration(185.0), "3m5s");
+        assert_eq!(human_duration(7800.0), "2h10m");
+        assert_eq!(human_duration(273600.0), "3d4h");
+        assert_eq!(human_duration(-1.0), "0s");
+    }
+}
