@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ProcessKind};
 use crate::logs::{Actor, EventKind, InstanceKind, Store, StoreError, StoreOptions};
@@ -65,54 +66,134 @@ pub fn read_daemon_info(data_dir: &Path) -> Option<DaemonInfo> {
 
 /// Run the daemon until `shutdown` resolves. `on_ready` is called once the listeners are
 /// bound (before any process is built or started), with who the daemon is.
+///
+/// The phases, in order: load the config, open the store, bind the listeners, register
+/// the processes, serve; then recovery and autostart run in the background. One
+/// cancellation token is the root of everything that must end at shutdown (both servers,
+/// the MCP sessions' event streams, follow streams, the background tasks); cancelling it
+/// is the first step of the shutdown, stopping the processes the second, closing the
+/// store the last.
 pub async fn run(
     opts: Options,
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&DaemonInfo),
 ) -> anyhow::Result<()> {
-    let dir = std::path::absolute(&opts.dir).with_context(|| {
-        format!(
-            "cannot resolve the project directory {}",
-            opts.dir.display()
-        )
-    })?;
-    let config = match Config::load(&dir)? {
-        Some(c) => c,
-        None => Config::default_for(&dir),
-    };
-    let has_config = dir.join(config::CONFIG_FILE).is_file();
-    let data_dir = config::data_dir(
-        opts.data_dir.as_deref(),
-        has_config.then_some(dir.as_path()),
+    let setup = Setup::load(&opts)?;
+    let opened = open_store(&setup, &opts).await?;
+    let store = opened.store.clone();
+    let bound = bind(&setup, &opts).await?;
+    let cancel = CancellationToken::new();
+    store.record(
+        None,
+        None,
+        EventKind::DaemonStarted {
+            pid: bound.info.pid,
+        },
     );
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let ops = register(&setup, &opts, store.clone(), cancel.child_token()).await?;
+    let servers = serve(&ops, &opts, bound.tcp, bound.unix, &cancel);
 
-    let store_path = data_dir.join(STORE_FILE);
+    // Ready once the listeners are bound, never after the builds.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    on_ready(&bound.info);
+
+    // Recovery and autostart in the background, so the daemon answers at once.
+    let background = [
+        tokio::spawn(until_cancelled(
+            cancel.child_token(),
+            recover_and_autostart(ops.clone(), opened.interrupted, opened.unclean),
+        )),
+        tokio::spawn(until_cancelled(
+            cancel.child_token(),
+            mode_timer(ops.clone()),
+        )),
+    ];
+
+    shutdown.await;
+    tracing::info!("shutting down: stopping every process");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    ops.shutdown_all().await;
+    for task in servers.into_iter().chain(background) {
+        let _ = task.await;
+    }
+    let _ = std::fs::remove_file(setup.data_dir.join(SOCKET_FILE));
+    store.record(None, None, EventKind::DaemonStopped);
+    let _ = std::fs::remove_file(setup.data_dir.join(DAEMON_FILE));
+    tokio::task::spawn_blocking(move || {
+        store.flush()?;
+        store.close()
+    })
+    .await??;
+    Ok(())
+}
+
+/// Run `fut` until it ends or `cancel` fires.
+async fn until_cancelled(cancel: CancellationToken, fut: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = fut => {}
+    }
+}
+
+/// What the daemon serves: the project, its config, the data directory.
+struct Setup {
+    dir: PathBuf,
+    config: Config,
+    data_dir: PathBuf,
+}
+
+impl Setup {
+    fn load(opts: &Options) -> anyhow::Result<Setup> {
+        let dir = std::path::absolute(&opts.dir).with_context(|| {
+            format!(
+                "cannot resolve the project directory {}",
+                opts.dir.display()
+            )
+        })?;
+        let config = match Config::load(&dir)? {
+            Some(c) => c,
+            None => Config::default_for(&dir),
+        };
+        let has_config = dir.join(config::CONFIG_FILE).is_file();
+        let data_dir = config::data_dir(
+            opts.data_dir.as_deref(),
+            has_config.then_some(dir.as_path()),
+        );
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        Ok(Setup {
+            dir,
+            config,
+            data_dir,
+        })
+    }
+}
+
+/// Open the store (in a blocking task), saying who holds it when another daemon does,
+/// and recording it when an unreadable store was moved aside.
+async fn open_store(setup: &Setup, opts: &Options) -> anyhow::Result<crate::logs::Opened> {
+    let path = setup.data_dir.join(STORE_FILE);
     let store_opts = StoreOptions {
-        store_max_bytes: config.store_max_bytes,
+        store_max_bytes: setup.config.store_max_bytes,
         ..opts.store.clone()
     };
-    let opened = {
-        let path = store_path.clone();
-        tokio::task::spawn_blocking(move || Store::open(&path, store_opts)).await?
-    };
+    let opened = tokio::task::spawn_blocking(move || Store::open(&path, store_opts)).await?;
     let opened = match opened {
         Ok(o) => o,
         Err(StoreError::Locked { .. }) => {
-            let who = read_daemon_info(&data_dir)
+            let who = read_daemon_info(&setup.data_dir)
                 .map(|i| format!(" (pid {}, port {})", i.pid, i.port))
                 .unwrap_or_default();
             anyhow::bail!(
                 "another bpm daemon{who} already runs with the data directory {}; use it (`bpm status`), stop it, or pass another --data-dir",
-                data_dir.display()
+                setup.data_dir.display()
             );
         }
         Err(e) => return Err(e.into()),
     };
-    let store = opened.store;
     if let Some((from, to)) = &opened.moved_aside {
-        store.record(
+        opened.store.record(
             None,
             None,
             EventKind::Note {
@@ -124,39 +205,64 @@ pub async fn run(
             },
         );
     }
+    Ok(opened)
+}
 
-    let port = opts.port.unwrap_or(config.mcp_port);
-    let listen = opts.listen.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-    let token = opts.token.clone().filter(|t| !t.trim().is_empty());
-    if !listen.is_loopback() && token.is_none() {
+/// The bound listeners, and who the daemon is (written to `daemon.json`).
+struct Bound {
+    tcp: TcpListener,
+    unix: tokio::net::UnixListener,
+    info: DaemonInfo,
+}
+
+/// Bind the TCP listener (refusing a non-loopback address without a token) and the
+/// local socket, and write `daemon.json`.
+async fn bind(setup: &Setup, opts: &Options) -> anyhow::Result<Bound> {
+    let port = opts.port.unwrap_or(setup.config.mcp_port);
+    let listen = listen_addr(opts);
+    if !listen.is_loopback() && token(opts).is_none() {
         anyhow::bail!(
             "refusing to listen on {listen} without a token: anyone who can reach it could run commands as you; pass --token-file FILE (or set BPM_TOKEN), or listen on 127.0.0.1"
         );
     }
-    let listener = TcpListener::bind((listen, port)).await.with_context(|| {
+    let tcp = TcpListener::bind((listen, port)).await.with_context(|| {
         format!(
             "cannot listen on {listen}:{port} (is another daemon or program using it? pass --port)"
         )
     })?;
-    let port = listener.local_addr()?.port();
-    let socket_path = data_dir.join(SOCKET_FILE);
-    let unix_listener = bind_socket(&socket_path)?;
+    let unix = bind_socket(&setup.data_dir.join(SOCKET_FILE))?;
     let info = DaemonInfo {
         pid: std::process::id(),
-        port,
-        data_dir: data_dir.clone(),
-        project_dir: dir.clone(),
+        port: tcp.local_addr()?.port(),
+        data_dir: setup.data_dir.clone(),
+        project_dir: setup.dir.clone(),
     };
     std::fs::write(
-        data_dir.join(DAEMON_FILE),
+        setup.data_dir.join(DAEMON_FILE),
         serde_json::to_vec_pretty(&info)?,
     )?;
+    Ok(Bound { tcp, unix, info })
+}
 
-    store.record(None, None, EventKind::DaemonStarted { pid: info.pid });
+fn listen_addr(opts: &Options) -> std::net::IpAddr {
+    opts.listen.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+fn token(opts: &Options) -> Option<String> {
+    opts.token.clone().filter(|t| !t.trim().is_empty())
+}
+
+/// The operations layer with every process registered: the configured ones, then the
+/// runtime ones an earlier daemon persisted. Nothing is started yet.
+async fn register(
+    setup: &Setup,
+    opts: &Options,
+    store: Store,
+    closing: CancellationToken,
+) -> anyhow::Result<Ops> {
+    let config = &setup.config;
     let passthrough = opts.passthrough.unwrap_or(config.prefix_output);
-    let ops = Ops::new(store.clone(), config.clone(), passthrough);
-
-    // Processes: configured ones, then runtime ones persisted by an earlier daemon.
+    let ops = Ops::new(store.clone(), config.clone(), passthrough, closing);
     for (name, pc) in &config.processes {
         let mut spec = ProcessSpec::from_config(pc, passthrough);
         if pc.kind == ProcessKind::Rust {
@@ -191,81 +297,53 @@ pub async fn run(
             Err(e) => tracing::warn!("ignoring the stored process `{name}`: {e}"),
         }
     }
+    Ok(ops)
+}
 
-    let mcp_cancel = tokio_util::sync::CancellationToken::new();
+/// Serve the JSON API and MCP on both listeners until `cancel` fires (then shut down
+/// gracefully). The Unix socket serves the same app without the guard: its file mode is
+/// its access control.
+fn serve(
+    ops: &Ops,
+    opts: &Options,
+    tcp: TcpListener,
+    unix: tokio::net::UnixListener,
+    cancel: &CancellationToken,
+) -> [tokio::task::JoinHandle<()>; 2] {
     let mcp = crate::mcp::http_service(
         ops.clone(),
         Some(
             opts.mcp_session_idle
                 .unwrap_or(crate::mcp::DEFAULT_SESSION_IDLE),
         ),
-        mcp_cancel.clone(),
+        // Ends the MCP sessions' open event streams, which graceful shutdown would wait on.
+        cancel.child_token(),
     );
-    // Nesting at `/mcp` serves `/mcp/` too. The Unix socket serves the same app; only
-    // the TCP listener needs the guard (the socket's file mode is its access control).
+    // Nesting at `/mcp` serves `/mcp/` too.
     let local_app = http::router(ops.clone()).nest_service("/mcp", mcp);
-    let app = local_app
+    let tcp_app = local_app
         .clone()
         .layer(axum::middleware::from_fn_with_state(
-            guard::Guard::new(listen, token),
+            guard::Guard::new(listen_addr(opts), token(opts)),
             guard::guard,
         ));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // The local API for the CLI and `bpm mcp`: the same app on the Unix socket.
-    let local_server = {
-        let mut stop_rx = stop_rx.clone();
-        let app = local_app;
+    let local = {
+        let cancel = cancel.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(unix_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
+            let _ = axum::serve(unix, local_app)
+                .with_graceful_shutdown(cancel.cancelled_owned())
                 .await;
         })
     };
-    let server = {
-        let mut stop_rx = stop_rx.clone();
+    let tcp = {
+        let cancel = cancel.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
+            let _ = axum::serve(tcp, tcp_app)
+                .with_graceful_shutdown(cancel.cancelled_owned())
                 .await;
         })
     };
-    // Ready once the listeners are bound, never after the builds.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    on_ready(&info);
-
-    // Recovery and autostart in the background, so the daemon answers at once.
-    let startup = {
-        let ops = ops.clone();
-        let interrupted = opened.interrupted.clone();
-        let unclean = opened.unclean;
-        tokio::spawn(async move { recover_and_autostart(ops, interrupted, unclean).await })
-    };
-    let mode_timer = tokio::spawn(mode_timer(ops.clone()));
-
-    shutdown.await;
-    tracing::info!("shutting down: stopping every process");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    mode_timer.abort();
-    startup.abort();
-    let _ = stop_tx.send(true);
-    // Ends the MCP sessions' open event streams, which graceful shutdown would wait on.
-    mcp_cancel.cancel();
-    ops.shutdown_all().await;
-    let _ = server.await;
-    let _ = local_server.await;
-    let _ = std::fs::remove_file(&socket_path);
-    store.record(None, None, EventKind::DaemonStopped);
-    let _ = std::fs::remove_file(data_dir.join(DAEMON_FILE));
-    tokio::task::spawn_blocking(move || {
-        store.flush()?;
-        store.close()
-    })
-    .await??;
-    Ok(())
+    [local, tcp]
 }
 
 /// Bind the local API's socket, readable and writable by its owner only. A socket file
@@ -390,7 +468,12 @@ mod tests {
         let store = Store::open(&dir.path().join("s.redb"), StoreOptions::default())
             .unwrap()
             .store;
-        let ops = Ops::new(store.clone(), config.clone(), false);
+        let ops = Ops::new(
+            store.clone(),
+            config.clone(),
+            false,
+            CancellationToken::new(),
+        );
         ops.add(
             ProcessSpec::from_config(&config.processes["w"], false),
             false,

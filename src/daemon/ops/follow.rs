@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{OpError, Ops};
 use crate::logs::{ExitStatus, InstanceKind, InstanceMeta, Store, Stream};
@@ -45,7 +45,7 @@ impl Ops {
             None => meta.first_seq,
         };
         let f = Follow {
-            closing: self.inner.closing.subscribe(),
+            closing: self.inner.closing.clone(),
             handle,
             follower: store.follow(meta.id, from),
             store,
@@ -95,7 +95,7 @@ struct Follow {
     current: u64,
     follower: crate::logs::Follower,
     phase: Phase,
-    closing: watch::Receiver<bool>,
+    closing: CancellationToken,
 }
 
 /// How often a follow stream looks at the supervisor's status right after an instance
@@ -185,7 +185,7 @@ impl Follow {
                         };
                         return true;
                     }
-                    if *self.closing.borrow() {
+                    if self.closing.is_cancelled() {
                         self.phase = Phase::Done;
                         return !out.is_empty();
                     }
@@ -196,7 +196,7 @@ impl Follow {
                     };
                     tokio::select! {
                         _ = tokio::time::sleep(poll) => {}
-                        _ = self.closing.wait_for(|c| *c) => {}
+                        _ = self.closing.cancelled() => {}
                     }
                 }
             }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RestartPolicy};
 use crate::logs::{Actor, EventKind, Store, StoreError};
@@ -100,13 +101,18 @@ struct Inner {
     mode: watch::Sender<Mode>,
     last_agent_activity: Mutex<Instant>,
     started: Instant,
-    /// Set when the daemon shuts down, so that open `follow` streams end (the HTTP
-    /// server's graceful shutdown waits for them).
-    closing: watch::Sender<bool>,
+    /// Cancelled when the daemon shuts down, so that open `follow` streams end (the HTTP
+    /// server's graceful shutdown waits for them). A child of the daemon's token.
+    closing: CancellationToken,
 }
 
 impl Ops {
-    pub(crate) fn new(store: Store, config: Config, passthrough: bool) -> Ops {
+    pub(crate) fn new(
+        store: Store,
+        config: Config,
+        passthrough: bool,
+        closing: CancellationToken,
+    ) -> Ops {
         Ops {
             inner: Arc::new(Inner {
                 store,
@@ -119,7 +125,7 @@ impl Ops {
                 mode: watch::channel(Mode::Release).0,
                 last_agent_activity: Mutex::new(Instant::now()),
                 started: Instant::now(),
-                closing: watch::channel(false).0,
+                closing,
             }),
         }
     }
@@ -426,7 +432,7 @@ impl Ops {
 
     /// Stop every process (in parallel, each with its grace period).
     pub async fn shutdown_all(&self) {
-        self.inner.closing.send_replace(true);
+        self.inner.closing.cancel();
         let handles: Vec<ProcessHandle> = {
             let procs = self
                 .inner
