@@ -1571,104 +1571,6 @@ async fn http_status(url: &str) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
-/// Build a cargo project and return the path of the binary it produced.
-///
-/// Runs `cargo build --message-format=json-render-diagnostics` (with `--release` if asked)
-/// in `dir` and reads the `executable` of the `compiler-artifact` messages; the last one
-/// that has an executable wins (or the one named `bin`, if given). Errors carry the first
-/// error lines of cargo's rendered diagnostics.
-pub async fn cargo_build(
-    dir: &Path,
-    release: bool,
-    bin: Option<&str>,
-) -> Result<PathBuf, ProcessError> {
-    let mut cmd = tokio::process::Command::new("cargo");
-    cmd.arg("build")
-        .arg("--message-format=json-render-diagnostics")
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null());
-    if release {
-        cmd.arg("--release");
-    }
-    if let Some(b) = bin {
-        cmd.args(["--bin", b]);
-    }
-    let name = dir.display().to_string();
-    let out = cmd.output().await.map_err(|e| ProcessError::BuildFailed {
-        name: name.clone(),
-        code: None,
-        first_errors: vec![format!("cannot run cargo: {e}")],
-    })?;
-    if !out.status.success() {
-        let lines: Vec<String> = String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        return Err(ProcessError::BuildFailed {
-            name,
-            code: out.status.code(),
-            first_errors: error_lines(&lines),
-        });
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    executable_from_cargo_messages(&stdout, bin).ok_or_else(|| ProcessError::BuildFailed {
-        name,
-        code: Some(0),
-        first_errors: vec!["cargo built no executable".to_string()],
-    })
-}
-
-/// The `executable` of the `compiler-artifact` messages in cargo's JSON output.
-pub fn executable_from_cargo_messages(json_lines: &str, bin: Option<&str>) -> Option<PathBuf> {
-    let mut found = None;
-    for line in json_lines.lines() {
-        if !line.contains("\"compiler-artifact\"") {
-            continue;
-        }
-        let Some(exe) = json_string_field(line, "executable") else {
-            continue;
-        };
-        match bin {
-            Some(b) => {
-                let target_name = line
-                    .find("\"target\":")
-                    .and_then(|i| json_string_field(&line[i..], "name"));
-                if target_name.as_deref() == Some(b) {
-                    found = Some(PathBuf::from(exe));
-                }
-            }
-            None => found = Some(PathBuf::from(exe)),
-        }
-    }
-    found
-}
-
-/// The string value of the first `"field":"..."` in a JSON text (handling escapes);
-/// `None` if absent or `null`. Enough for cargo's flat messages without a JSON parser.
-fn json_string_field(json: &str, field: &str) -> Option<String> {
-    let key = format!("\"{field}\":");
-    let start = json.find(&key)? + key.len();
-    let rest = json[start..].trim_start();
-    let mut chars = rest.strip_prefix('"')?.chars();
-    let mut out = String::new();
-    loop {
-        match chars.next()? {
-            '"' => return Some(out),
-            '\\' => match chars.next()? {
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                'r' => out.push('\r'),
-                'u' => {
-                    let hex: String = chars.by_ref().take(4).collect();
-                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
-                }
-                c => out.push(c),
-            },
-            c => out.push(c),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1704,29 +1606,6 @@ mod tests {
             error_lines(&with),
             ["ERROR: boom", "error[E0308]: mismatched types"]
         );
-    }
-
-    #[test]
-    fn cargo_messages_give_the_executable() {
-        let out = concat!(
-            r#"{"reason":"compiler-artifact","package_id":"x","target":{"kind":["lib"],"name":"dep"},"executable":null,"fresh":true}"#,
-            "\n",
-            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"web"},"filenames":["/t/debug/web"],"executable":"/t/debug/web","fresh":false}"#,
-            "\n",
-            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"w\"x"},"executable":"/t/debug/w\"x","fresh":false}"#,
-            "\n",
-            r#"{"reason":"build-finished","success":true}"#,
-            "\n"
-        );
-        assert_eq!(
-            executable_from_cargo_messages(out, None),
-            Some(PathBuf::from("/t/debug/w\"x"))
-        );
-        assert_eq!(
-            executable_from_cargo_messages(out, Some("web")),
-            Some(PathBuf::from("/t/debug/web"))
-        );
-        assert_eq!(executable_from_cargo_messages(out, Some("nope")), None);
     }
 
     #[tokio::test]
