@@ -1,0 +1,116 @@
+//! The types a supervisor reports: the daemon's [`Mode`], a process's [`State`] and
+//! [`Status`], and the answers and errors of [`ProcessHandle`]'s requests.
+
+use serde::Serialize;
+
+#[cfg(doc)]
+use super::{ProcessHandle, Timing};
+use crate::logs::ExitStatus;
+
+/// The daemon's mode (DESIGN.md section 2): how crashes are waited out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A fixed wait ([`Timing::dev_crash_wait`]) so the developer can investigate.
+    Dev,
+    /// Backoff from [`Timing::backoff_initial`], times 1.5 per crash, up to
+    /// [`Timing::backoff_max`].
+    Release,
+}
+
+/// Where a process is in its life.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Never started, or stopped on request.
+    Stopped,
+    /// Running, its readiness check has not passed yet.
+    Starting,
+    /// Running, without a readiness check.
+    Running,
+    /// Running, its readiness check passed.
+    Ready,
+    /// Crashed; restarts at `until_unix_ms` unless told otherwise.
+    Backoff { until_unix_ms: i64 },
+    /// Nothing runs and a build is under way (while an old instance runs during a
+    /// build-then-swap, the state is that instance's and [`Status::building`] is set).
+    Building,
+    /// Exited by itself and the restart policy does not restart it.
+    Exited {
+        #[serde(serialize_with = "crate::logs::serialize_display")]
+        #[schemars(with = "String")]
+        status: ExitStatus,
+    },
+    /// Could not be started (the command or its build failed).
+    Failed { error: String },
+}
+
+impl State {
+    /// Whether an instance is running.
+    pub fn is_running(&self) -> bool {
+        matches!(self, State::Starting | State::Running | State::Ready)
+    }
+}
+
+/// A snapshot of a supervised process.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Status {
+    pub name: String,
+    pub state: State,
+    pub pid: Option<u32>,
+    pub pgid: Option<u32>,
+    /// When the running instance started (Unix ms).
+    pub started_at: Option<i64>,
+    /// Restarts since the supervisor started (requested or by the crash policy).
+    pub restarts: u32,
+    /// Consecutive crashes; reset by a stable run and by a manual start or restart.
+    pub crash_count: u32,
+    /// How the last instance ended, e.g. "exit code 1" or "killed by signal 9".
+    #[serde(serialize_with = "crate::logs::serialize_display_opt")]
+    #[schemars(with = "Option<String>")]
+    pub last_exit: Option<ExitStatus>,
+    /// The newest run instance: the running one, else the one that ran last.
+    pub instance: Option<u64>,
+    /// Whether the readiness check passed; `None` without a check or when nothing runs.
+    pub ready: Option<bool>,
+    /// A build is under way.
+    pub building: bool,
+    pub last_error: Option<String>,
+}
+
+/// Why a request failed. Messages are meant for the user as they are.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start {name}: {message}")]
+    Spawn { name: String, message: String },
+    #[error("the build of {name} failed ({}); the old instance keeps running if there was one{}",
+        code.map_or_else(|| "killed or not started".to_string(), |c| format!("exit code {c}")),
+        if first_errors.is_empty() { String::new() } else { format!(":\n{}", first_errors.join("\n")) })]
+    BuildFailed {
+        name: String,
+        code: Option<i32>,
+        first_errors: Vec<String>,
+    },
+    #[error("the request for {name} was cancelled by a stop")]
+    Cancelled { name: String },
+    #[error("the supervisor of {name} has shut down")]
+    Gone { name: String },
+}
+
+/// The answer of [`ProcessHandle::wait_ready`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadyOutcome {
+    /// The readiness check passed (immediately, for a process without one).
+    Ready,
+    /// Still not ready at the timeout; the process keeps running.
+    Slow,
+    /// The instance exited before it was ready.
+    Exited {
+        status: ExitStatus,
+        first_error_lines: Vec<String>,
+    },
+    /// Could not be started.
+    Failed { error: String },
+    /// Nothing runs (stopped).
+    NotRunning,
+}
