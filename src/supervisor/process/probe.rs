@@ -3,7 +3,13 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http1::handshake;
+use hyper::header::{CONNECTION, HOST, USER_AGENT};
+use hyper::http::uri::Scheme;
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::ReadyCheck;
@@ -78,63 +84,78 @@ pub async fn http_ok(url: &str) -> bool {
         .is_some_and(|code| (200..400).contains(&code))
 }
 
-/// The status code of a GET of an `http://` URL, with a plain TCP connection.
+/// The status code of a GET of an `http://` URL, on a connection of its own.
 async fn http_status(url: &str) -> Option<u16> {
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let path = if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
-    };
-    let has_port = match authority.rfind(':') {
-        Some(i) => !authority[i..].contains(']'),
-        None => false,
-    };
-    let addr = if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: bpm\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut head = Vec::with_capacity(256);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 4096 {
-        let n = stream.read(&mut buf).await.ok()?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let mut parts = line.split_ascii_whitespace();
-    if !parts.next()?.starts_with("HTTP/") {
+    let uri: Uri = url.parse().ok()?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
         return None;
     }
-    parts.next()?.parse().ok()
+    let authority = uri.authority()?;
+    // `host()` keeps an IPv6 address's brackets, which name resolution does not accept.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let stream = TcpStream::connect((host, authority.port_u16().unwrap_or(80)))
+        .await
+        .ok()?;
+    let (mut sender, conn) = handshake(TokioIo::new(stream)).await.ok()?;
+    let target = match uri.path_and_query() {
+        Some(pq) => match pq.query() {
+            Some(q) => format!("{}?{q}", pq.path()),
+            None => pq.path().to_owned(),
+        },
+        None => "/".to_owned(),
+    };
+    let request = Request::get(target)
+        .header(HOST, authority.as_str())
+        .header(USER_AGENT, "bpm")
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .ok()?;
+    // The connection is driven here rather than in a task of its own, so that it is
+    // dropped with this future (at the attempt's timeout too).
+    let mut response = std::pin::pin!(sender.send_request(request));
+    let mut conn = std::pin::pin!(conn);
+    let response = tokio::select! {
+        biased;
+        r = &mut response => r,
+        // It can end right after handing over the response: take it if it came.
+        _ = &mut conn => response.await,
+    };
+    Some(response.ok()?.status().as_u16())
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     #[tokio::test]
-    async fn http_status_parses_a_plain_response() {
+    async fn http_ok_takes_2xx_and_3xx_as_ready() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let answers = [
+            ("/health?x=1", "204 No Content"),
+            ("/health?x=1", "500 Oops"),
+            ("/", "302 Found"),
+        ];
         let server = tokio::spawn(async move {
-            for code in ["204 No Content", "500 Oops"] {
+            for (target, code) in answers {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 1024];
                 let n = s.read(&mut buf).await.unwrap();
-                assert!(buf[..n].starts_with(b"GET /health?x=1 HTTP/1.1\r\n"));
+                let head = String::from_utf8_lossy(&buf[..n]);
+                assert!(
+                    head.starts_with(&format!("GET {target} HTTP/1.1\r\n")),
+                    "{head}"
+                );
+                assert!(
+                    head.to_ascii_lowercase()
+                        .contains(&format!("\r\nhost: 127.0.0.1:{port}\r\n")),
+                    "{head}"
+                );
                 s.write_all(format!("HTTP/1.1 {code}\r\n\r\n").as_bytes())
                     .await
                     .unwrap();
@@ -143,6 +164,7 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}/health?x=1");
         assert!(http_ok(&url).await);
         assert!(!http_ok(&url).await);
+        assert!(http_ok(&format!("http://127.0.0.1:{port}")).await);
         server.await.unwrap();
         assert!(!http_ok("https://127.0.0.1:1/").await);
     }
