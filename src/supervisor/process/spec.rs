@@ -125,9 +125,9 @@ impl ProcessSpec {
         }
     }
 
-    /// The spec of a configured process. For `type = "rust"` the argv is only known once
-    /// cargo has built the binary: `argv` is then just `config.args`, and the caller
-    /// is expected to put the executable in front.
+    /// The spec of a configured process. For `type = "rust"` the executable comes from
+    /// cargo's metadata: `argv` is then just `config.args`, and the caller is expected to
+    /// put the executable in front (`supervisor::cargo::rust_spec`).
     pub fn from_config(config: &ProcessConfig, passthrough: bool) -> ProcessSpec {
         ProcessSpec {
             name: config.name.clone(),

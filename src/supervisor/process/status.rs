@@ -7,7 +7,9 @@ use serde::Serialize;
 use super::{ProcessHandle, Timing};
 use crate::logs::ExitStatus;
 
-/// The daemon's mode (DESIGN.md section 2): how crashes are waited out.
+/// The daemon's mode: release at boot and after a spell without agent activity, dev once an
+/// agent restarts something (or on request). It decides how crashes are waited out and
+/// which command and build a process uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
