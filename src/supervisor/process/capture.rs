@@ -1,0 +1,189 @@
+//! A process's output on its way into the store: spawning a command with its store
+//! instance begun, capturing its pipes (and copying them to the daemon's stdout when asked)
+//! and draining them at exit. What a run and a build have in common.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Child;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::logs::{ExitStatus, InstanceKind, InstanceWriter, SpawnInfo, Store, Stream};
+use crate::supervisor::procgroup;
+
+/// Size of the buffer each capture task reads into.
+const READ_BUF: usize = 64 * 1024;
+
+/// How long to wait for the pipes to reach EOF once the group is gone. Only a process that
+/// left the group (`setsid`) and kept the pipe can hold them open that long; its output
+/// after that is not captured.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long capture waits for the store's writer before letting lines drop from the store.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
+
+/// A process spawned into its own group, with its store instance begun.
+pub(super) struct Recorded {
+    pub(super) child: Child,
+    pub(super) pid: u32,
+    pub(super) pgid: u32,
+    pub(super) stdout: tokio::process::ChildStdout,
+    pub(super) stderr: tokio::process::ChildStderr,
+    pub(super) writer: InstanceWriter,
+}
+
+pub(super) enum SpawnFailure {
+    /// The command could not be started (the message names program and directory).
+    Spawn(String),
+    /// It started, but the store refused the instance; the group was killed.
+    Record(String),
+}
+
+/// Spawn `argv` in its own process group and begin its instance in the store: what a run
+/// and a build have in common.
+pub(super) async fn spawn_recorded(
+    store: &Store,
+    name: &str,
+    kind: InstanceKind,
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+) -> Result<Recorded, SpawnFailure> {
+    let procgroup::Spawned {
+        mut child,
+        pid,
+        pgid,
+        start_time,
+        stdout,
+        stderr,
+    } = procgroup::spawn(&procgroup::SpawnSpec {
+        argv: argv.to_vec(),
+        cwd: cwd.to_owned(),
+        env: env.to_vec(),
+    })
+    .map_err(|e| SpawnFailure::Spawn(e.to_string()))?;
+    let info = SpawnInfo {
+        pid: Some(pid),
+        pgid: Some(pgid),
+        start_time: Some(start_time),
+        argv: argv.to_vec(),
+        cwd: cwd.display().to_string(),
+    };
+    match store.begin_instance(name, kind, info) {
+        Ok(writer) => Ok(Recorded {
+            child,
+            pid,
+            pgid,
+            stdout,
+            stderr,
+            writer,
+        }),
+        Err(e) => {
+            procgroup::stop_group(&mut child, pgid, Signal::SIGKILL, Duration::ZERO).await;
+            Err(SpawnFailure::Record(e.to_string()))
+        }
+    }
+}
+
+/// Copy one pipe into the instance until EOF.
+pub(super) fn capture<R>(
+    mut pipe: R,
+    stream: Stream,
+    writer: InstanceWriter,
+    prefix: Option<String>,
+) -> JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; READ_BUF];
+        let mut pass = prefix.map(Passthrough::new);
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    writer.append(stream, &buf[..n]);
+                    // A child printing faster than the disk writes is slowed down (as a
+                    // file would slow it) rather than losing lines; after a second of a
+                    // stalled disk the store drops lines instead, and says so.
+                    writer.wait_for_room(ROOM_WAIT).await;
+                    if let Some(p) = &mut pass {
+                        p.feed(&buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read process output");
+                    break;
+                }
+            }
+        }
+        if let Some(p) = pass {
+            p.finish();
+        }
+    })
+}
+
+/// Copies output lines to the daemon's stdout with a `[name] ` prefix.
+struct Passthrough {
+    prefix: String,
+    partial: Vec<u8>,
+}
+
+impl Passthrough {
+    fn new(name: String) -> Passthrough {
+        Passthrough {
+            prefix: format!("[{name}] "),
+            partial: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.partial.extend_from_slice(bytes);
+        let Some(last_nl) = memchr::memrchr(b'\n', &self.partial) else {
+            return;
+        };
+        let mut out = Vec::with_capacity(last_nl + 64);
+        for line in self.partial[..last_nl].split(|&b| b == b'\n') {
+            out.extend_from_slice(self.prefix.as_bytes());
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        self.partial.drain(..=last_nl);
+        let _ = std::io::stdout().lock().write_all(&out);
+    }
+
+    fn finish(mut self) {
+        if !self.partial.is_empty() {
+            self.partial.push(b'\n');
+            let rest = std::mem::take(&mut self.partial);
+            self.feed(&rest);
+        }
+    }
+}
+
+/// Wait for the capture tasks to reach EOF (bounded: see [`DRAIN_LIMIT`]).
+pub(super) async fn drain(captures: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    for mut task in captures {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            tracing::warn!("output pipe still open after the process group is gone");
+            task.abort();
+        }
+    }
+}
+
+/// The store's form of a process's exit status.
+pub(super) fn convert_status(s: std::process::ExitStatus) -> ExitStatus {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => ExitStatus::Code(c),
+        (None, Some(sig)) => ExitStatus::Signal(sig),
+        (None, None) => ExitStatus::Unknown,
+    }
+}
