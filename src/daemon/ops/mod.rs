@@ -5,9 +5,9 @@
 //!
 //! - this module: the shared state ([`Ops`]), finding processes, start, stop, restart,
 //!   mode, shutdown.
-//! - [`status`]: status reports, also offline from the store alone.
-//! - [`logs`]: reads and searches.
-//! - [`follow`]: the follow stream's state machine.
+//! - `status`: status reports, also offline from the store alone.
+//! - `logs`: reads and searches.
+//! - `follow`: the follow stream's state machine.
 
 mod follow;
 mod logs;
