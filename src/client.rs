@@ -333,6 +333,13 @@ impl Client {
         self.call("POST", &path, None::<&()>).await
     }
 
+    /// Remove a runtime process that is not running from the list (its logs stay).
+    pub async fn remove(&self, process: &str) -> Result<(), ClientError> {
+        let path = format!("/api/remove/{}", segment(process));
+        self.send("POST", &path, None).await?;
+        Ok(())
+    }
+
     pub async fn mode(&self) -> Result<Mode, ClientError> {
         let m: ModeBody = self.call("GET", "/api/mode", None::<&()>).await?;
         Ok(m.mode)

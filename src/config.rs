@@ -102,13 +102,41 @@ pub enum ProcessKind {
 }
 
 /// Spelled in the file as `"always"`, `"on-failure"` or `"never"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
-    Always,
+    /// After any exit: what a configured process gets by default (kept running, as the
+    /// predecessor did).
     #[default]
+    Always,
     OnFailure,
     Never,
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        })
+    }
+}
+
+impl FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RestartPolicy, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "always" => Ok(RestartPolicy::Always),
+            "on-failure" | "on_failure" => Ok(RestartPolicy::OnFailure),
+            "never" | "no" => Ok(RestartPolicy::Never),
+            other => Err(format!(
+                "unknown restart policy `{other}`; use never, on-failure or always"
+            )),
+        }
+    }
 }
 
 /// The signals a process may ask to be stopped with. A closed set rather than any signal
@@ -883,7 +911,7 @@ command = ["npm", "run", "dev"]
         assert_eq!(main.cwd, Path::new("/x"));
         assert!(main.env.is_empty());
         assert_eq!(main.build, None);
-        assert_eq!(main.restart, RestartPolicy::OnFailure);
+        assert_eq!(main.restart, RestartPolicy::Always);
         assert_eq!(main.stop_signal, StopSignal::Term);
         assert_eq!(main.stop_signal.signal(), nix::sys::signal::Signal::SIGTERM);
         assert_eq!(main.stop_timeout, Duration::from_secs(5));

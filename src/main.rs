@@ -73,6 +73,8 @@ enum Command {
     Stop(status::StopArgs),
     /// Restart a process (rebuild first if it has a build step).
     Restart(status::NameArgs),
+    /// Remove a stopped process started with a command from the list (its logs stay).
+    Rm(status::NameArgs),
     /// Print or switch the daemon's mode.
     Mode(status::ModeArgs),
     /// The processes and their state; with NAME, its instances and recent events.
@@ -158,6 +160,7 @@ fn main() -> ExitCode {
         Command::Start(a) => return status::start(a),
         Command::Stop(a) => return status::stop(a),
         Command::Restart(a) => return status::restart(a),
+        Command::Rm(a) => return status::remove(a),
         Command::Mode(a) => return status::mode(a),
         Command::Status(a) => return status::main(a),
         Command::Logs(a) => return bpm::cli::logs::main(a),

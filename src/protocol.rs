@@ -19,6 +19,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::{Ready, ReadyCheck, RestartPolicy};
 pub use crate::logs::{ExitStatus, InstanceKind, Stream};
 pub use crate::supervisor::process::{Mode, State, Status};
 
@@ -228,20 +229,64 @@ pub struct StartRequest {
     pub cwd: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
-    /// Wait this many seconds for readiness and return evidence.
+    /// How long to wait before answering: for the readiness check, or, without one,
+    /// for the process to stay up (the settle time). 0: answer at once. Default: 30 s
+    /// with a readiness check, else 1 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_seconds: Option<f64>,
+    /// For a new runtime process: when to restart it (default `never`, like a command in
+    /// a terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    /// For a new runtime process: ready once 127.0.0.1:PORT accepts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_port: Option<u16>,
+    /// For a new runtime process: ready once a GET of this http:// URL answers 2xx/3xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_url: Option<String>,
+    /// For a new runtime process: ready once a line of output matches this regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_log: Option<String>,
 }
 
 impl StartRequest {
-    /// The readiness wait asked for, checked: a number of seconds from 0 to an hour.
+    /// The wait asked for, checked: a number of seconds from 0 to an hour; `Some(ZERO)`
+    /// means "do not wait", `None` "the default".
     pub fn wait(&self) -> Result<Option<Duration>, String> {
         wait_duration(self.wait_seconds)
+    }
+
+    /// The ad-hoc readiness check asked for (at most one), checked.
+    pub fn ready(&self) -> Result<Option<Ready>, String> {
+        let check = match (&self.ready_port, &self.ready_url, &self.ready_log) {
+            (None, None, None) => return Ok(None),
+            (Some(port), None, None) => ReadyCheck::Tcp { port: *port },
+            (None, Some(url), None) => {
+                if !url.starts_with("http://") {
+                    return Err(format!(
+                        "ready_url `{url}` is not an http:// URL; e.g. http://127.0.0.1:5173/"
+                    ));
+                }
+                ReadyCheck::Http { url: url.clone() }
+            }
+            (None, None, Some(re)) => {
+                regex::Regex::new(re)
+                    .map_err(|e| format!("ready_log is not a valid regex: {e}"))?;
+                ReadyCheck::Log {
+                    pattern: re.clone(),
+                }
+            }
+            _ => return Err("pass one readiness check: ready_port, ready_url or ready_log".into()),
+        };
+        Ok(Some(Ready {
+            check,
+            timeout: Duration::from_secs(30),
+        }))
     }
 }
 
 /// A readiness wait in seconds, checked: finite, not negative, at most [`MAX_WAIT`].
-/// Zero means no wait.
+/// Zero means "do not wait".
 pub fn wait_duration(seconds: Option<f64>) -> Result<Option<Duration>, String> {
     match seconds {
         None => Ok(None),
@@ -249,7 +294,7 @@ pub fn wait_duration(seconds: Option<f64>) -> Result<Option<Duration>, String> {
             "wait_seconds must be a number of seconds from 0 to {}, not {s}",
             MAX_WAIT.as_secs()
         )),
-        Some(0.0) => Ok(None),
+        Some(0.0) => Ok(Some(Duration::ZERO)),
         Some(s) => Ok(Some(Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))),
     }
 }
@@ -279,6 +324,8 @@ pub struct ApiError {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct StartResult {
     pub name: String,
+    /// The directory it runs in.
+    pub cwd: PathBuf,
     /// It was running already (the same command in the same directory).
     pub already_running: bool,
     pub status: Status,
@@ -292,9 +339,13 @@ pub enum Readiness {
     Ready,
     /// Not ready yet at the timeout; the process keeps running.
     Slow,
+    /// It exited (or crashed) before it was ready or settled: a failed start.
     Exited {
         status: ExitStatus,
+        /// Its last lines, error lines first.
         first_error_lines: Vec<String>,
+        /// Who holds the port, when the output says the port was taken.
+        port_holder: Option<String>,
     },
     Failed {
         error: String,
@@ -312,6 +363,59 @@ pub struct StatusReport {
     /// Seconds since an agent last called a tool (dev mode ends after dev_timeout_hours).
     pub agent_idle_seconds: f64,
     pub processes: Vec<ProcessReport>,
+}
+
+impl StartResult {
+    /// What happened, in one sentence (then the evidence: the exit status, who holds
+    /// the port, the last lines), for agents and people alike.
+    pub fn message(&self, verb: &str) -> String {
+        let r = self;
+        let pid = r
+            .status
+            .pid
+            .map(|p| format!(" (pid {p})"))
+            .unwrap_or_default();
+        let mut m = if r.already_running {
+            format!(
+                "already running: {}{pid}, the same command in the same directory; use restart to restart it",
+                r.name
+            )
+        } else {
+            format!("{verb} {}{pid}: {}", r.name, r.status.state)
+        };
+        if let Some(ready) = &r.readiness {
+            m.push_str(&match ready {
+                Readiness::Ready => "; ready".to_owned(),
+                Readiness::Slow => "; not ready yet (still starting; check get_status)".to_owned(),
+                Readiness::Exited {
+                    status,
+                    first_error_lines,
+                    port_holder,
+                } => format!(
+                    "; it exited before it was ready ({status}){}{}",
+                    port_holder
+                        .as_ref()
+                        .map(|h| format!("; {h}"))
+                        .unwrap_or_default(),
+                    if first_error_lines.is_empty() {
+                        String::new()
+                    } else {
+                        format!(":\n{}", first_error_lines.join("\n"))
+                    }
+                ),
+                Readiness::Failed { error } => format!("; failed: {error}"),
+                Readiness::NotRunning => "; not running".to_owned(),
+            });
+        }
+        m
+    }
+}
+
+impl Readiness {
+    /// Whether the start failed (the process did not come up).
+    pub fn failed(&self) -> bool {
+        matches!(self, Readiness::Exited { .. } | Readiness::Failed { .. })
+    }
 }
 
 impl StatusReport {
@@ -539,7 +643,8 @@ mod tests {
         assert!(wait_duration(Some(-1.0)).is_err());
         assert!(wait_duration(Some(f64::NAN)).is_err());
         assert_eq!(wait_duration(Some(1e300)).unwrap(), Some(MAX_WAIT));
-        assert_eq!(wait_duration(Some(0.0)).unwrap(), None);
+        assert_eq!(wait_duration(Some(0.0)).unwrap(), Some(Duration::ZERO));
+        assert_eq!(wait_duration(None).unwrap(), None);
         assert_eq!(
             wait_duration(Some(1.5)).unwrap(),
             Some(Duration::from_millis(1500))

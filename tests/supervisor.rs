@@ -591,7 +591,10 @@ async fn ready_by_log_line() {
     let st = h.start(Actor::Cli).await.unwrap();
     assert_eq!(st.state, State::Starting);
     assert_eq!(st.ready, Some(false));
-    assert_eq!(h.wait_ready(DEADLINE).await, ReadyOutcome::Ready);
+    assert_eq!(
+        h.wait_ready(DEADLINE, Duration::ZERO).await,
+        ReadyOutcome::Ready
+    );
     let st = h.status().await;
     assert_eq!(st.state, State::Ready);
     assert_eq!(st.ready, Some(true));
@@ -616,7 +619,10 @@ async fn ready_by_tcp_port() {
     let h = supervise(&env, s, timing());
     let started = h.start(Actor::Cli).await.unwrap();
     assert_eq!(started.state, State::Starting);
-    assert_eq!(h.wait_ready(DEADLINE).await, ReadyOutcome::Ready);
+    assert_eq!(
+        h.wait_ready(DEADLINE, Duration::ZERO).await,
+        ReadyOutcome::Ready
+    );
     assert_eq!(h.status().await.state, State::Ready);
     finish(env, &[&h]).await;
 }
@@ -651,7 +657,10 @@ async fn ready_by_http_get() {
     });
     let h = supervise(&env, s, timing());
     h.start(Actor::Cli).await.unwrap();
-    assert_eq!(h.wait_ready(DEADLINE).await, ReadyOutcome::Ready);
+    assert_eq!(
+        h.wait_ready(DEADLINE, Duration::ZERO).await,
+        ReadyOutcome::Ready
+    );
     server.abort();
     finish(env, &[&h]).await;
 }
@@ -666,7 +675,8 @@ async fn a_slow_start_is_not_a_failure() {
     let h = supervise(&env, s, timing());
     let pid = h.start(Actor::Cli).await.unwrap().pid.unwrap();
     assert_eq!(
-        h.wait_ready(Duration::from_millis(300)).await,
+        h.wait_ready(Duration::from_millis(300), Duration::ZERO)
+            .await,
         ReadyOutcome::Slow
     );
     let st = h.status().await;
@@ -689,7 +699,7 @@ async fn wait_ready_reports_an_exit_with_its_errors() {
     });
     let h = supervise(&env, s, timing());
     h.start(Actor::Cli).await.unwrap();
-    match h.wait_ready(DEADLINE).await {
+    match h.wait_ready(DEADLINE, Duration::ZERO).await {
         ReadyOutcome::Exited {
             status,
             first_error_lines,
@@ -700,7 +710,10 @@ async fn wait_ready_reports_an_exit_with_its_errors() {
         other => panic!("{other:?}"),
     }
     h.stop(Actor::Cli, false).await.unwrap();
-    assert_eq!(h.wait_ready(DEADLINE).await, ReadyOutcome::NotRunning);
+    assert_eq!(
+        h.wait_ready(DEADLINE, Duration::ZERO).await,
+        ReadyOutcome::NotRunning
+    );
     finish(env, &[&h]).await;
 }
 
@@ -747,7 +760,7 @@ async fn a_missing_program_fails_to_start() {
     let st = h.status().await;
     assert!(matches!(st.state, State::Failed { .. }), "{st:?}");
     assert!(matches!(
-        h.wait_ready(DEADLINE).await,
+        h.wait_ready(DEADLINE, Duration::ZERO).await,
         ReadyOutcome::Failed { .. }
     ));
     finish(env, &[&h]).await;

@@ -1,14 +1,18 @@
 //! `bpm run`: start a command through the daemon (or attach to the same command already
 //! running in the same directory), show its backlog, follow it, and on Ctrl+C ask
-//! whether to stop it or leave it running.
+//! whether to stop it or leave it running. With `--detach`, answer once it is ready (or
+//! has stayed up for the settle time) and leave it running, like `docker run -d`.
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::UsageError;
 use super::logs::Render;
 use super::{Common, api_error, connect};
-use crate::protocol::{ExitStatus, FollowQuery, FollowRecord, StartRequest, Status};
+use crate::protocol::{
+    ExitStatus, FollowQuery, FollowRecord, RestartPolicy, StartRequest, StartResult, Status,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -20,7 +24,32 @@ pub struct RunArgs {
     pub cwd: Option<PathBuf>,
     /// If the same command already runs here, restart it instead of attaching.
     #[arg(long)]
-    pub restart: bool,
+    pub replace: bool,
+    /// When to restart it after it exits: never (the default, like a command in a
+    /// terminal), on-failure, or always.
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<RestartPolicy>,
+    /// Set an environment variable for the process (repeatable), on top of this
+    /// shell's environment, which the process gets too.
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Start it (or find it running), wait until it is ready or has stayed up for the
+    /// settle time, print where it runs, and return: it keeps running.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// With --detach: how long to wait, in seconds (for the readiness check, or to see
+    /// it stay up; default 30 with a check, else 1).
+    #[arg(long, value_name = "SECONDS", requires = "detach")]
+    pub wait: Option<f64>,
+    /// Ready once 127.0.0.1:PORT accepts connections.
+    #[arg(long, value_name = "PORT", conflicts_with_all = ["ready_url", "ready_log"])]
+    pub ready_port: Option<u16>,
+    /// Ready once a GET of this http:// URL answers.
+    #[arg(long, value_name = "URL", conflicts_with = "ready_log")]
+    pub ready_url: Option<String>,
+    /// Ready once a line of output matches this regex.
+    #[arg(long, value_name = "RE")]
+    pub ready_log: Option<String>,
     /// Lines of backlog to show when attaching.
     #[arg(
         short = 'n',
@@ -48,7 +77,24 @@ pub fn main(args: RunArgs) -> ExitCode {
     super::execute(run(args))
 }
 
+/// `K=V` for `--env`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not K=V; e.g. --env PORT=3001")),
+    }
+}
+
+/// What the process gets: this shell's environment, then `--env` on top.
+fn environment(extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    env.extend(extra.iter().cloned());
+    env.into_iter().collect()
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Before anything is printed: a Ctrl+C from then on gets the question.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let client = connect(&args.common).await?;
     let cwd = match &args.cwd {
         Some(d) => std::path::absolute(d)?,
@@ -58,13 +104,25 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         name: args.name.clone(),
         command: Some(args.command.clone()),
         cwd: Some(cwd.clone()),
-        ..Default::default()
+        env: environment(&args.env),
+        // Following shows what happens; only a detached run waits for the truth first.
+        wait_seconds: if args.detach { args.wait } else { Some(0.0) },
+        restart: args.restart,
+        ready_port: args.ready_port,
+        ready_url: args.ready_url.clone(),
+        ready_log: args.ready_log.clone(),
     };
     let mut r = client.start(&req).await.map_err(api_error)?;
     let name = r.name.clone();
     let attached = r.already_running;
+    if args.detach {
+        if attached && args.replace {
+            r = client.restart(&name).await.map_err(api_error)?;
+        }
+        return detached(&args, &r);
+    }
     let mut tail = None;
-    if attached && args.restart {
+    if attached && args.replace {
         r = client.restart(&name).await.map_err(api_error)?;
         note(&args, &format!("restarted {name}{}", pid_text(&r.status)));
     } else if attached {
@@ -93,7 +151,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut pid = r.status.pid;
     let mut records = client.follow(&name, &query).await.map_err(api_error)?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
             batch = records.next() => {
@@ -131,6 +188,25 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// Report a detached start: where it runs, or why it did not start (exit 1).
+fn detached(args: &RunArgs, r: &StartResult) -> anyhow::Result<ExitCode> {
+    let failed = r.readiness.as_ref().is_some_and(|x| x.failed());
+    if args.common.json {
+        super::print_json(r)?;
+    } else if failed {
+        eprintln!("bpm: {}", r.message("started"));
+    } else {
+        println!("{}", r.message("started"));
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.wait.is_some_and(|w| w < 0.0) {
+        return Err(UsageError("--wait takes a number of seconds".into()).into());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn note(args: &RunArgs, text: &str) {

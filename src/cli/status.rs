@@ -142,7 +142,7 @@ const RESET: &str = "\x1b[0m";
 fn state_text(s: &State) -> (String, &'static str) {
     match s {
         State::Running | State::Ready => (s.to_string(), GREEN),
-        State::Starting | State::Building => (s.to_string(), YELLOW),
+        State::Starting | State::Building | State::Exiting => (s.to_string(), YELLOW),
         State::Stopped => (s.to_string(), ""),
         State::Backoff { until_unix_ms } => {
             let left = until_unix_ms - chrono::Utc::now().timestamp_millis();
@@ -279,8 +279,30 @@ pub fn start(args: NameArgs) -> ExitCode {
         } else if r.already_running {
             eprintln!("bpm: {} already runs{}", r.name, pid(&r.status));
         } else {
-            eprintln!("bpm: started {}{}", r.name, pid(&r.status));
+            eprintln!("bpm: {}", r.message("started"));
         }
+        Ok(outcome(&r))
+    })
+}
+
+/// 1 when the process did not come up (it exited during the wait), else 0.
+fn outcome(r: &crate::protocol::StartResult) -> ExitCode {
+    if r.readiness.as_ref().is_some_and(|x| x.failed()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `bpm rm NAME`.
+pub fn remove(args: NameArgs) -> ExitCode {
+    super::execute(async move {
+        let client = connect(&args.common).await?;
+        client.remove(&args.name).await.map_err(api_error)?;
+        eprintln!(
+            "bpm: removed {} from the list (its logs stay until retention removes them)",
+            args.name
+        );
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -308,9 +330,9 @@ pub fn restart(args: NameArgs) -> ExitCode {
         if args.common.json {
             print_json(&r)?;
         } else {
-            eprintln!("bpm: restarted {}{}", r.name, pid(&r.status));
+            eprintln!("bpm: {}", r.message("restarted"));
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(outcome(&r))
     })
 }
 

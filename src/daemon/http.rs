@@ -23,6 +23,7 @@ pub fn router(ops: Ops) -> Router {
         .route("/api/start", post(start))
         .route("/api/stop/{name}", post(stop))
         .route("/api/restart/{name}", post(restart))
+        .route("/api/remove/{name}", post(remove))
         .route("/api/logs/{name}", get(logs))
         .route("/api/follow/{name}", get(follow))
         .route("/api/mode", get(get_mode).post(set_mode))
@@ -83,6 +84,11 @@ async fn stop(
 
 async fn restart(State(ops): State<Ops>, Path(name): Path<String>) -> Result<Response, OpError> {
     Ok(Json(ops.restart(&name, Actor::Cli, None).await?).into_response())
+}
+
+async fn remove(State(ops): State<Ops>, Path(name): Path<String>) -> Result<Response, OpError> {
+    ops.remove(&name).await?;
+    Ok(Json(serde_json::json!({ "removed": name })).into_response())
 }
 
 async fn logs(

@@ -63,12 +63,28 @@ pub struct StartParams {
     /// Extra environment variables for `command`, e.g. {"PORT": "3001"}.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
-    /// Wait up to this many seconds for the process to be ready (its readiness check,
-    /// or a moment for one without) and report what happened. Default 30 for a process
-    /// with a readiness check, else 0.
+    /// How long to wait before answering: up to this many seconds for the readiness
+    /// check, or, for a process without one, this long to see that it stays up. A
+    /// process that exits before that is a failed start (an error with its exit status
+    /// and last lines). Default: 30 with a readiness check, else 1. 0 answers at once.
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     #[schemars(with = "Option<f64>")]
     pub wait_seconds: Option<f64>,
+    /// For a new `command`: when to restart it after it exits. Default "never" (like a
+    /// command in a terminal); "on-failure" restarts after a non-zero exit or a signal;
+    /// "always" after any exit.
+    #[serde(default)]
+    pub restart_policy: Option<crate::config::RestartPolicy>,
+    /// For a new `command`: it is ready once 127.0.0.1:PORT accepts connections.
+    #[serde(default, deserialize_with = "lenient::opt_u16")]
+    #[schemars(with = "Option<u16>")]
+    pub ready_port: Option<u16>,
+    /// For a new `command`: it is ready once a GET of this http:// URL answers 2xx/3xx.
+    #[serde(default)]
+    pub ready_url: Option<String>,
+    /// For a new `command`: it is ready once a line of its output matches this regex.
+    #[serde(default)]
+    pub ready_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -81,6 +97,11 @@ pub struct StopParams {
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     #[schemars(with = "Option<bool>")]
     pub force: Option<bool>,
+    /// Also remove it from the list (only a process started with a command; its logs
+    /// stay searchable until retention removes them). Default false.
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    #[schemars(with = "Option<bool>")]
+    pub remove: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -221,6 +242,15 @@ pub mod lenient {
         };
         n.map(Some)
             .ok_or_else(|| bad("a non-negative integer such as 5 or \"5\"", &v))
+    }
+
+    pub fn opt_u16<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+        match opt_u64(d)? {
+            None => Ok(None),
+            Some(n) => u16::try_from(n).map(Some).map_err(|_| {
+                serde::de::Error::custom(format!("expected a port from 1 to 65535, got {n}"))
+            }),
+        }
     }
 
     pub fn opt_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::logs::{InstanceKind, Stream};
 use crate::protocol::{
-    InstanceSummary, LogLine, LogResult, ProcessReport, Readiness, StartResult, Status,
-    StatusReport, human_duration,
+    InstanceSummary, LogLine, LogResult, ProcessReport, StartResult, Status, StatusReport,
+    human_duration,
 };
 
 /// Default cap on the text of one answer.
@@ -257,42 +257,6 @@ pub struct StartOutput {
     pub message: String,
     #[serde(flatten)]
     pub result: StartResult,
-}
-
-pub fn start_message(r: &StartResult, verb: &str) -> String {
-    let pid = r
-        .status
-        .pid
-        .map(|p| format!(" (pid {p})"))
-        .unwrap_or_default();
-    let mut m = if r.already_running {
-        format!(
-            "already running: {}{pid}, the same command in the same directory; use restart to restart it",
-            r.name
-        )
-    } else {
-        format!("{verb} {}{pid}: {}", r.name, r.status.state)
-    };
-    if let Some(ready) = &r.readiness {
-        m.push_str(&match ready {
-            Readiness::Ready => "; ready".to_owned(),
-            Readiness::Slow => "; not ready yet (still starting; check get_status)".to_owned(),
-            Readiness::Exited {
-                status,
-                first_error_lines,
-            } => format!(
-                "; it exited before it was ready ({status}){}",
-                if first_error_lines.is_empty() {
-                    String::new()
-                } else {
-                    format!(":\n{}", first_error_lines.join("\n"))
-                }
-            ),
-            Readiness::Failed { error } => format!("; failed: {error}"),
-            Readiness::NotRunning => "; not running".to_owned(),
-        });
-    }
-    m
 }
 
 /// What `stop` returns.

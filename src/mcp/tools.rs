@@ -21,8 +21,6 @@ use crate::daemon::ops::{OpError, Ops};
 use crate::logs::{Actor, InstanceKind};
 use crate::protocol::{LogQuery, StartRequest, StatusReport};
 
-/// Readiness waits default to this when the process has a readiness check.
-const DEFAULT_READY_WAIT: Duration = Duration::from_secs(30);
 /// How often `restart` and `start` report progress while a build runs.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -200,18 +198,23 @@ impl BpmTools {
         if p.name.is_none() && p.command.is_none() {
             return Err("start needs `name` (a process from get_status) or `command` (e.g. [\"npm\", \"run\", \"dev\"])".into());
         }
-        let command = p.command.map(|c| c.into_argv());
-        let wait = self.wait_for(p.name.as_deref(), command.is_none(), p.wait_seconds);
         let req = StartRequest {
             name: p.name.clone(),
-            command,
+            command: p.command.map(|c| c.into_argv()),
             cwd: p.cwd.map(Into::into),
             env: p.env.unwrap_or_default().into_iter().collect(),
-            wait_seconds: wait.map(|d| d.as_secs_f64()),
+            wait_seconds: p.wait_seconds,
+            restart: p.restart_policy,
+            ready_port: p.ready_port,
+            ready_url: p.ready_url,
+            ready_log: p.ready_log,
         };
         let label = p.name.unwrap_or_else(|| "the process".into());
         let r = with_progress(&self.ops, &label, ctx, self.ops.start(req, Actor::Mcp)).await?;
-        let message = render::start_message(&r, "started");
+        let message = r.message("started");
+        if r.readiness.as_ref().is_some_and(|x| x.failed()) {
+            return Err(message);
+        }
         ok(
             &StartOutput {
                 message: message.clone(),
@@ -219,28 +222,6 @@ impl BpmTools {
             },
             message,
         )
-    }
-
-    /// How long to wait for readiness: what the agent asked, else 30 s for a process
-    /// with a readiness check, else not at all.
-    fn wait_for(
-        &self,
-        name: Option<&str>,
-        configured: bool,
-        asked: Option<f64>,
-    ) -> Option<Duration> {
-        if let Some(s) = asked {
-            return (s > 0.0).then(|| Duration::from_secs_f64(s.min(3600.0)));
-        }
-        let has_check = configured
-            && name.is_some_and(|n| {
-                self.ops
-                    .config()
-                    .processes
-                    .get(n)
-                    .is_some_and(|pc| pc.ready.is_some())
-            });
-        has_check.then_some(DEFAULT_READY_WAIT)
     }
 
     async fn stop(&self, p: Result<StopParams, String>) -> ToolResult {
@@ -251,7 +232,11 @@ impl BpmTools {
             .stop(&p.process, p.force.unwrap_or(false), Actor::Mcp)
             .await
             .map_err(op_err)?;
-        let message = render::stop_message(&status, was_pid);
+        let mut message = render::stop_message(&status, was_pid);
+        if p.remove == Some(true) {
+            self.ops.remove(&status.name).await.map_err(op_err)?;
+            message.push_str("; removed from the list (its logs stay searchable)");
+        }
         ok(
             &StopOutput {
                 message: message.clone(),
@@ -267,7 +252,7 @@ impl BpmTools {
         ctx: &RequestContext<RoleServer>,
     ) -> ToolResult {
         let p = p?;
-        let wait = self.wait_for(Some(&p.process), true, p.wait_seconds);
+        let wait = crate::protocol::wait_duration(p.wait_seconds)?;
         let r = with_progress(
             &self.ops,
             &p.process,
@@ -275,7 +260,10 @@ impl BpmTools {
             self.ops.restart(&p.process, Actor::Mcp, wait),
         )
         .await?;
-        let message = render::start_message(&r, "restarted");
+        let message = r.message("restarted");
+        if r.readiness.as_ref().is_some_and(|x| x.failed()) {
+            return Err(message);
+        }
         ok(
             &StartOutput {
                 message: message.clone(),

@@ -30,7 +30,7 @@ use crate::logs::{Actor, EventKind, Store, StoreError};
 use crate::protocol::{Readiness, StartRequest, StartResult};
 use crate::search::SearchError;
 use crate::supervisor::process::{
-    Mode, ProcessError, ProcessHandle, ProcessSpec, ReadyOutcome, Status, Timing,
+    Mode, ProcessError, ProcessHandle, ProcessSpec, ReadyOutcome, State, Status, Timing,
 };
 
 /// Why an operation failed. Each message names the problem and what would work.
@@ -57,29 +57,61 @@ struct Managed {
 }
 
 /// What is persisted of a runtime process, so it is still listed after a restart.
+/// JSON in the store's `processes` table; fields added later have defaults.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RuntimeSpec {
     pub name: String,
     pub argv: Vec<String>,
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Runtime processes restart `never` unless the caller chose otherwise.
+    #[serde(default = "never")]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub ready: Option<crate::config::Ready>,
 }
 
-impl From<ReadyOutcome> for Readiness {
-    fn from(o: ReadyOutcome) -> Readiness {
-        match o {
-            ReadyOutcome::Ready => Readiness::Ready,
-            ReadyOutcome::Slow => Readiness::Slow,
-            ReadyOutcome::Exited {
+fn never() -> RestartPolicy {
+    RestartPolicy::Never
+}
+
+/// How long a start waits, without a readiness check, to see the process stay up.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
+/// How long a start waits for a process's readiness check by default.
+pub const DEFAULT_READY_WAIT: Duration = Duration::from_secs(30);
+/// Time allowed for the spawn itself before the settle time starts.
+const SPAWN_ALLOWANCE: Duration = Duration::from_secs(5);
+
+/// What waiting found, with the holder of the port when the output says the port was
+/// taken.
+fn readiness(o: ReadyOutcome) -> Readiness {
+    match o {
+        ReadyOutcome::Ready => Readiness::Ready,
+        ReadyOutcome::Slow => Readiness::Slow,
+        ReadyOutcome::Exited {
+            status,
+            first_error_lines,
+        } => {
+            let port_holder = first_error_lines
+                .iter()
+                .find_map(|l| crate::supervisor::ports::detect_port_conflict(l))
+                .map(
+                    |port| match port.and_then(crate::supervisor::ports::describe_holder) {
+                        Some(h) => format!("port {} is held by {h}", port.unwrap_or_default()),
+                        None => match port {
+                            Some(p) => format!("port {p} was taken"),
+                            None => "its port was taken".to_owned(),
+                        },
+                    },
+                );
+            Readiness::Exited {
                 status,
                 first_error_lines,
-            } => Readiness::Exited {
-                status,
-                first_error_lines,
-            },
-            ReadyOutcome::Failed { error } => Readiness::Failed { error },
-            ReadyOutcome::NotRunning => Readiness::NotRunning,
+                port_holder,
+            }
         }
+        ReadyOutcome::Failed { error } => Readiness::Failed { error },
+        ReadyOutcome::NotRunning => Readiness::NotRunning,
     }
 }
 
@@ -273,7 +305,9 @@ impl Ops {
 
     /// Start a configured or known process by name, or a new runtime process from a
     /// command. Idempotent: the same command in the same directory already running
-    /// returns that process.
+    /// returns that process (never another one than an explicitly named one). Answers
+    /// once the process is ready, or has stayed up for the settle time, or has failed:
+    /// see [`StartResult::readiness`].
     pub async fn start(&self, req: StartRequest, by: Actor) -> Result<StartResult, OpError> {
         let wait = req.wait().map_err(OpError::BadRequest)?;
         let (name, handle, already) = match &req.command {
@@ -288,72 +322,113 @@ impl Ops {
                 (name, handle, already)
             }
             Some(argv) => {
-                if argv.is_empty() || argv[0].is_empty() {
-                    return Err(OpError::BadRequest(
-                        "the command is empty; pass the program and its arguments, e.g. [\"npm\", \"run\", \"dev\"]".into(),
-                    ));
-                }
                 let _guard = self.inner.start_lock.lock().await;
-                let cwd = match &req.cwd {
-                    Some(c) if c.is_absolute() => c.clone(),
-                    Some(c) => self.inner.config.dir.join(c),
-                    None => self.inner.config.dir.clone(),
-                };
-                if !cwd.is_dir() {
-                    return Err(OpError::BadRequest(format!(
-                        "the working directory {} does not exist",
-                        cwd.display()
-                    )));
-                }
-                match self.find_same(argv, &cwd) {
-                    Some((name, handle)) if handle.status_now().state.is_running() => {
-                        (name, handle, true)
-                    }
-                    // Not running: start it again, unless the caller names another process.
-                    Some((name, handle))
-                        if req.name.as_deref().is_none_or(|wanted| wanted == name) =>
-                    {
-                        (name, handle, false)
-                    }
-                    _ => {
-                        let name = self.unique_name(req.name.as_deref(), argv)?;
-                        let spec = RuntimeSpec {
-                            name: name.clone(),
-                            argv: argv.clone(),
-                            cwd: cwd.clone(),
-                            env: req.env.clone(),
-                        };
-                        self.inner
-                            .store
-                            .put_process(&name, serde_json::to_vec(&spec).expect("serializable"))?;
-                        let handle =
-                            self.add(runtime_process_spec(&spec, self.inner.passthrough), true);
-                        (name, handle, false)
-                    }
-                }
+                self.find_or_define(&req, argv)?
             }
         };
-        let status = if already {
-            handle.status_now()
+        if !already {
+            handle.start(by).await?;
+        }
+        let readiness = if already {
+            None
         } else {
-            handle.start(by).await?
-        };
-        let readiness = match wait {
-            Some(t) if !already || status.ready != Some(true) => {
-                Some(handle.wait_ready(t).await.into())
-            }
-            _ => None,
+            self.await_ready(&name, &handle, wait).await
         };
         Ok(StartResult {
             status: handle.status_now(),
+            cwd: self.cwd_of(&name),
             name,
             already_running: already,
             readiness,
         })
     }
 
-    /// The runtime or configured process running `argv` in `cwd`, if any.
-    fn find_same(&self, argv: &[String], cwd: &std::path::Path) -> Option<(String, ProcessHandle)> {
+    /// The process a start of `argv` means: a live twin (same command and directory)
+    /// to attach to, else a stopped twin to start again, else a new runtime process
+    /// (`req.name`, or one derived from the command). A name never resolves to a
+    /// process with another name.
+    fn find_or_define(
+        &self,
+        req: &StartRequest,
+        argv: &[String],
+    ) -> Result<(String, ProcessHandle, bool), OpError> {
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(OpError::BadRequest(
+                "the command is empty; pass the program and its arguments, e.g. [\"npm\", \"run\", \"dev\"]".into(),
+            ));
+        }
+        let cwd = match &req.cwd {
+            Some(c) if c.is_absolute() => c.clone(),
+            Some(c) => self.inner.config.dir.join(c),
+            None => self.inner.config.dir.clone(),
+        };
+        if !cwd.is_dir() {
+            return Err(OpError::BadRequest(format!(
+                "the working directory {} does not exist",
+                cwd.display()
+            )));
+        }
+        let fits = |name: &str| req.name.as_deref().is_none_or(|w| w == name);
+        let twins = self.same_command(argv, &cwd);
+        if let Some((name, handle)) = twins
+            .iter()
+            .find(|(n, h)| fits(n) && h.status_now().state.is_running())
+        {
+            return Ok((name.clone(), handle.clone(), true));
+        }
+        if let Some((name, handle)) = twins.iter().find(|(n, _)| fits(n)) {
+            return Ok((name.clone(), handle.clone(), false));
+        }
+        let name = self.new_name(req.name.as_deref(), argv)?;
+        let spec = RuntimeSpec {
+            name: name.clone(),
+            argv: argv.to_vec(),
+            cwd,
+            env: req.env.clone(),
+            restart: req.restart.unwrap_or(RestartPolicy::Never),
+            ready: req.ready().map_err(OpError::BadRequest)?,
+        };
+        self.inner
+            .store
+            .put_process(&name, serde_json::to_vec(&spec).expect("serializable"))?;
+        let handle = self.add(runtime_process_spec(&spec, self.inner.passthrough), true);
+        Ok((name, handle, false))
+    }
+
+    /// Wait as a start or restart asked (`wait`: the readiness timeout, or the settle
+    /// time of a process without a check; zero: not at all; none: the defaults).
+    async fn await_ready(
+        &self,
+        name: &str,
+        handle: &ProcessHandle,
+        wait: Option<Duration>,
+    ) -> Option<Readiness> {
+        let has_check = self.spec_of(name).is_some_and(|s| s.ready.is_some());
+        let (timeout, settle) = match (wait, has_check) {
+            (Some(w), _) if w.is_zero() => return None,
+            (Some(w), true) => (w, Duration::ZERO),
+            (Some(w), false) => (w + SPAWN_ALLOWANCE, w),
+            (None, true) => (DEFAULT_READY_WAIT, Duration::ZERO),
+            (None, false) => (DEFAULT_SETTLE + SPAWN_ALLOWANCE, DEFAULT_SETTLE),
+        };
+        Some(readiness(handle.wait_ready(timeout, settle).await))
+    }
+
+    fn spec_of(&self, name: &str) -> Option<ProcessSpec> {
+        let procs = self
+            .inner
+            .processes
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        procs.get(name).map(|m| m.spec.clone())
+    }
+
+    fn cwd_of(&self, name: &str) -> PathBuf {
+        self.spec_of(name).map(|s| s.cwd).unwrap_or_default()
+    }
+
+    /// The processes (runtime or configured) defined as `argv` in `cwd`.
+    fn same_command(&self, argv: &[String], cwd: &std::path::Path) -> Vec<(String, ProcessHandle)> {
         let procs = self
             .inner
             .processes
@@ -361,25 +436,54 @@ impl Ops {
             .unwrap_or_else(|p| p.into_inner());
         procs
             .iter()
-            .find(|(_, m)| m.spec.argv == argv && m.spec.cwd == cwd)
+            .filter(|(_, m)| m.spec.argv == argv && m.spec.cwd == cwd)
             .map(|(n, m)| (n.clone(), m.handle.clone()))
+            .collect()
     }
 
-    fn unique_name(&self, wanted: Option<&str>, argv: &[String]) -> Result<String, OpError> {
-        let names = self.names();
+    /// A name for a new runtime process: the one asked for (a stopped runtime process of
+    /// that name is replaced by the new definition; its runs stay searchable under the
+    /// name), else one derived from the command, made unique.
+    fn new_name(&self, wanted: Option<&str>, argv: &[String]) -> Result<String, OpError> {
         if let Some(w) = wanted {
             if !crate::config::is_valid_process_name(w) {
                 return Err(OpError::BadRequest(format!(
                     "`{w}` is not a valid process name: use letters, digits, '.', '_' and '-'"
                 )));
             }
-            if names.iter().any(|n| n == w) {
-                return Err(OpError::BadRequest(format!(
-                    "a process named `{w}` already exists with another command or directory; pick another name, or stop and reuse `{w}`"
-                )));
+            let existing = {
+                let procs = self
+                    .inner
+                    .processes
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner());
+                procs
+                    .get(w)
+                    .map(|m| (m.runtime, m.handle.status_now(), m.spec.argv.join(" ")))
+            };
+            match existing {
+                None => {}
+                Some((false, _, _)) => {
+                    return Err(OpError::BadRequest(format!(
+                        "`{w}` is a process of the project's .mcp-run; start it by name without a command, or pick another name"
+                    )));
+                }
+                Some((true, status, cmd))
+                    if !matches!(
+                        status.state,
+                        State::Stopped | State::Exited { .. } | State::Failed { .. }
+                    ) =>
+                {
+                    return Err(OpError::BadRequest(format!(
+                        "a process named `{w}` is {} with another command (`{cmd}`); pick another name, or stop `{w}` first to reuse the name",
+                        status.state
+                    )));
+                }
+                Some((true, _, _)) => self.forget(w),
             }
             return Ok(w.to_owned());
         }
+        let names = self.names();
         let base = derive_name(argv);
         let mut name = base.clone();
         let mut n = 2;
@@ -388,6 +492,55 @@ impl Ops {
             n += 1;
         }
         Ok(name)
+    }
+
+    /// Take a process out of the list (its supervisor ends; it is not running).
+    fn forget(&self, name: &str) {
+        let removed = self
+            .inner
+            .processes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(m) = removed {
+            tokio::spawn(async move { m.handle.shutdown().await });
+        }
+    }
+
+    /// Remove a runtime process that is not running from the list (and from the store's
+    /// list, so it does not come back after a daemon restart). Its logs stay until
+    /// retention removes them.
+    pub async fn remove(&self, process: &str) -> Result<(), OpError> {
+        let (name, handle) = self.find(process)?;
+        let runtime = {
+            let procs = self
+                .inner
+                .processes
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            procs.get(&name).is_some_and(|m| m.runtime)
+        };
+        if !runtime {
+            return Err(OpError::BadRequest(format!(
+                "`{name}` is a process of the project's .mcp-run; remove it from the file instead"
+            )));
+        }
+        let state = handle.status_now().state;
+        if !matches!(
+            state,
+            State::Stopped | State::Exited { .. } | State::Failed { .. }
+        ) {
+            return Err(OpError::BadRequest(format!(
+                "`{name}` is {state}; stop it first (`bpm stop {name}`), then remove it"
+            )));
+        }
+        let store = self.inner.store.clone();
+        let key = name.clone();
+        tokio::task::spawn_blocking(move || store.remove_process(&key))
+            .await
+            .map_err(|e| OpError::BadRequest(e.to_string()))??;
+        self.forget(&name);
+        Ok(())
     }
 
     pub async fn stop(&self, process: &str, force: bool, by: Actor) -> Result<Status, OpError> {
@@ -401,8 +554,8 @@ impl Ops {
         Ok(handle.cancel_build(by).await?)
     }
 
-    /// Restart (build-then-swap where there is a build step). An agent's restart switches
-    /// the daemon to dev mode.
+    /// Restart (build-then-swap where there is a build step), then wait as
+    /// [`Ops::start`] does. An agent's restart switches the daemon to dev mode.
     pub async fn restart(
         &self,
         process: &str,
@@ -413,19 +566,13 @@ impl Ops {
         if by == Actor::Mcp {
             self.set_mode(Mode::Dev, Actor::Mcp).await?;
         }
-        let status = handle.restart(by).await?;
-        let readiness = match wait {
-            Some(t) => Some(handle.wait_ready(t).await.into()),
-            None => None,
-        };
+        handle.restart(by).await?;
+        let readiness = self.await_ready(&name, &handle, wait).await;
         Ok(StartResult {
+            cwd: self.cwd_of(&name),
             name,
             already_running: false,
-            status: if readiness.is_some() {
-                handle.status_now()
-            } else {
-                status
-            },
+            status: handle.status_now(),
             readiness,
         })
     }
@@ -470,48 +617,74 @@ pub fn runtime_process_spec(spec: &RuntimeSpec, passthrough: bool) -> ProcessSpe
         cwd: spec.cwd.clone(),
         env: spec.env.clone(),
         build: None,
-        restart: RestartPolicy::OnFailure,
+        restart: spec.restart,
         stop_signal: nix::sys::signal::Signal::SIGTERM,
         stop_timeout: Duration::from_secs(5),
-        ready: None,
+        ready: spec.ready.clone(),
         passthrough,
         release: None,
         direnv: crate::supervisor::process::uses_direnv(&spec.cwd),
     }
 }
 
-/// A process name from a command: `npm run dev` -> `npm-run-dev`.
+/// Programs that run something else: the name comes from what they run.
+const RUNNERS: &[&str] = &[
+    "python", "python3", "node", "npx", "pnpx", "bunx", "uvx", "deno", "ruby", "perl", "php", "sh",
+    "bash", "zsh", "dash", "env", "exec", "nohup",
+];
+
+/// How long a derived name may grow; it is cut at a word boundary.
+const NAME_MAX: usize = 24;
+
+/// A short process name from a command, cut at word boundaries: `npm run dev` ->
+/// `npm-run-dev`, `npx vite` -> `vite`, `python3 -m http.server 8080` ->
+/// `http-server-8080`. Options are left out.
 pub fn derive_name(argv: &[String]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for (i, a) in argv.iter().enumerate() {
-        let a = if i == 0 {
-            a.rsplit('/').next().unwrap_or(a)
+    let mut words: Vec<&str> = Vec::new();
+    for a in argv {
+        // A shell script's words count as words.
+        words.extend(a.split_whitespace());
+    }
+    let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_owned();
+    let mut words: Vec<String> = words
+        .into_iter()
+        .filter(|w| !w.starts_with('-'))
+        .map(|w| {
+            let cleaned: String = base(w)
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            cleaned
+                .split('-')
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join("-")
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    while words.len() > 1
+        && RUNNERS
+            .iter()
+            .any(|r| words[0] == *r || words[0].starts_with(&format!("{r}-")))
+    {
+        words.remove(0);
+    }
+    let mut name = String::new();
+    for w in words {
+        let grown = if name.is_empty() {
+            w.clone()
         } else {
-            a.as_str()
+            format!("{name}-{w}")
         };
-        let cleaned: String = a
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let cleaned = cleaned.trim_matches('-').to_owned();
-        if !cleaned.is_empty() {
-            parts.push(cleaned);
+        if grown.len() > NAME_MAX {
+            if name.is_empty() {
+                name = w.chars().take(NAME_MAX).collect();
+            }
+            break;
         }
+        name = grown;
     }
-    let mut name = parts.join("-");
-    while name.contains("--") {
-        name = name.replace("--", "-");
-    }
-    if name.len() > 40 {
-        name.truncate(40);
-        name = name.trim_end_matches('-').to_owned();
-    }
+    let name = name.trim_matches('-').to_owned();
     if name.is_empty() {
         "process".to_owned()
     } else {
@@ -527,14 +700,27 @@ mod tests {
     fn names_from_commands() {
         let n = |v: &[&str]| derive_name(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(n(&["npm", "run", "dev"]), "npm-run-dev");
+        assert_eq!(n(&["npx", "vite"]), "vite");
         assert_eq!(
             n(&["/usr/bin/python3", "-m", "http.server", "8000"]),
-            "python3-m-http.server-8000"
+            "http-server-8000"
         );
         assert_eq!(
-            n(&["sh", "-c", "echo hi && sleep 1"]),
-            "sh-c-echo-hi-sleep-1"
+            n(&[
+                "python3",
+                "-m",
+                "http.server",
+                "48992",
+                "--bind",
+                "127.0.0.1"
+            ]),
+            "http-server-48992",
+            "cut at a word boundary"
         );
+        assert_eq!(n(&["sh", "-c", "echo hi && sleep 1"]), "echo-hi-sleep-1");
+        assert_eq!(n(&["cargo", "run", "--release"]), "cargo-run");
         assert_eq!(n(&["--"]), "process");
+        assert_eq!(n(&["sh"]), "sh");
+        assert_eq!(n(&["x".repeat(40).as_str()]).len(), 24);
     }
 }

@@ -196,12 +196,15 @@ impl ProcessHandle {
         }
     }
 
-    /// Wait until the running instance is ready (its readiness check passed; at once
-    /// without a check), it exits, or `timeout` passes ([`ReadyOutcome::Slow`]: the
-    /// process keeps running). During a build, waits for the build and the start after it.
-    pub async fn wait_ready(&self, timeout: Duration) -> ReadyOutcome {
+    /// Wait until the running instance is ready (its readiness check passed; without a
+    /// check, it stayed up for `settle`), it exits, or `timeout` passes
+    /// ([`ReadyOutcome::Slow`]: the process keeps running). During a build, waits for the
+    /// build and the start after it.
+    pub async fn wait_ready(&self, timeout: Duration, settle: Duration) -> ReadyOutcome {
         let mut rx = self.published.clone();
         let mut target: Option<u64> = None;
+        // Without a readiness check: when the instance has stayed up long enough.
+        let mut settled_at: Option<tokio::time::Instant> = None;
         let wait = async {
             loop {
                 {
@@ -214,22 +217,22 @@ impl ProcessHandle {
                         None => ReadyOutcome::NotRunning,
                     };
                     let instance = p.status.instance;
+                    // The instance we waited for exited and a new one started.
+                    let replaced = target.is_some() && target != instance;
                     match &p.status.state {
-                        State::Starting => {
-                            if target.is_none() {
-                                target = instance;
-                            } else if target != instance {
-                                // The instance we waited for exited and a new one started.
-                                return exited();
+                        State::Starting | State::Running if replaced => return exited(),
+                        State::Starting => target = instance,
+                        State::Running => {
+                            target = instance;
+                            if settle.is_zero() {
+                                return ReadyOutcome::Ready;
                             }
+                            settled_at.get_or_insert_with(|| tokio::time::Instant::now() + settle);
                         }
-                        State::Running | State::Ready => {
-                            if target.is_some() && target != instance {
-                                return exited();
-                            }
-                            return ReadyOutcome::Ready;
-                        }
-                        State::Building => {}
+                        State::Ready if replaced => return exited(),
+                        State::Ready => return ReadyOutcome::Ready,
+                        // The end is being recorded: what it was comes next.
+                        State::Building | State::Exiting => {}
                         State::Backoff { .. } | State::Exited { .. } => return exited(),
                         State::Failed { error } => {
                             return ReadyOutcome::Failed {
@@ -242,7 +245,14 @@ impl ProcessHandle {
                         return ReadyOutcome::NotRunning;
                     }
                 }
-                if rx.changed().await.is_err() {
+                let changed = match settled_at {
+                    Some(at) => tokio::select! {
+                        r = rx.changed() => r,
+                        _ = tokio::time::sleep_until(at) => return ReadyOutcome::Ready,
+                    },
+                    None => rx.changed().await,
+                };
+                if changed.is_err() {
                     return ReadyOutcome::NotRunning;
                 }
             }

@@ -63,6 +63,9 @@ pub enum State {
     /// Nothing runs and a build is under way (while an old instance runs during a
     /// build-then-swap, the state is that instance's and [`Status::building`] is set).
     Building,
+    /// Its leader exited; the rest of its group is being stopped and its output drained.
+    /// What follows (exited, backoff) is known once that is done.
+    Exiting,
     /// Exited by itself and the restart policy does not restart it.
     Exited { status: ExitStatus },
     /// Could not be started (the command or its build failed).
@@ -90,6 +93,7 @@ impl std::fmt::Display for State {
                 write!(f, "crashed, restarting in {:.0}s", left as f64 / 1000.0)
             }
             State::Building => f.write_str("building"),
+            State::Exiting => f.write_str("exiting"),
             State::Exited { status } => write!(f, "exited ({status})"),
             State::Failed { error } => write!(f, "failed: {error}"),
         }

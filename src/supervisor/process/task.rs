@@ -318,6 +318,10 @@ impl Supervisor {
         if let Some(p) = run.probe.take() {
             p.abort();
         }
+        // Seen at once: while the group is stopped and the pipes drain, the process is
+        // exiting, never "running" (nobody may attach to it or count it as started).
+        self.state = State::Exiting;
+        self.publish();
         let (sig, grace) = if force {
             (Signal::SIGKILL, Duration::ZERO)
         } else {
@@ -336,6 +340,10 @@ impl Supervisor {
         if let Some(p) = run.probe.take() {
             p.abort();
         }
+        // Seen at once: while the group is stopped and the pipes drain, the process is
+        // exiting, never "running" (nobody may attach to it or count it as started).
+        self.state = State::Exiting;
+        self.publish();
         let status = match result {
             Ok(s) => convert_status(s),
             Err(e) => {
