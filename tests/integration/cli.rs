@@ -396,6 +396,7 @@ fn ctrl_c_on_a_terminal_asks_whether_to_stop() {
     let env = Env::new();
     let args = ["run", "--", "sh", "-c", "echo up; exec sleep 300"];
     let mut pty = Pty::run(&env, &args);
+    // The output is printed once bpm handles Ctrl+C.
     pty.wait_seen("the output", "up\r\n");
     let pid = env.process("sh-c-echo-up-exec-sleep-300")["pid"]
         .as_u64()
@@ -414,6 +415,9 @@ fn ctrl_c_on_a_terminal_asks_whether_to_stop() {
     // Attach again; this time stop it.
     let mut pty = Pty::run(&env, &args);
     pty.wait_seen("the attach note", "attached to");
+    // bpm prints the note before it handles Ctrl+C, the backlog after: a ^C between the
+    // two would end it unasked.
+    pty.wait_seen("the backlog", "up\r\n");
     pty.press(b"\x03");
     pty.wait_seen("the question", "? [y/N]");
     pty.press(b"y");
