@@ -387,6 +387,9 @@ impl StartResult {
             m.push_str(&match ready {
                 Readiness::Ready => "; ready".to_owned(),
                 Readiness::Slow => "; not ready yet (still starting; check get_status)".to_owned(),
+                Readiness::Exited { status, .. } if status.success() => {
+                    format!("; it ran and finished ({status})")
+                }
                 Readiness::Exited {
                     status,
                     first_error_lines,
@@ -412,9 +415,14 @@ impl StartResult {
 }
 
 impl Readiness {
-    /// Whether the start failed (the process did not come up).
+    /// Whether the start failed: the process could not be started, or it exited before
+    /// it was ready (a run that finished with exit code 0, a one-shot job, did not fail).
     pub fn failed(&self) -> bool {
-        matches!(self, Readiness::Exited { .. } | Readiness::Failed { .. })
+        match self {
+            Readiness::Exited { status, .. } => !status.success(),
+            Readiness::Failed { .. } => true,
+            _ => false,
+        }
     }
 }
 

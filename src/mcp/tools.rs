@@ -156,6 +156,8 @@ impl ServerHandler for BpmTools {
                 "no tool named `{other}`; the tools are get_status, start, stop, restart, search_logs and search_build_log"
             )),
         };
+        // The agent was active until it got its answer (a start may wait for readiness).
+        self.ops.agent_activity();
         Ok(match result {
             Ok(r) => r,
             Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),

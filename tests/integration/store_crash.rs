@@ -3,8 +3,9 @@
 //! and reopens the store. Everything reported durable must be there, in order, without a
 //! gap, and the instance must come back as interrupted.
 //!
-//! The child is this very test binary, re-executed with `--exact crash_child`: that test
-//! does nothing unless `BPM_CRASH_CHILD` names a store path.
+//! The child is this very test binary, re-executed with `--exact store_crash::crash_child`:
+//! that test does nothing unless `BPM_CRASH_CHILD` names a store path (set on the child
+//! only, never in this process).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -13,8 +14,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bpm::logs::{ExitStatus, Filter, InstanceKind, SpawnInfo, Store, StoreOptions, Stream, Window};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+
+use crate::helpers::process::{ChildGuard, spawn};
+use crate::helpers::tempdir;
 
 const CHILD_ENV: &str = "BPM_CRASH_CHILD";
 const MODE_ENV: &str = "BPM_CRASH_MODE";
@@ -61,6 +63,12 @@ fn crash_child() {
     }
 }
 
+/// The libtest name of [`crash_child`] in this binary (`store_crash::crash_child`).
+fn child_test() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::crash_child")
+}
+
 /// What the child said: its instance, and the highest line number it saw made durable.
 #[derive(Default)]
 struct Reports {
@@ -86,18 +94,35 @@ impl Reports {
     }
 }
 
+/// A store whose writer was SIGKILLed mid-stream, and what the writer had reported.
+struct Crashed {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    instance: u64,
+    /// The highest line number reported durable.
+    durable: u64,
+    flushes: usize,
+}
+
 fn crash_and_recover(mode: &str, min_flushes: usize) {
-    let dir = tempfile::tempdir().unwrap();
+    let crashed = kill_mid_stream(mode, min_flushes);
+    check_recovery(mode, &crashed);
+}
+
+/// Run the child in `mode` until it reported `min_flushes` flushes, then SIGKILL it.
+fn kill_mid_stream(mode: &str, min_flushes: usize) -> Crashed {
+    let dir = tempdir();
     let path = dir.path().join("logs.redb");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &path)
-        .env(MODE_ENV, mode)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = ChildGuard(spawn(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &child_test(), "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &path)
+            .env(MODE_ENV, mode)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    ));
+    // (If this test fails before it kills the child, the guard does.)
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -114,20 +139,17 @@ fn crash_and_recover(mode: &str, min_flushes: usize) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => r.take(&line),
-            Err(e) => {
-                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                let _ = child.wait();
-                panic!(
-                    "the child reported only {} flushes in time ({e})",
-                    r.flushes
-                );
-            }
+            Err(e) => panic!(
+                "the child reported only {} flushes in time ({e})",
+                r.flushes
+            ),
         }
     }
-    // Kill it somewhere in the middle of appending and committing.
+    // Kill it somewhere in the middle of appending and committing: it appends on for a
+    // moment past its last report. This sleep is the scenario, not a wait for anything.
     std::thread::sleep(Duration::from_millis(30));
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-    let status = child.wait().unwrap();
+    child.0.kill().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(!status.success(), "{status:?}");
     reader.join().unwrap();
     // Reports that were printed before the kill count too.
@@ -136,12 +158,30 @@ fn crash_and_recover(mode: &str, min_flushes: usize) {
     }
     let instance = r.instance.expect("the child named its instance");
     let durable = r.durable.expect("some flush was reported");
-    let flushes = r.flushes;
+    Crashed {
+        _dir: dir,
+        path,
+        instance,
+        durable,
+        flushes: r.flushes,
+    }
+}
 
+/// Everything reported durable is there, in order and without a gap; the instance is
+/// interrupted; the store goes on and then closes cleanly.
+fn check_recovery(mode: &str, crashed: &Crashed) {
+    let Crashed {
+        path,
+        instance,
+        durable,
+        flushes,
+        ..
+    } = crashed;
+    let (path, instance, durable) = (path.as_path(), *instance, *durable);
     let t = Instant::now();
-    let opened = Store::open(&path, StoreOptions::default()).unwrap();
+    let opened = Store::open(path, StoreOptions::default()).unwrap();
     let reopen = t.elapsed();
-    let file_bytes = std::fs::metadata(&path).unwrap().len();
+    let file_bytes = std::fs::metadata(path).unwrap().len();
     println!(
         "{mode}: reopened after SIGKILL in {reopen:?} ({file_bytes} bytes, {} lines reported durable after {flushes} flushes)",
         durable + 1
@@ -182,7 +222,7 @@ fn crash_and_recover(mode: &str, min_flushes: usize) {
     w.append(Stream::Stdout, b"after the crash\n");
     w.finish(ExitStatus::Code(0)).unwrap();
     store.close().unwrap();
-    let opened = Store::open(&path, StoreOptions::default()).unwrap();
+    let opened = Store::open(path, StoreOptions::default()).unwrap();
     assert!(!opened.unclean && opened.interrupted.is_empty());
     opened.store.close().unwrap();
 }

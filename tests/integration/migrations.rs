@@ -12,6 +12,9 @@ use bpm::logs::{
     StoreError, StoreOptions, Stream, Window,
 };
 
+use crate::helpers::store::read_texts;
+use crate::helpers::tempdir;
+
 /// Line timestamps of the fixture: fixed, so the test can check them exactly.
 const TS: i64 = 1_700_000_000_000_000;
 
@@ -22,7 +25,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// Writes `migrations/fixtures/v1.redb`. Run with
-/// `cargo test --test migrations -- --ignored generate_v1_fixture`.
+/// `cargo test --test integration -- --ignored --exact migrations::generate_v1_fixture`.
 #[test]
 #[ignore = "writes the frozen v1 fixture; run once, by hand"]
 fn generate_v1_fixture() {
@@ -143,11 +146,17 @@ fn copy_fixture(dir: &Path) -> PathBuf {
     path
 }
 
-#[test]
-fn the_v1_fixture_reads_exactly() {
-    let dir = tempfile::tempdir().unwrap();
+/// A copy of the v1 fixture, opened (the copy's directory goes with it).
+fn open_fixture_copy() -> (tempfile::TempDir, bpm::logs::Opened) {
+    let dir = tempdir();
     let path = copy_fixture(dir.path());
     let opened = Store::open(&path, StoreOptions::default()).unwrap();
+    (dir, opened)
+}
+
+#[test]
+fn the_v1_fixture_opens_cleanly_with_its_processes() {
+    let (_dir, opened) = open_fixture_copy();
     assert!(!opened.unclean, "the fixture was closed cleanly");
     assert!(opened.interrupted.is_empty());
     assert!(opened.moved_aside.is_none());
@@ -161,6 +170,13 @@ fn the_v1_fixture_reads_exactly() {
             ("worker".to_owned(), b"worker spec v1".to_vec())
         ]
     );
+    store.close().unwrap();
+}
+
+#[test]
+fn the_v1_fixture_keeps_its_instances_and_their_metadata() {
+    let (_dir, opened) = open_fixture_copy();
+    let store = opened.store;
     let ids = |p, k| -> Vec<(u64, Option<ExitStatus>)> {
         store
             .instances(p, k)
@@ -197,6 +213,13 @@ fn the_v1_fixture_reads_exactly() {
         }
     );
 
+    store.close().unwrap();
+}
+
+#[test]
+fn the_v1_fixture_keeps_every_line_exactly() {
+    let (_dir, opened) = open_fixture_copy();
+    let store = opened.store;
     let all = store
         .read(1, Window::Head(usize::MAX), &Filter::default())
         .unwrap();
@@ -222,19 +245,20 @@ fn the_v1_fixture_reads_exactly() {
         )
         .unwrap();
     assert_eq!(errs.iter().map(|l| l.seq).collect::<Vec<_>>(), [1, 5]);
-    let texts = |id| -> Vec<String> {
-        store
-            .read(id, Window::Head(100), &Filter::default())
-            .unwrap()
-            .iter()
-            .map(|l| l.text().into_owned())
-            .collect()
-    };
+    let texts = |id| read_texts(&store, id, Window::Head(100));
     assert_eq!(texts(2), ["compiling", "warning: unused"]);
     assert_eq!(texts(3), ["second run"]);
     assert_eq!(texts(4), ["working", "no newline"]);
     assert_eq!(texts(5), ["error: boom"]);
 
+    store.close().unwrap();
+}
+
+#[test]
+fn the_v1_fixture_keeps_its_events() {
+    let (_dir, opened) = open_fixture_copy();
+    let store = opened.store;
+    use ExitStatus::Code;
     let kinds = |p| -> Vec<(Option<String>, Option<u64>, EventKind)> {
         store
             .events(p, 100)
@@ -268,7 +292,14 @@ fn the_v1_fixture_reads_exactly() {
     assert_eq!(kinds(Some("worker")), std::slice::from_ref(&crash));
     assert_eq!(kinds(None), [note, stop, crash, stopped]);
 
-    // The migrated store goes on: new instances continue the numbering.
+    store.close().unwrap();
+}
+
+#[test]
+fn a_migrated_store_goes_on_numbering_instances() {
+    let (_dir, opened) = open_fixture_copy();
+    let store = opened.store;
+    // New instances continue the numbering.
     let w = store
         .begin_instance("web", InstanceKind::Run, SpawnInfo::default())
         .unwrap();
@@ -281,7 +312,7 @@ fn the_v1_fixture_reads_exactly() {
 
 #[test]
 fn a_store_from_a_newer_bpm_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let path = copy_fixture(dir.path());
     {
         const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");

@@ -1,10 +1,11 @@
 //! The MCP server through a real MCP client (rmcp's, over real HTTP) against a daemon
-//! started in-process, with real child processes and the real store.
+//! started in-process, with real child processes and the real store; and the transport
+//! itself through raw HTTP (`helpers::api`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ClientRequest,
@@ -15,90 +16,19 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A daemon running in this test's runtime; shut down (its processes stopped) on drop.
-struct TestDaemon {
-    port: u16,
-    data: PathBuf,
-    project: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
+use crate::helpers::api::{exchange_async, mcp, request};
+use crate::helpers::daemon::{DaemonOf, Dirs, InProcess, bpm_command, options};
+use crate::helpers::process::alive;
+use crate::helpers::{umask_shared, wait_for_async};
 
-#[derive(Default, Clone)]
-struct Setup {
-    config: Option<&'static str>,
-    token: Option<String>,
-    session_idle: Option<Duration>,
-}
-
-impl TestDaemon {
-    async fn start(project: &Path, data: &Path, setup: Setup) -> TestDaemon {
-        if let Some(c) = setup.config {
-            std::fs::write(project.join(".mcp-run"), c).unwrap();
-        }
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let opts = bpm::daemon::Options {
-            dir: project.to_owned(),
-            data_dir: Some(data.to_owned()),
-            port: Some(0),
-            passthrough: Some(false),
-            store: Default::default(),
-            listen: None,
-            token: setup.token,
-            mcp_session_idle: setup.session_idle,
-        };
-        let task = tokio::spawn(bpm::daemon::run(
-            opts,
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |info| {
-                let _ = port_tx.send(info.port);
-            },
-        ));
-        let port = wait_for("the daemon to listen", 30, || port_rx.try_recv().ok()).await;
-        TestDaemon {
-            port,
-            data: data.to_owned(),
-            project: project.to_owned(),
-            stop: Some(stop_tx),
-            task: Some(task),
-        }
+/// An in-process daemon of `dirs` with the default options, after writing `config` as
+/// the project's `.mcp-run` (if given).
+fn start(dirs: &Dirs, config: Option<&str>) -> InProcess {
+    if let Some(c) = config {
+        dirs.write_config(c);
     }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.port)
-    }
-
-    async fn shutdown(mut self) {
-        self.stop.take().map(|s| s.send(()));
-        if let Some(t) = self.task.take() {
-            t.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        // A test that panicked: stop the processes at least (the runtime is going away).
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    InProcess::start(options(dirs))
 }
 
 /// Counts progress notifications.
@@ -135,12 +65,12 @@ impl ClientHandler for Client {
 
 type Session = RunningService<RoleClient, Client>;
 
-async fn connect(d: &TestDaemon) -> Session {
+async fn connect(d: &InProcess) -> Session {
     connect_with(d, Client::default(), None).await
 }
 
-async fn connect_with(d: &TestDaemon, client: Client, token: Option<&str>) -> Session {
-    let mut config = StreamableHttpClientTransportConfig::with_uri(d.url());
+async fn connect_with(d: &InProcess, client: Client, token: Option<&str>) -> Session {
+    let mut config = StreamableHttpClientTransportConfig::with_uri(d.mcp_url());
     if let Some(t) = token {
         config = config.auth_header(t.to_owned());
     }
@@ -196,71 +126,10 @@ async fn err(s: &Session, tool: &str, args: Value) -> String {
     text(&r)
 }
 
-fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let t = tempfile::tempdir().unwrap();
-    let project = t.path().join("project");
-    let data = t.path().join("data");
-    std::fs::create_dir_all(&project).unwrap();
-    (t, project, data)
-}
-
-/// Send raw HTTP/1.1 to the daemon; the status code and body.
-async fn raw(port: u16, request: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    // Read the head and whatever body arrives within a moment (SSE bodies stay open).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = tokio::time::timeout(Duration::from_millis(300), s.read(&mut chunk)).await;
-        match n {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) if !buf.is_empty() => break,
-            Err(_) => assert!(Instant::now() < deadline, "no answer"),
-        }
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
-}
-
-fn post_mcp(port: u16, headers: &str, body: &str) -> String {
-    format!(
-        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-fn init_body(version: &str) -> String {
-    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": version, "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"}}})
-    .to_string()
-}
-
-fn session_id(response: &str) -> String {
-    response
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("mcp-session-id")
-                .then(|| v.trim().to_owned())
-        })
-        .expect("a session id")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tool_list_matches_the_committed_snapshot() {
-    let (_t, project, data) = dirs();
-    let d = TestDaemon::start(&project, &data, Setup::default()).await;
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
     let s = connect(&d).await;
     let tools = s.list_all_tools().await.unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
@@ -337,42 +206,28 @@ async fn the_tool_list_matches_the_committed_snapshot() {
     d.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tools_work_and_failures_say_what_would_work() {
-    let (_t, project, data) = dirs();
-    let d = TestDaemon::start(&project, &data, Setup::default()).await;
+/// A runtime process printing a colour line, 300 numbered lines and `oops` on stderr,
+/// then waiting; started through the tool, its output arrived.
+struct Noisy {
+    s: Session,
+    d: InProcess,
+    name: String,
+    pid: u64,
+    _dirs: Dirs,
+}
+
+const NOISY: &str = "printf '\\033[31mred alert\\033[0m\\n'; i=0; while [ $i -lt 300 ]; do echo \"line $i\"; i=$((i+1)); done; echo 'oops' >&2; exec sleep 60";
+
+async fn noisy() -> Noisy {
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
     let s = connect(&d).await;
-
-    let st = ok(&s, "get_status", json!({})).await;
-    assert_eq!(st["processes"], json!([]));
-    assert!(
-        err(&s, "stop", json!({"process": "nope"}))
-            .await
-            .contains("no process named `nope`")
-    );
-
-    // A runtime process printing colour and numbered lines, then waiting.
-    let script = "printf '\\033[31mred alert\\033[0m\\n'; i=0; while [ $i -lt 300 ]; do echo \"line $i\"; i=$((i+1)); done; echo 'oops' >&2; exec sleep 60";
-    let started = ok(&s, "start", json!({"command": ["sh", "-c", script]})).await;
+    let started = ok(&s, "start", json!({"command": ["sh", "-c", NOISY]})).await;
     let name = started["name"].as_str().unwrap().to_owned();
     let pid = started["status"]["pid"].as_u64().unwrap();
     assert_eq!(started["already_running"], json!(false));
-
-    // Idempotent: the same command in the same directory is that process.
-    let again = ok(&s, "start", json!({"command": ["sh", "-c", script]})).await;
-    assert_eq!(again["already_running"], json!(true));
-    assert_eq!(again["name"].as_str(), Some(name.as_str()));
-    assert_eq!(again["status"]["pid"].as_u64(), Some(pid));
-    assert!(
-        again["message"]
-            .as_str()
-            .unwrap()
-            .contains("already running")
-    );
-
     // Wait for the output, through the tool.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_for_async("the whole output, through search_logs", async || {
         let r = ok(
             &s,
             "search_logs",
@@ -385,17 +240,65 @@ async fn tools_work_and_failures_say_what_would_work() {
             json!({"process": name, "pattern": "^line 299$"}),
         )
         .await;
-        if r["matched"] == json!(1) && last["matched"] == json!(1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "output never arrived: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        r["matched"] == json!(1) && last["matched"] == json!(1)
+    })
+    .await;
+    Noisy {
+        s,
+        d,
+        name,
+        pid,
+        _dirs: dirs,
     }
+}
 
-    // The tail, numbers as strings, the pid instead of the name. (stdout and stderr are
-    // separate pipes, so their relative order is not fixed: read one at a time.)
+impl Noisy {
+    async fn finish(self) {
+        self.s.cancel().await.unwrap();
+        self.d.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_status_of_an_empty_daemon_and_stop_of_an_unknown_name() {
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
+    let s = connect(&d).await;
+    let st = ok(&s, "get_status", json!({})).await;
+    assert_eq!(st["processes"], json!([]));
+    assert!(
+        err(&s, "stop", json!({"process": "nope"}))
+            .await
+            .contains("no process named `nope`")
+    );
+    s.cancel().await.unwrap();
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_of_the_same_command_in_the_same_directory_is_that_process() {
+    let n = noisy().await;
+    let again = ok(&n.s, "start", json!({"command": ["sh", "-c", NOISY]})).await;
+    assert_eq!(again["already_running"], json!(true));
+    assert_eq!(again["name"].as_str(), Some(n.name.as_str()));
+    assert_eq!(again["status"]["pid"].as_u64(), Some(n.pid));
+    assert!(
+        again["message"]
+            .as_str()
+            .unwrap()
+            .contains("already running")
+    );
+    n.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_logs_tails_by_pid_with_numbers_as_strings_one_stream_at_a_time() {
+    let n = noisy().await;
+    let (s, name, pid) = (&n.s, &n.name, n.pid);
+    // (stdout and stderr are separate pipes, so their relative order is not fixed: read
+    // one at a time.)
     let tail = ok(
-        &s,
+        s,
         "search_logs",
         json!({"process": pid.to_string(), "tail": "5", "stream": "stdout"}),
     )
@@ -406,7 +309,7 @@ async fn tools_work_and_failures_say_what_would_work() {
     );
     assert_eq!(tail["omitted_by_limit"], json!(296));
     let errs = ok(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "stream": "stderr"}),
     )
@@ -415,10 +318,15 @@ async fn tools_work_and_failures_say_what_would_work() {
     assert_eq!(errs["lines"][0]["text"], json!("oops"));
     assert_eq!(errs["lines"][0]["stream"], json!("stderr"));
     assert!(tail["hint"].as_str().unwrap().contains("around_line="));
+    n.finish().await;
+}
 
-    // A search: matches marked, context around them, ANSI stripped by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_logs_marks_matches_gives_context_and_strips_ansi_unless_asked() {
+    let n = noisy().await;
+    let (s, name) = (&n.s, &n.name);
     let r = call(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "pattern": "^line 15$", "context_lines": 1}),
     )
@@ -435,14 +343,14 @@ async fn tools_work_and_failures_say_what_would_work() {
         text(&r)
     );
     let red = ok(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "pattern": "alert"}),
     )
     .await;
     assert_eq!(red["lines"][0]["text"], json!("red alert"));
     let raw_red = ok(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "pattern": "alert", "keep_ansi": true}),
     )
@@ -454,7 +362,7 @@ async fn tools_work_and_failures_say_what_would_work() {
 
     // More context around a line, by its number.
     let around = ok(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "around_line": seq, "context_lines": "2"}),
     )
@@ -463,112 +371,121 @@ async fn tools_work_and_failures_say_what_would_work() {
         texts(&around),
         ["line 13", "line 14", "line 15", "line 16", "line 17"]
     );
+    n.finish().await;
+}
 
-    // The default cap: 200 lines.
-    let capped = ok(&s, "search_logs", json!({"process": name})).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_logs_caps_at_200_lines_and_filters_by_time() {
+    let n = noisy().await;
+    let (s, name) = (&n.s, &n.name);
+    let capped = ok(s, "search_logs", json!({"process": name})).await;
     assert_eq!(capped["lines"].as_array().unwrap().len(), 200);
-    // Time filters: nothing was printed in the future.
+    // Nothing was printed in the future.
     let none = ok(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "since": "2999-01-01T00:00:00Z"}),
     )
     .await;
     assert_eq!(none["lines"], json!([]));
     let recent = ok(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "since": "10m", "stream": "stderr"}),
     )
     .await;
     assert_eq!(recent["lines"].as_array().unwrap().len(), 1);
+    n.finish().await;
+}
 
-    // Failures that say what would work.
-    let e = err(&s, "search_logs", json!({"process": "web"})).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_say_what_would_work() {
+    let n = noisy().await;
+    let (s, name) = (&n.s, &n.name);
+    let e = err(s, "search_logs", json!({"process": "web"})).await;
     assert!(e.contains(&format!("known: {name}")), "{e}");
     let e = err(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "pattern": "(unclosed"}),
     )
     .await;
     assert!(e.contains("bad regex") && e.contains("(unclosed"), "{e}");
-    let e = err(&s, "search_logs", json!({"process": name, "index": -5})).await;
+    let e = err(s, "search_logs", json!({"process": name, "index": -5})).await;
     assert!(e.contains("-1") && e.contains("1 "), "{e}");
-    let e = err(&s, "search_logs", json!({"process": name, "lines": 5})).await;
+    let e = err(s, "search_logs", json!({"process": name, "lines": 5})).await;
     assert!(
         e.contains("unknown field `lines`") && e.contains("`tail`"),
         "{e}"
     );
     let e = err(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "stream": "stdmix"}),
     )
     .await;
     assert!(e.contains("stdout, stderr or both"), "{e}");
     let e = err(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "since": "yesterday"}),
     )
     .await;
     assert!(e.contains("10m") && e.contains("ISO 8601"), "{e}");
     let e = err(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "head": 1, "tail": 1}),
     )
     .await;
     assert!(e.contains("not both"), "{e}");
-    let e = err(&s, "search_build_log", json!({"process": name})).await;
+    let e = err(s, "search_build_log", json!({"process": name})).await;
     assert!(e.contains("build"), "{e}");
-    let e = err(&s, "start", json!({})).await;
+    let e = err(s, "start", json!({})).await;
     assert!(e.contains("`name`") && e.contains("`command`"), "{e}");
-    let e = err(&s, "launch", json!({})).await;
+    let e = err(s, "launch", json!({})).await;
     assert!(e.contains("get_status, start"), "{e}");
 
-    // Restart: a new pid; the previous run stays readable as index -2.
-    let r = ok(&s, "restart", json!({"process": name})).await;
+    n.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_gives_a_new_pid_and_keeps_the_previous_run_as_index_minus_2() {
+    let n = noisy().await;
+    let (s, name) = (&n.s, &n.name);
+    let r = ok(s, "restart", json!({"process": name})).await;
     let new_pid = r["status"]["pid"].as_u64().unwrap();
-    assert_ne!(new_pid, pid);
+    assert_ne!(new_pid, n.pid);
     let prev = ok(
-        &s,
+        s,
         "search_logs",
         json!({"process": name, "index": "-2", "pattern": "oops"}),
     )
     .await;
     assert_eq!(prev["matched"], json!(1));
-    assert_eq!(prev["instances"][0]["pid"].as_u64(), Some(pid));
+    assert_eq!(prev["instances"][0]["pid"].as_u64(), Some(n.pid));
+    let st = ok(s, "get_status", json!({"process": name})).await;
+    assert_eq!(st["processes"][0]["run_instances"], json!(2));
+    n.finish().await;
+}
 
-    // Stop (force as a string), and the status says so.
-    let stopped = ok(&s, "stop", json!({"process": name, "force": "true"})).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_stop_with_force_as_a_string_stops_it_and_the_status_says_so() {
+    let n = noisy().await;
+    let (s, name, pid) = (&n.s, &n.name, n.pid);
+    let stopped = ok(s, "stop", json!({"process": name, "force": "true"})).await;
     assert_eq!(stopped["status"]["state"], json!("stopped"));
     assert!(
         stopped["message"]
             .as_str()
             .unwrap()
-            .contains(&format!("pid {new_pid}"))
+            .contains(&format!("pid {pid}"))
     );
-    let st = ok(&s, "get_status", json!({"process": name})).await;
+    let st = ok(s, "get_status", json!({"process": name})).await;
     assert_eq!(st["processes"][0]["state"], json!("stopped"));
-    assert_eq!(st["processes"][0]["run_instances"], json!(2));
-    assert!(!process_alive(new_pid as i32));
-
-    s.cancel().await.unwrap();
-    d.shutdown().await;
-}
-
-fn process_alive(pid: i32) -> bool {
-    // A zombie is gone for our purposes: read its state.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()
-                .map(|r| !r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    assert_eq!(st["processes"][0]["run_instances"], json!(1));
+    assert!(!alive(pid as u32));
+    n.finish().await;
 }
 
 const BUILD_CONFIG: &str = r#"
@@ -578,27 +495,25 @@ build = ["sh", "-c", "if [ -f fail ]; then echo 'error[E0308]: mismatched types'
 autostart = false
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_builds_with_progress_reports_failures_and_honours_cancellation() {
-    let (_t, project, data) = dirs();
-    let d = TestDaemon::start(
-        &project,
-        &data,
-        Setup {
-            config: Some(BUILD_CONFIG),
-            ..Default::default()
-        },
-    )
-    .await;
-    let client = Client::default();
-    let progress = client.progress.clone();
-    let messages = client.messages.clone();
+/// A daemon of [`BUILD_CONFIG`] with `app` started (built, then running), and a session
+/// of `client`; its pid.
+async fn built_app(dirs: &Dirs, client: Client) -> (InProcess, Session, u64) {
+    let d = start(dirs, Some(BUILD_CONFIG));
     let s = connect_with(&d, client, None).await;
-
     let started = ok(&s, "start", json!({"name": "app"})).await;
     let pid = started["status"]["pid"]
         .as_u64()
         .expect("running after its build");
+    (d, s, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_build_reports_progress_while_building() {
+    let dirs = Dirs::new();
+    let client = Client::default();
+    let progress = client.progress.clone();
+    let messages = client.messages.clone();
+    let (d, s, pid) = built_app(&dirs, client).await;
 
     // A restart with a progress token gets progress while building.
     let before = progress.load(Ordering::SeqCst);
@@ -618,13 +533,19 @@ async fn restart_builds_with_progress_reports_failures_and_honours_cancellation(
         "{:?}",
         messages.lock().unwrap()
     );
+    s.cancel().await.unwrap();
+    d.shutdown().await;
+}
 
-    // A failed build: an error result with the compiler's error; the old pid runs on.
-    std::fs::write(project.join("fail"), "").unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_build_is_an_error_with_the_compilers_error_and_the_old_pid_runs_on() {
+    let dirs = Dirs::new();
+    let (d, s, pid) = built_app(&dirs, Client::default()).await;
+    std::fs::write(dirs.project.join("fail"), "").unwrap();
     let e = err(&s, "restart", json!({"process": "app"})).await;
     assert!(e.contains("error[E0308]: mismatched types"), "{e}");
     let st = ok(&s, "get_status", json!({"process": "app"})).await;
-    assert_eq!(st["processes"][0]["pid"].as_u64(), Some(new_pid));
+    assert_eq!(st["processes"][0]["pid"].as_u64(), Some(pid));
     let log = ok(
         &s,
         "search_build_log",
@@ -632,10 +553,16 @@ async fn restart_builds_with_progress_reports_failures_and_honours_cancellation(
     )
     .await;
     assert_eq!(log["matched"], json!(1));
-    std::fs::remove_file(project.join("fail")).unwrap();
+    s.cancel().await.unwrap();
+    d.shutdown().await;
+}
 
-    // Cancelling the request (here by a client-side timeout) stops the build.
-    std::fs::write(project.join("slow"), "").unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_restart_stops_its_build_and_the_old_instance_runs_on() {
+    let dirs = Dirs::new();
+    let (d, s, pid) = built_app(&dirs, Client::default()).await;
+    // Cancelled here by a client-side timeout (the build would take 30 s).
+    std::fs::write(dirs.project.join("slow"), "").unwrap();
     let args = json!({"process": "app"}).as_object().unwrap().clone();
     let handle = s
         .send_request_with_option(
@@ -650,38 +577,32 @@ async fn restart_builds_with_progress_reports_failures_and_honours_cancellation(
         handle.await_response().await.is_err(),
         "the request timed out"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    // Events become readable with the store's next group commit.
+    let p = wait_for_async("the build to be cancelled", async || {
         let st = ok(&s, "get_status", json!({"process": "app"})).await;
-        let p = &st["processes"][0];
-        let events: Vec<&str> = p["recent_events"]
+        let p = st["processes"][0].clone();
+        let cancelled = p["recent_events"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| e["what"].as_str().unwrap())
-            .collect();
-        // Events become readable with the store's next group commit.
-        if p["building"] == json!(false) && events.iter().any(|e| e.contains("build cancelled")) {
-            assert_eq!(
-                p["pid"].as_u64(),
-                Some(new_pid),
-                "the old instance keeps running"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "the build still runs: {p}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(process_alive(new_pid as i32));
-
+            .any(|e| e["what"].as_str().unwrap().contains("build cancelled"));
+        (p["building"] == json!(false) && cancelled).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        p["pid"].as_u64(),
+        Some(pid),
+        "the old instance keeps running"
+    );
+    assert!(alive(pid as u32));
     s.cancel().await.unwrap();
     d.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_protocol_version_from_2025_03_26_to_2026_07_28_works() {
-    let (_t, project, data) = dirs();
-    let d = TestDaemon::start(&project, &data, Setup::default()).await;
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
     for v in [
         ProtocolVersion::V_2025_03_26,
         ProtocolVersion::V_2025_06_18,
@@ -700,164 +621,168 @@ async fn every_protocol_version_from_2025_03_26_to_2026_07_28_works() {
         s.cancel().await.unwrap();
     }
     // And a client that speaks plain HTTP: /mcp/ as well as /mcp.
-    let (code, resp) = raw(
+    let r = exchange_async(
         d.port,
-        &post_mcp(d.port, "", &init_body("2025-03-26")).replace("POST /mcp ", "POST /mcp/ "),
+        mcp::post(d.port, "", &mcp::initialize("2025-03-26")).replace("POST /mcp ", "POST /mcp/ "),
     )
     .await;
-    assert_eq!(code, 200, "{resp}");
-    assert!(
-        resp.contains("\"protocolVersion\":\"2025-03-26\""),
-        "{resp}"
-    );
+    assert_eq!(r.code, 200, "{r}");
+    assert!(r.body.contains("\"protocolVersion\":\"2025-03-26\""), "{r}");
     d.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_origins_and_hosts_are_refused_and_the_token_is_enforced() {
-    let (_t, project, data) = dirs();
-    let d = TestDaemon::start(&project, &data, Setup::default()).await;
-    let body = init_body("2025-06-18");
-    let (code, resp) = raw(
-        d.port,
-        &post_mcp(d.port, "Origin: https://evil.example\r\n", &body),
+async fn foreign_origins_and_hosts_are_refused() {
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
+    let port = d.port;
+    let body = mcp::initialize("2025-06-18");
+    let r = exchange_async(
+        port,
+        mcp::post(port, "Origin: https://evil.example\r\n", &body),
     )
     .await;
-    assert_eq!(code, 403, "{resp}");
-    assert!(resp.contains("evil.example"), "{resp}");
-    let (code, _) = raw(
-        d.port,
-        &post_mcp(d.port, "", &body).replace(
-            &format!("Host: 127.0.0.1:{}", d.port),
-            "Host: rebound.example",
-        ),
+    assert_eq!(r.code, 403, "{r}");
+    assert!(r.text().contains("evil.example"), "{r}");
+    let r = exchange_async(
+        port,
+        mcp::post(port, "", &body)
+            .replace(&format!("Host: 127.0.0.1:{port}"), "Host: rebound.example"),
     )
     .await;
-    assert_eq!(code, 403);
-    let (code, resp) = raw(
-        d.port,
-        &post_mcp(d.port, "Origin: http://localhost:5173\r\n", &body),
+    assert_eq!(r.code, 403, "{r}");
+    let r = exchange_async(
+        port,
+        mcp::post(port, "Origin: http://localhost:5173\r\n", &body),
     )
     .await;
-    assert_eq!(code, 200, "a local page may: {resp}");
+    assert_eq!(r.code, 200, "a local page may: {r}");
     // The JSON API is behind the same gate.
-    let (code, _) = raw(
-        d.port,
-        "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n",
+    let r = exchange_async(
+        port,
+        request("GET", "/api/status", "Origin: https://evil.example\r\n", ""),
     )
     .await;
-    assert_eq!(code, 403);
+    assert_eq!(r.code, 403, "{r}");
     d.shutdown().await;
+}
 
-    let (_t2, project, data) = dirs();
-    let d = TestDaemon::start(
-        &project,
-        &data,
-        Setup {
-            token: Some("s3cret-token".into()),
-            ..Default::default()
-        },
-    )
-    .await;
-    let (code, resp) = raw(d.port, &post_mcp(d.port, "", &body)).await;
-    assert_eq!(code, 401, "{resp}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_enforced() {
+    let dirs = Dirs::new();
+    let d = InProcess::start(bpm::daemon::Options {
+        token: Some("s3cret-token".into()),
+        ..options(&dirs)
+    });
+    let port = d.port;
+    let body = mcp::initialize("2025-06-18");
+    let r = exchange_async(port, mcp::post(port, "", &body)).await;
+    assert_eq!(r.code, 401, "{r}");
     assert!(
-        resp.to_ascii_lowercase()
-            .contains("www-authenticate: bearer"),
-        "{resp}"
+        r.header("www-authenticate")
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("bearer")),
+        "{r}"
     );
-    let (code, _) = raw(
-        d.port,
-        &post_mcp(d.port, "Authorization: Bearer wrong\r\n", &body),
+    let r = exchange_async(
+        port,
+        mcp::post(port, "Authorization: Bearer wrong\r\n", &body),
     )
     .await;
-    assert_eq!(code, 401);
+    assert_eq!(r.code, 401, "{r}");
     let s = connect_with(&d, Client::default(), Some("s3cret-token")).await;
     ok(&s, "get_status", json!({})).await;
     s.cancel().await.unwrap();
     d.shutdown().await;
 }
 
+/// A daemon whose idle MCP sessions live 1.5 s: standing for the default week.
+fn short_sessions(dirs: &Dirs) -> InProcess {
+    InProcess::start(bpm::daemon::Options {
+        mcp_session_idle: Some(Duration::from_millis(1500)),
+        ..options(dirs)
+    })
+}
+
+/// A raw MCP session: initialized, its id.
+async fn raw_session(port: u16) -> String {
+    let r = exchange_async(port, mcp::post(port, "", &mcp::initialize("2025-06-18"))).await;
+    assert_eq!(r.code, 200, "{r}");
+    let id = r.header("mcp-session-id").expect("a session id").to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
+    let r = exchange_async(port, with_session(port, &id, &initialized)).await;
+    assert_eq!(r.code, 202, "{r}");
+    id
+}
+
+/// A request of session `id`.
+fn with_session(port: u16, id: &str, body: &str) -> String {
+    mcp::post(
+        port,
+        &format!("Mcp-Session-Id: {id}\r\nMcp-Protocol-Version: 2025-06-18\r\n"),
+        body,
+    )
+}
+
+fn tools_list() -> String {
+    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string()
+}
+
+// The sleeps below are the behaviour under test: sessions idle for a given time.
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_live_past_the_old_limit_and_dead_ones_get_404() {
-    let (_t, project, data) = dirs();
-    // The limit is configurable: 1.5 s here stands for the week of the default.
-    let d = TestDaemon::start(
-        &project,
-        &data,
-        Setup {
-            session_idle: Some(Duration::from_millis(1500)),
-            ..Default::default()
-        },
-    )
-    .await;
     assert!(bpm::mcp::DEFAULT_SESSION_IDLE >= Duration::from_secs(24 * 3600));
+    let dirs = Dirs::new();
+    let d = short_sessions(&dirs);
     let port = d.port;
-    let (code, resp) = raw(port, &post_mcp(port, "", &init_body("2025-06-18"))).await;
-    assert_eq!(code, 200, "{resp}");
-    let id = session_id(&resp);
-    let with_session = |body: &str| {
-        post_mcp(
-            port,
-            &format!("Mcp-Session-Id: {id}\r\nMcp-Protocol-Version: 2025-06-18\r\n"),
-            body,
-        )
-    };
-    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
-    let (code, _) = raw(port, &with_session(&initialized)).await;
-    assert_eq!(code, 202);
-    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string();
+    let id = raw_session(port).await;
     // Idle for a while under the limit: still alive.
     tokio::time::sleep(Duration::from_millis(900)).await;
-    let (code, resp) = raw(port, &with_session(&list)).await;
-    assert_eq!(code, 200, "{resp}");
-    assert!(resp.contains("search_logs"));
+    let r = exchange_async(port, with_session(port, &id, &tools_list())).await;
+    assert_eq!(r.code, 200, "{r}");
+    assert!(r.body.contains("search_logs"), "{r}");
     // Idle past the limit: the spec's answer, 404, so the client re-initializes.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (code, _) = raw(port, &with_session(&list)).await;
-    assert_eq!(code, 404);
+    let r = exchange_async(port, with_session(port, &id, &tools_list())).await;
+    assert_eq!(r.code, 404, "{r}");
+    d.shutdown().await;
+}
 
-    // A real client idle past the limit carries on: it re-initializes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_client_idle_past_the_limit_reinitializes_by_itself() {
+    let dirs = Dirs::new();
+    let d = short_sessions(&dirs);
     let s = connect(&d).await;
     ok(&s, "get_status", json!({})).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     ok(&s, "get_status", json!({})).await;
     s.cancel().await.unwrap();
-
-    // After a daemon restart, a session of the old daemon gets 404 too.
-    let project = d.project.clone();
-    let data = d.data.clone();
     d.shutdown().await;
-    let d = TestDaemon::start(&project, &data, Setup::default()).await;
-    let (code, _) = raw(
-        d.port,
-        &post_mcp(
-            d.port,
-            &format!("Mcp-Session-Id: {id}\r\nMcp-Protocol-Version: 2025-06-18\r\n"),
-            &list,
-        ),
-    )
-    .await;
-    assert_eq!(code, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_an_earlier_daemon_gets_404() {
+    let dirs = Dirs::new();
+    let d = short_sessions(&dirs);
+    let id = raw_session(d.port).await;
+    d.shutdown().await;
+    let d = start(&dirs, None);
+    let r = exchange_async(d.port, with_session(d.port, &id, &tools_list())).await;
+    assert_eq!(r.code, 404, "{r}");
     d.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tool_call_is_agent_activity() {
-    let (_t, project, data) = dirs();
-    let d = TestDaemon::start(&project, &data, Setup::default()).await;
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
     let s = connect(&d).await;
     // The JSON API is not an agent: it reads the idle time without resetting it.
-    let idle = || async {
-        let (code, resp) = raw(
-            d.port,
-            "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert_eq!(code, 200);
-        let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
-        let v: Value = serde_json::from_str(body).unwrap();
-        v["agent_idle_seconds"].as_f64().unwrap()
+    let api = d.api();
+    let idle = async || {
+        api.status_async().await["agent_idle_seconds"]
+            .as_f64()
+            .unwrap()
     };
     for (tool, args) in [
         ("get_status", json!({})),
@@ -870,6 +795,7 @@ async fn every_tool_call_is_agent_activity() {
         ("restart", json!({"process": "sleeper"})),
         ("stop", json!({"process": "sleeper"})),
     ] {
+        // Idle time to accumulate: the sleep is the behaviour under test.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(idle().await >= 0.3, "before {tool}");
         call(&s, tool, args).await;
@@ -885,44 +811,27 @@ async fn every_tool_call_is_agent_activity() {
     d.shutdown().await;
 }
 
-/// SIGTERM the daemon recorded in `data` (one this test started), and wait until it is gone.
-fn stop_daemon_of(data: &Path) -> Option<u32> {
-    let info = bpm::daemon::read_daemon_info(data)?;
-    let pid = nix::unistd::Pid::from_raw(info.pid as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while process_alive(info.pid as i32) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(info.pid)
-}
-
-/// Stops the daemon a `bpm mcp` started, also when the test fails.
-struct StopDaemonOf(PathBuf);
-
-impl Drop for StopDaemonOf {
-    fn drop(&mut self) {
-        stop_daemon_of(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stdio_bridge_starts_the_daemon_and_survives_its_restart() {
-    let (_t, project, data) = dirs();
-    let _cleanup = StopDaemonOf(data.clone());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bpm"))
-        .arg("mcp")
+    let dirs = Dirs::new();
+    let data = dirs.data.clone();
+    let daemon = DaemonOf(data.clone());
+    let mut cmd = bpm_command(&dirs);
+    cmd.arg("mcp")
         .arg("--data-dir")
         .arg(&data)
-        .current_dir(&project)
+        .current_dir(&dirs.project)
         .env("BPM_PORT", "0")
-        .env("BPM_LOG", "warn")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::null());
+    let mut child = {
+        let _umask = umask_shared();
+        tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
     let stdout = child.stdout.take().unwrap();
     let stdin = child.stdin.take().unwrap();
     let client = Client::default();
@@ -941,27 +850,23 @@ async fn the_stdio_bridge_starts_the_daemon_and_survives_its_restart() {
     .await;
     let name = started["name"].as_str().unwrap().to_owned();
     let first = bpm::daemon::read_daemon_info(&data).expect("a daemon was started");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_for_async("the output, through the bridge", async || {
         let r = ok(
             &s,
             "search_logs",
             json!({"process": name, "pattern": "hello"}),
         )
         .await;
-        if r["matched"] == json!(1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no output: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        r["matched"] == json!(1)
+    })
+    .await;
     // Failures come through as error results.
     let e = err(&s, "search_logs", json!({"process": "nope"})).await;
     assert!(e.contains(&format!("known: {name}")), "{e}");
     ok(&s, "restart", json!({"process": name})).await;
 
     // The daemon goes away; the next call finds none and starts another.
-    stop_daemon_of(&data);
+    tokio::task::block_in_place(|| daemon.stop());
     let st = ok(&s, "get_status", json!({})).await;
     let second = bpm::daemon::read_daemon_info(&data).expect("a new daemon");
     assert_ne!(first.pid, second.pid);

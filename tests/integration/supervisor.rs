@@ -1,20 +1,23 @@
 //! The supervision of one process, against real processes (`sh -c`) and a real store.
 //!
 //! Every wait is on a condition with a deadline; durations are short but the deadlines
-//! generous, so the tests hold on a loaded machine.
+//! generous, so the tests hold on a loaded machine. The only sleep is one whose length is
+//! the point of its test (nothing happens within it).
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use bpm::config::{Ready, ReadyCheck, RestartPolicy};
-use bpm::logs::{Actor, EventKind, ExitStatus, Filter, InstanceKind, Store, StoreOptions, Window};
+use bpm::logs::{Actor, EventKind, ExitStatus, InstanceKind, Store, Window};
 use bpm::supervisor::process::{
     Mode, ProcessError, ProcessHandle, ProcessSpec, ReadyOutcome, State, Status, Timing,
 };
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+use crate::helpers::process::alive;
+use crate::helpers::store::{open, read_texts};
+use crate::helpers::{DEADLINE, Outcome, tempdir, wait_for_async};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -24,10 +27,8 @@ struct Env {
 }
 
 fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("logs.redb"), StoreOptions::default())
-        .unwrap()
-        .store;
+    let dir = tempdir();
+    let store = open(&dir.path().join("logs.redb"));
     let (tx, rx) = watch::channel(Mode::Release);
     Env {
         dir,
@@ -74,16 +75,9 @@ async fn finish(env: Env, handles: &[&ProcessHandle]) {
     env.store.close().unwrap();
 }
 
-/// Poll `f` until it returns `Some`, or fail after the deadline.
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Wait (async) until `f` holds.
+async fn until<O: Outcome>(what: &str, mut f: impl FnMut() -> O) -> O::Value {
+    wait_for_async(what, async || f()).await
 }
 
 async fn until_status(h: &ProcessHandle, what: &str, f: impl Fn(&Status) -> bool) -> Status {
@@ -91,12 +85,7 @@ async fn until_status(h: &ProcessHandle, what: &str, f: impl Fn(&Status) -> bool
 }
 
 fn texts(store: &Store, instance: u64, window: Window) -> Vec<String> {
-    store
-        .read(instance, window, &Filter::default())
-        .unwrap()
-        .iter()
-        .map(|l| l.text().into_owned())
-        .collect()
+    read_texts(store, instance, window)
 }
 
 fn events(store: &Store, name: &str) -> Vec<EventKind> {
@@ -109,7 +98,7 @@ fn events(store: &Store, name: &str) -> Vec<EventKind> {
 }
 
 async fn until_event(store: &Store, name: &str, f: impl Fn(&EventKind) -> bool) -> EventKind {
-    until("an event", || {
+    until(&format!("an event of {name}"), || {
         events(store, name).into_iter().find(|e| f(e))
     })
     .await
@@ -122,27 +111,11 @@ fn runs(store: &Store, name: &str) -> usize {
 /// Wait until the store lists `n` run instances (a new instance is listed once the
 /// writer has committed it, shortly after it started).
 async fn until_runs(store: &Store, name: &str, n: usize) {
-    until(&format!("{n} run instances"), || {
-        Some(()).filter(|_| runs(store, name) == n)
-    })
-    .await
+    until(&format!("{n} run instances"), || runs(store, name) == n).await
 }
 
 fn builds(store: &Store, name: &str) -> Vec<bpm::logs::InstanceMeta> {
     store.instances(name, InstanceKind::Build).unwrap()
-}
-
-/// Whether `pid` runs (exists and is not a zombie).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat[stat.rfind(')').unwrap() + 1..]
-                .split_whitespace()
-                .next();
-            !matches!(state, Some("Z") | Some("X"))
-        }
-        Err(_) => false,
-    }
 }
 
 /// The first line the instance printed, parsed as a pid.
@@ -214,7 +187,7 @@ async fn stop_kills_what_ignores_sigterm_after_the_timeout() {
     let pid = st.pid.unwrap();
     let instance = st.instance.unwrap();
     until("ready", || {
-        Some(()).filter(|_| texts(&env.store, instance, Window::Head(1)) == ["ready"])
+        texts(&env.store, instance, Window::Head(1)) == ["ready"]
     })
     .await;
     let started = Instant::now();
@@ -294,10 +267,7 @@ async fn a_crash_is_restarted_after_a_backoff() {
     h.start(Actor::Cli).await.unwrap();
     let st = until_status(&h, "three crashes", |s| s.crash_count >= 3).await;
     assert!(st.restarts >= 2, "{st:?}");
-    until("three run instances", || {
-        Some(()).filter(|_| runs(&env.store, "crashy") >= 3)
-    })
-    .await;
+    until("three run instances", || runs(&env.store, "crashy") >= 3).await;
     until_event(&env.store, "crashy", |e| {
         matches!(
             e,
@@ -381,10 +351,7 @@ async fn never_does_not_restart_and_on_failure_not_after_success() {
     // Exited is final: no backoff is pending. Starting again works.
     let st = never.start(Actor::Cli).await.unwrap();
     assert!(st.pid.is_some() || matches!(st.state, State::Exited { .. }));
-    until("a second run", || {
-        Some(()).filter(|_| runs(&env.store, "once") == 2)
-    })
-    .await;
+    until("a second run", || runs(&env.store, "once") == 2).await;
     assert_eq!(runs(&env.store, "fine"), 1);
     assert!(
         !events(&env.store, "once")
@@ -408,7 +375,8 @@ async fn stop_during_backoff_cancels_the_restart() {
     .await;
     let st = h.stop(Actor::Cli, false).await.unwrap();
     assert_eq!(st.state, State::Stopped);
-    // Past the time the restart was due: nothing was started.
+    // Past the time the restart was due: nothing was started. (This sleep is the test:
+    // that nothing happens in it; there is no event to wait for.)
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(h.status().await.state, State::Stopped);
     assert_eq!(runs(&env.store, "crashy"), 1);

@@ -8,6 +8,8 @@
 //! The ring is tiny and lines are short so that eviction and continuation lines happen
 //! all the time. Retention is out of the model (its limits are huge), except for the
 //! separate `keep_instances` property at the end.
+//!
+//! `PROPTEST_CASES` sets the number of cases (default 64).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +21,8 @@ use bpm::search::{self, Query};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use regex::bytes::Regex;
+
+use crate::helpers::{tempdir, wait_for};
 
 const MAX_LINE: usize = 64;
 /// Fake timestamps start here and only ever grow a little.
@@ -347,7 +351,7 @@ fn open(path: &Path) -> bpm::logs::Opened {
 
 impl Harness {
     fn new() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let path = dir.path().join("logs.redb");
         let opened = open(&path);
         assert!(!opened.unclean && opened.interrupted.is_empty());
@@ -753,7 +757,7 @@ proptest! {
         keep_builds in 1..3u32,
         kinds in prop::collection::vec(any::<bool>(), 1..10),
     ) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let store = Store::open(
             &dir.path().join("s.redb"),
             StoreOptions {
@@ -775,15 +779,11 @@ proptest! {
         let ids = |kind| -> Vec<u64> {
             store.instances("p", kind).unwrap().iter().map(|m| m.id).collect()
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while (ids(InstanceKind::Run), ids(InstanceKind::Build)) != (want_runs.clone(), want_builds.clone()) {
-            prop_assert!(
-                std::time::Instant::now() < deadline,
-                "runs {:?} (want {:?}), builds {:?} (want {:?})",
-                ids(InstanceKind::Run), want_runs, ids(InstanceKind::Build), want_builds
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        // Retention runs in the writer after the commits: wait for its effect.
+        wait_for(
+            &format!("retention to leave the runs {want_runs:?} and the builds {want_builds:?}"),
+            || ids(InstanceKind::Run) == want_runs && ids(InstanceKind::Build) == want_builds,
+        );
         // The removed instances' lines are gone, the kept ones' are whole.
         for id in runs.iter().chain(&builds) {
             let lines = store.read(*id, Window::Head(10), &Filter::default()).unwrap();

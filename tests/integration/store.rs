@@ -1,21 +1,13 @@
 //! The log store against a real redb file on disk.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
 use bpm::logs::{
     EventKind, ExitStatus, Filter, InstanceKind, Limits, SpawnInfo, Store, StoreError,
     StoreOptions, Stream, Window,
 };
 use bpm::search::{self, Query, SearchError};
 
-fn open(path: &Path) -> Store {
-    Store::open(path, StoreOptions::default()).unwrap().store
-}
-
-fn texts(lines: &[bpm::logs::Line]) -> Vec<String> {
-    lines.iter().map(|l| l.text().into_owned()).collect()
-}
+use crate::helpers::store::{open, texts};
+use crate::helpers::{DEADLINE, tempdir, wait_for};
 
 fn numbered(n: usize) -> Vec<u8> {
     (0..n)
@@ -26,7 +18,7 @@ fn numbered(n: usize) -> Vec<u8> {
 
 #[test]
 fn lines_survive_close_and_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let path = dir.path().join("logs.redb");
     let store = open(&path);
     let w = store
@@ -82,7 +74,7 @@ fn lines_survive_close_and_reopen() {
 
 #[test]
 fn instance_indexes_and_range_errors() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let store = open(&dir.path().join("s.redb"));
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -118,7 +110,7 @@ fn instance_indexes_and_range_errors() {
 
 #[test]
 fn search_matches_then_context_then_limit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let store = open(&dir.path().join("s.redb"));
     let w = store
         .begin_instance("w", InstanceKind::Run, SpawnInfo::default())
@@ -202,7 +194,7 @@ fn search_matches_then_context_then_limit() {
 
 #[test]
 fn a_match_spanning_lines_is_not_a_match() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let store = open(&dir.path().join("s.redb"));
     let w = store
         .begin_instance("w", InstanceKind::Run, SpawnInfo::default())
@@ -224,7 +216,7 @@ fn a_match_spanning_lines_is_not_a_match() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_joins_history_and_live_lines_without_gaps() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let store = open(&dir.path().join("s.redb"));
     let w = store
         .begin_instance("f", InstanceKind::Run, SpawnInfo::default())
@@ -241,16 +233,20 @@ async fn follow_joins_history_and_live_lines_without_gaps() {
             w.finish(ExitStatus::Code(0)).unwrap();
         })
     };
-    let mut expect = 10u64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Some(batch) = follower.next_batch(1000).await.unwrap() {
-        for l in batch {
-            assert_eq!(l.seq, expect);
-            assert_eq!(l.text(), format!("line {expect}"));
-            expect += 1;
+    let follow = async {
+        let mut expect = 10u64;
+        while let Some(batch) = follower.next_batch(1000).await.unwrap() {
+            for l in batch {
+                assert_eq!(l.seq, expect);
+                assert_eq!(l.text(), format!("line {expect}"));
+                expect += 1;
+            }
         }
-        assert!(Instant::now() < deadline, "follow did not finish");
-    }
+        expect
+    };
+    let expect = tokio::time::timeout(DEADLINE, follow)
+        .await
+        .expect("the follow to reach the instance's end in time");
     assert_eq!(expect, 40_000);
     writer.await.unwrap();
     store.close().unwrap();
@@ -258,7 +254,7 @@ async fn follow_joins_history_and_live_lines_without_gaps() {
 
 #[test]
 fn retention_keeps_the_newest_instances_and_trims_a_huge_one() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let store = Store::open(
         &dir.path().join("s.redb"),
         StoreOptions {
@@ -281,7 +277,9 @@ fn retention_keeps_the_newest_instances_and_trims_a_huge_one() {
         ids.push(w.id());
         w.finish(ExitStatus::Code(0)).unwrap();
     }
-    wait_until(|| store.instances("r", InstanceKind::Run).unwrap().len() == 3);
+    wait_for("retention to leave 3 runs", || {
+        store.instances("r", InstanceKind::Run).unwrap().len() == 3
+    });
     let kept: Vec<_> = store
         .instances("r", InstanceKind::Run)
         .unwrap()
@@ -317,7 +315,7 @@ fn retention_keeps_the_newest_instances_and_trims_a_huge_one() {
     }
     w.append(Stream::Stdout, b"the last line\n");
     w.finish(ExitStatus::Code(0)).unwrap();
-    wait_until(|| {
+    wait_for("retention to trim the big instance to 1 MiB", || {
         let m = store.instance(id).unwrap();
         m.first_seq > 0 && m.stored_bytes <= 1 << 20
     });
@@ -341,7 +339,7 @@ fn retention_keeps_the_newest_instances_and_trims_a_huge_one() {
 
 #[test]
 fn a_full_queue_drops_from_the_store_not_the_ring_and_says_so() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let store = Store::open(
         &dir.path().join("s.redb"),
         StoreOptions {
@@ -373,7 +371,7 @@ fn a_full_queue_drops_from_the_store_not_the_ring_and_says_so() {
 
 #[test]
 fn a_file_that_is_not_a_store_is_moved_aside_not_overwritten() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let path = dir.path().join("logs.redb");
     let junk = b"this is not a redb file, but somebody's data".repeat(200);
     std::fs::write(&path, &junk).unwrap();
@@ -393,7 +391,7 @@ fn a_file_that_is_not_a_store_is_moved_aside_not_overwritten() {
 
 #[test]
 fn read_only_open_is_refused_while_a_daemon_holds_the_store() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let path = dir.path().join("logs.redb");
     let store = open(&path);
     let w = store
@@ -422,7 +420,7 @@ fn read_only_open_is_refused_while_a_daemon_holds_the_store() {
 
 #[test]
 fn events_are_kept_per_process() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let store = open(&dir.path().join("s.redb"));
     store.record(Some("a"), None, EventKind::Note { text: "one".into() });
     store.record(Some("b"), None, EventKind::Note { text: "two".into() });
@@ -453,12 +451,4 @@ fn events_are_kept_per_process() {
     assert_eq!(store.events(None, 10).unwrap().len(), 4);
     assert_eq!(store.events(Some("a"), 1).unwrap().len(), 1);
     store.close().unwrap();
-}
-
-fn wait_until(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not met in time");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

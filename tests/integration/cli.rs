@@ -2,82 +2,45 @@
 //! processes and the real store. Every test stops the daemons it started (SIGTERM by
 //! pid) when it ends, also when it panics.
 
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const BPM: &str = env!("CARGO_BIN_EXE_bpm");
+use crate::helpers::api::process_in;
+use crate::helpers::daemon::{BPM, DaemonOf, Dirs, Served, let_group_commit_happen};
+use crate::helpers::process::{self, KillOnDrop, Spawned, alive, signal, wait_gone};
+use crate::helpers::wait_for;
 
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(pid: u32, sig: Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped) counts as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let state = s
-                .rsplit_once(')')
-                .map(|(_, r)| r.trim_start())
-                .unwrap_or("");
-            !state.starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
-/// A project directory and a data directory; `bpm` commands run in the project with
-/// `BPM_HOME` set to the data directory and `BPM_PORT=0` (an autostarted daemon never
-/// takes the default port). On drop, SIGTERMs the daemon named in `daemon.json` (an
-/// autostarted one, or one started with [`Env::serve`]) and waits until it is gone.
+/// A project and a data directory (see [`Dirs::bpm`] for the environment of the `bpm`
+/// commands). On drop, stops the daemon named in `daemon.json` (an autostarted one, or
+/// one started with [`Env::serve`]) and waits until it is gone.
 struct Env {
-    project: tempfile::TempDir,
-    data: tempfile::TempDir,
-    served: Vec<Child>,
+    dirs: Dirs,
+    served: Vec<Served>,
 }
 
 impl Env {
     fn new() -> Env {
         Env {
-            project: tempfile::tempdir().unwrap(),
-            data: tempfile::tempdir().unwrap(),
+            dirs: Dirs::new(),
             served: Vec::new(),
         }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BPM);
-        c.args(args)
-            .current_dir(self.project.path())
-            .env("BPM_HOME", self.data.path())
-            .env("BPM_PORT", "0")
-            .env("BPM_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
-        c
+        self.dirs.bpm(args)
     }
 
     fn bpm(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
+        process::output(&mut self.cmd(args))
     }
 
     /// Run a command that must succeed; its stdout.
+    #[track_caller]
     fn ok(&self, args: &[&str]) -> String {
         let out = self.bpm(args);
         assert!(
@@ -89,128 +52,47 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    #[track_caller]
     fn json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.push("--json");
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// A `bpm` client left running, its output collected; killed on drop.
     fn spawn(&self, args: &[&str]) -> Spawned {
-        Spawned::new(
-            self.cmd(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        )
+        Spawned::new(&mut self.cmd(args), Signal::SIGKILL)
     }
 
-    /// `bpm serve --port 0` of the project, as a child of the test.
+    /// `bpm serve --port 0` of the project, as a child of the test; its pid once it
+    /// answers.
     fn serve(&mut self) -> u32 {
-        let child = Command::new(BPM)
-            .args(["serve", "--port", "0", "--no-prefix", "--data-dir"])
-            .arg(self.data.path())
-            .arg(self.project.path())
-            .env("BPM_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        self.served.push(child);
-        wait_for("the daemon to answer", 30, || {
-            let info = bpm::daemon::read_daemon_info(self.data.path())?;
-            (info.pid == pid && self.data.path().join("bpm.sock").exists()).then_some(pid)
-        })
+        let daemon = Served::start(&self.dirs);
+        daemon.wait_listening();
+        let pid = daemon.pid();
+        self.served.push(daemon);
+        pid
     }
 
     fn daemon_pid(&self) -> Option<u32> {
-        bpm::daemon::read_daemon_info(self.data.path()).map(|i| i.pid)
+        self.dirs.daemon_pid()
     }
 
     fn write_config(&self, body: &str) {
-        std::fs::write(self.project.path().join(".mcp-run"), body).unwrap();
+        self.dirs.write_config(body);
     }
 
+    /// One process of `bpm status --json` (`Null` if there is none of that name).
     fn process(&self, name: &str) -> Value {
-        let s = self.json(&["status"]);
-        s["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .cloned()
-            .unwrap_or(Value::Null)
+        process_in(&self.json(&["status"]), name)
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Some(pid) = self.daemon_pid()
-            && alive(pid)
-        {
-            signal(pid, Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        for c in &mut self.served {
-            if let Ok(None) = c.try_wait() {
-                signal(c.id(), Signal::SIGTERM);
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A running `bpm` client whose stdout and stderr are collected as they come. Killed on
-/// drop if still running.
-struct Spawned {
-    child: Child,
-    out: Arc<Mutex<String>>,
-    err: Arc<Mutex<String>>,
-}
-
-impl Spawned {
-    fn new(mut child: Child) -> Spawned {
-        let collect = |r: Box<dyn std::io::Read + Send>| {
-            let buf = Arc::new(Mutex::new(String::new()));
-            let b = buf.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(r).lines() {
-                    let Ok(line) = line else { break };
-                    let mut b = b.lock().unwrap();
-                    b.push_str(&line);
-                    b.push('\n');
-                }
-            });
-            buf
-        };
-        let out = collect(Box::new(child.stdout.take().unwrap()));
-        let err = collect(Box::new(child.stderr.take().unwrap()));
-        Spawned { child, out, err }
-    }
-    fn out(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-    fn err(&self) -> String {
-        self.err.lock().unwrap().clone()
-    }
-    fn wait_out(&self, what: &str, needle: &str) {
-        wait_for(what, 30, || self.out().contains(needle).then_some(()));
-    }
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        wait_for("the client to exit", 30, || self.child.try_wait().unwrap())
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // An autostarted daemon; then the served ones (their guards SIGTERM them).
+        drop(DaemonOf(self.dirs.data.clone()));
+        self.served.clear();
     }
 }
 
@@ -243,7 +125,7 @@ fn run_starts_once_then_attaches_and_passes_argv_exactly() {
     let mut first = env.spawn(&args);
     first.wait_out("the argv line", expected);
     assert!(
-        first.err().contains("bpm: started python3-c-import-sys"),
+        first.err().contains("bpm: started import-sys-time"),
         "{}",
         first.err()
     );
@@ -251,11 +133,8 @@ fn run_starts_once_then_attaches_and_passes_argv_exactly() {
     // The same argv in the same directory: attach, with the backlog.
     let mut second = env.spawn(&args);
     second.wait_out("the backlog", expected);
-    wait_for("the attach note", 10, || {
-        second
-            .err()
-            .contains("attached to python3-c-import-sys")
-            .then_some(())
+    wait_for("the attach note", || {
+        second.err().contains("attached to import-sys-time")
     });
     let status = env.json(&["status"]);
     let procs = status["processes"].as_array().unwrap();
@@ -264,7 +143,7 @@ fn run_starts_once_then_attaches_and_passes_argv_exactly() {
 
     // Without a terminal, Ctrl+C detaches: the process keeps running.
     for c in [&mut first, &mut second] {
-        signal(c.child.id(), Signal::SIGINT);
+        c.signal(Signal::SIGINT);
         let st = c.wait_exit();
         assert_eq!(st.code(), Some(0), "{}", c.err());
         assert!(c.err().contains("detached"), "{}", c.err());
@@ -273,20 +152,17 @@ fn run_starts_once_then_attaches_and_passes_argv_exactly() {
     let name = procs[0]["name"].as_str().unwrap();
     assert_eq!(env.process(name)["pid"], pid);
 
-    // --restart: the running match is restarted instead of attached to.
-    let restart_args = [&["run", "--restart"][..], &args[1..]].concat();
+    // --replace: the running match is restarted instead of attached to.
+    let restart_args = [&["run", "--replace"][..], &args[1..]].concat();
     let mut third = env.spawn(&restart_args);
-    wait_for("the restart note", 30, || {
-        third
-            .err()
-            .contains(&format!("restarted {name}"))
-            .then_some(())
+    wait_for("the restart note", || {
+        third.err().contains(&format!("restarted {name}"))
     });
     third.wait_out("the new instance's argv line", expected);
     let new_pid = env.process(name)["pid"].as_u64().unwrap() as u32;
     assert_ne!(new_pid, pid);
     assert!(!alive(pid));
-    signal(third.child.id(), Signal::SIGINT);
+    third.signal(Signal::SIGINT);
     assert_eq!(third.wait_exit().code(), Some(0));
 }
 
@@ -315,7 +191,7 @@ fn logs_follow_survives_a_restart() {
         "[process.web]\ncommand = [\"sh\", \"-c\", \"echo gen $$; exec sleep 300\"]\n",
     );
     env.ok(&["start", "web"]);
-    let first = wait_for("web to run", 30, || env.process("web")["pid"].as_u64());
+    let first = wait_for("web to run", || env.process("web")["pid"].as_u64());
     let mut follow = env.spawn(&["logs", "web", "--follow"]);
     follow.wait_out("the first instance's line", &format!("gen {first}"));
     env.ok(&["restart", "web"]);
@@ -336,18 +212,17 @@ fn previous_instance_after_sigkill_and_offline_reads() {
         "[process.api]\ncommand = [\"sh\", \"-c\", \"echo boot $$; echo 'thread main panicked at src/main.rs' >&2; exec sleep 300\"]\n",
     );
     let daemon = env.serve();
-    let old = wait_for("api to run", 30, || env.process("api")["pid"].as_u64()) as u32;
+    let old = wait_for("api to run", || env.process("api")["pid"].as_u64()) as u32;
     // If the test fails while no daemon runs, nobody else would stop the orphan.
-    let _orphan = KillOnDrop(old);
-    wait_for("its lines", 30, || {
+    let _orphan = KillOnDrop::group(old);
+    wait_for("its lines", || {
         env.ok(&["logs", "api", "--grep", "panic"])
             .contains("panicked")
-            .then_some(())
     });
-    // Let a group commit (at most 100 ms) make the lines durable before the kill.
-    std::thread::sleep(Duration::from_millis(300));
-    signal(daemon, Signal::SIGKILL);
-    wait_for("the daemon to die", 10, || (!alive(daemon)).then_some(()));
+    // The lines are durable before the kill.
+    let_group_commit_happen();
+    env.served.last_mut().unwrap().kill();
+    assert!(!alive(daemon));
 
     // No daemon: reads go to the store, read-only, and say so. Nothing is started.
     let out = env.bpm(&["logs", "api", "--grep", "panic"]);
@@ -369,13 +244,11 @@ fn previous_instance_after_sigkill_and_offline_reads() {
 
     // The next daemon stops the orphan and starts api again; the crashed run is -2.
     env.serve();
-    let new = wait_for("api to run again", 30, || {
+    let new = wait_for("api to run again", || {
         let p = env.process("api")["pid"].as_u64()? as u32;
         (p != old).then_some(p)
     });
-    wait_for("the orphan to be stopped", 30, || {
-        (!alive(old)).then_some(())
-    });
+    wait_gone("the orphan to be stopped", old);
     let out = env.ok(&["logs", "api", "--instance", "-2"]);
     assert!(out.contains(&format!("boot {old}")), "{out}");
     let out = env.ok(&[
@@ -400,13 +273,13 @@ fn previous_instance_after_sigkill_and_offline_reads() {
 fn autostart_from_a_subdirectory_and_no_autostart() {
     let env = Env::new();
     env.write_config("");
-    let sub = env.project.path().join("sub/deeper");
+    let sub = env.dirs.project.join("sub/deeper");
     std::fs::create_dir_all(&sub).unwrap();
-    let data = env.project.path().join(".bpm");
+    let data = env.dirs.project.join(".bpm");
     let cmd = |args: &[&str]| {
         let mut c = env.cmd(args);
         c.current_dir(&sub).env_remove("BPM_HOME");
-        c.output().unwrap()
+        process::output(&mut c)
     };
     let out = cmd(&["run", "--no-autostart", "--", "true"]);
     assert_eq!(code(&out), Some(1));
@@ -418,12 +291,12 @@ fn autostart_from_a_subdirectory_and_no_autostart() {
     assert!(stderr(&out).contains("--no-autostart"), "{}", stderr(&out));
 
     // The project's daemon is found (and started) from a subdirectory.
-    let stop_it = StopDaemonOf(data.clone());
+    let stop_it = DaemonOf(data.clone());
     let out = cmd(&["mode"]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "release\n");
     let info = bpm::daemon::read_daemon_info(&data).expect("a daemon.json");
-    assert_eq!(info.project_dir, env.project.path());
+    assert_eq!(info.project_dir, env.dirs.project.as_path());
     let mode = std::fs::metadata(data.join("bpm.sock"))
         .unwrap()
         .permissions()
@@ -447,32 +320,6 @@ fn autostart_from_a_subdirectory_and_no_autostart() {
     );
 }
 
-/// SIGKILLs a process on drop if it still runs.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if alive(self.0) {
-            signal(self.0, Signal::SIGKILL);
-        }
-    }
-}
-
-/// SIGTERMs the daemon of a data directory on drop and waits until it is gone.
-struct StopDaemonOf(PathBuf);
-
-impl Drop for StopDaemonOf {
-    fn drop(&mut self) {
-        if let Some(info) = bpm::daemon::read_daemon_info(&self.0) {
-            signal(info.pid, Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while alive(info.pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
 /// `bpm run` on a pseudo-terminal: Ctrl+C asks, one keypress answers.
 struct Pty {
     child: Child,
@@ -483,6 +330,12 @@ struct Pty {
 impl Pty {
     fn run(env: &Env, args: &[&str]) -> Pty {
         let pty = nix::pty::openpty(None, None).unwrap();
+        // Close-on-exec, so that the children other tests spawn meanwhile do not inherit
+        // them (which would keep the terminal open after bpm is gone).
+        for fd in [&pty.master, &pty.slave] {
+            use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+        }
         let slave = std::fs::File::from(pty.slave);
         // setsid -c: a new session whose controlling terminal is the pty, with bpm as
         // its foreground process group, so ^C becomes a SIGINT to bpm.
@@ -490,15 +343,16 @@ impl Pty {
         cmd.arg("-c").arg(BPM).args(args);
         let bpm_cmd = env.cmd(&[]);
         for (k, v) in bpm_cmd.get_envs() {
-            if let Some(v) = v {
-                cmd.env(k, v);
-            }
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
         }
-        cmd.current_dir(env.project.path())
+        cmd.current_dir(env.dirs.project.as_path())
             .stdin(slave.try_clone().unwrap())
             .stdout(slave.try_clone().unwrap())
             .stderr(slave);
-        let child = cmd.spawn().unwrap();
+        let child = process::spawn(&mut cmd);
         drop(cmd); // our copies of the slave: the master reads EIO once bpm is gone
         let master = std::fs::File::from(pty.master);
         let seen = Arc::new(Mutex::new(String::new()));
@@ -521,9 +375,7 @@ impl Pty {
         }
     }
     fn wait_seen(&self, what: &str, needle: &str) {
-        wait_for(what, 30, || {
-            self.seen.lock().unwrap().contains(needle).then_some(())
-        });
+        wait_for(what, || self.seen.lock().unwrap().contains(needle));
     }
     fn press(&mut self, bytes: &[u8]) {
         self.master.write_all(bytes).unwrap();
@@ -544,17 +396,18 @@ fn ctrl_c_on_a_terminal_asks_whether_to_stop() {
     let env = Env::new();
     let args = ["run", "--", "sh", "-c", "echo up; exec sleep 300"];
     let mut pty = Pty::run(&env, &args);
+    // The output is printed once bpm handles Ctrl+C.
     pty.wait_seen("the output", "up\r\n");
-    let pid = env.process("sh-c-echo-up-exec-sleep-300")["pid"]
+    let pid = env.process("echo-up-exec-sleep-300")["pid"]
         .as_u64()
         .unwrap() as u32;
     pty.press(b"\x03");
     pty.wait_seen(
         "the question",
-        &format!("Stop sh-c-echo-up-exec-sleep-300 (pid {pid})? [y/N]"),
+        &format!("Stop echo-up-exec-sleep-300 (pid {pid})? [y/N]"),
     );
     pty.press(b"n");
-    let st = wait_for("bpm to detach", 30, || pty.child.try_wait().unwrap());
+    let st = wait_for("bpm to detach", || pty.child.try_wait().unwrap());
     assert_eq!(st.code(), Some(0));
     pty.wait_seen("the detach note", "detached");
     assert!(alive(pid));
@@ -562,20 +415,21 @@ fn ctrl_c_on_a_terminal_asks_whether_to_stop() {
     // Attach again; this time stop it.
     let mut pty = Pty::run(&env, &args);
     pty.wait_seen("the attach note", "attached to");
+    // bpm prints the note before it handles Ctrl+C, the backlog after: a ^C between the
+    // two would end it unasked.
+    pty.wait_seen("the backlog", "up\r\n");
     pty.press(b"\x03");
     pty.wait_seen("the question", "? [y/N]");
     pty.press(b"y");
-    let st = wait_for("bpm to stop it", 30, || pty.child.try_wait().unwrap());
+    let st = wait_for("bpm to stop it", || pty.child.try_wait().unwrap());
     assert_eq!(st.code(), Some(130));
     assert!(!alive(pid), "stopped and gone before bpm returned");
-    assert_eq!(
-        env.process("sh-c-echo-up-exec-sleep-300")["state"],
-        "stopped"
-    );
+    assert_eq!(env.process("echo-up-exec-sleep-300")["state"], "stopped");
 }
 
-#[test]
-fn json_shapes_and_errors_that_say_what_works() {
+/// An environment whose daemon ran `job` to its end: `one` and `three` on stdout, `two`
+/// on stderr, exit 0.
+fn env_with_a_finished_job() -> Env {
     let env = Env::new();
     let out = env.bpm(&[
         "run",
@@ -587,7 +441,12 @@ fn json_shapes_and_errors_that_say_what_works() {
         "echo one; echo two >&2; echo three",
     ]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    env
+}
 
+#[test]
+fn status_json_describes_the_daemon_processes_and_instances() {
+    let env = env_with_a_finished_job();
     let s = env.json(&["status"]);
     assert_eq!(s["mode"], "release");
     assert!(s["daemon_pid"].as_u64().unwrap() > 0);
@@ -600,7 +459,11 @@ fn json_shapes_and_errors_that_say_what_works() {
 
     let s = env.json(&["status", "job"]);
     assert_eq!(s["instances"][0]["exit"]["code"], 0, "{s}");
+}
 
+#[test]
+fn logs_json_has_lines_streams_and_filters() {
+    let env = env_with_a_finished_job();
     let l = env.json(&["logs", "job"]);
     assert_eq!(l["process"], "job");
     let texts: Vec<&str> = l["lines"]
@@ -624,8 +487,11 @@ fn json_shapes_and_errors_that_say_what_works() {
     assert_eq!(l["lines"].as_array().unwrap().len(), 3);
     let l = env.json(&["logs", "job", "--until", "2000-01-01"]);
     assert_eq!(l["lines"].as_array().unwrap().len(), 0);
+}
 
-    // Follow as NDJSON: the instance, its lines, its end.
+#[test]
+fn logs_follow_json_is_ndjson_of_the_instance_its_lines_and_its_end() {
+    let env = env_with_a_finished_job();
     let f = env.spawn(&["logs", "job", "--follow", "--json"]);
     f.wait_out("the exit record", "\"type\":\"exit\"");
     let recs: Vec<Value> = f
@@ -636,13 +502,27 @@ fn json_shapes_and_errors_that_say_what_works() {
     assert_eq!(recs[0]["type"], "instance");
     assert_eq!(recs[1]["type"], "line");
     assert_eq!(recs.last().unwrap()["status"]["code"], 0);
+}
 
+#[test]
+fn start_json_names_the_process_and_says_it_finished() {
+    let env = env_with_a_finished_job();
+    // The job is over within the settle time: the answer says so (a finished one-shot
+    // job is not a failed start: exit 0).
     let r = env.json(&["start", "job"]);
     assert_eq!(r["name"], "job");
-    assert!(r["status"]["pid"].as_u64().is_some(), "{r}");
-    env.ok(&["stop", "job"]);
+    assert_eq!(r["readiness"]["outcome"], "exited", "{r}");
+    assert_eq!(r["readiness"]["status"]["code"], 0, "{r}");
+    assert!(r["status"]["pid"].is_null(), "{r}");
+    assert!(r["cwd"].as_str().is_some_and(|c| !c.is_empty()), "{r}");
+}
 
-    // Errors: what is wrong and what works; 1 for a failure, 2 for bad input.
+#[test]
+fn errors_say_what_works_and_exit_1_for_a_failure_2_for_bad_input() {
+    let env = env_with_a_finished_job();
+    // A second run: the instances are -1..-2.
+    env.ok(&["start", "job"]);
+    env.ok(&["stop", "job"]);
     let out = env.bpm(&["logs", "jbo"]);
     assert_eq!(code(&out), Some(1));
     assert!(
@@ -676,7 +556,11 @@ fn json_shapes_and_errors_that_say_what_works() {
     let out = env.bpm(&["restart", "nope"]);
     assert_eq!(code(&out), Some(1));
     assert!(stderr(&out).contains("known: job"), "{}", stderr(&out));
+}
 
+#[test]
+fn completions_are_generated() {
+    let env = Env::new();
     let comp = env.ok(&["completions", "bash"]);
     assert!(
         comp.contains("_bpm()") && comp.contains("logs"),

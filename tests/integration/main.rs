@@ -1,0 +1,19 @@
+//! The integration tests: one binary (so one build and one link), one module per area,
+//! shared helpers in [`helpers`].
+//!
+//! All tests run in this one process on parallel threads: nothing may change
+//! process-global state (environment, current directory, umask, signal dispositions).
+//! Child processes get what they need through explicit arguments and environment (see
+//! [`helpers::daemon::bpm_command`]), data lives in temporary directories, and listeners
+//! bind 127.0.0.1 port 0.
+
+mod helpers;
+
+mod cli;
+mod daemon;
+mod mcp;
+mod migrations;
+mod store;
+mod store_crash;
+mod store_model;
+mod supervisor;
