@@ -340,6 +340,12 @@ impl Client {
         Ok(())
     }
 
+    /// Wait until every line captured so far is durable.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.send("POST", "/api/flush", None).await?;
+        Ok(())
+    }
+
     pub async fn mode(&self) -> Result<Mode, ClientError> {
         let m: ModeBody = self.call("GET", "/api/mode", None::<&()>).await?;
         Ok(m.mode)

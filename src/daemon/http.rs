@@ -27,6 +27,7 @@ pub fn router(ops: Ops) -> Router {
         .route("/api/logs/{name}", get(logs))
         .route("/api/follow/{name}", get(follow))
         .route("/api/mode", get(get_mode).post(set_mode))
+        .route("/api/flush", post(flush))
         .with_state(ops)
 }
 
@@ -122,6 +123,13 @@ async fn follow(
         Body::from_stream(chunks),
     )
         .into_response())
+}
+
+/// Answers once every line captured so far is durable (tests, and scripts that are
+/// about to take the machine down).
+async fn flush(State(ops): State<Ops>) -> Result<Response, OpError> {
+    ops.flush().await?;
+    Ok(Json(serde_json::json!({ "flushed": true })).into_response())
 }
 
 async fn get_mode(State(ops): State<Ops>) -> Response {

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::helpers::api::process_in;
-use crate::helpers::daemon::{BPM, DaemonOf, Dirs, Served, let_group_commit_happen};
+use crate::helpers::daemon::{BPM, DaemonOf, Dirs, Served, flushed};
 use crate::helpers::process::{self, KillOnDrop, Spawned, alive, signal, wait_gone};
 use crate::helpers::wait_for;
 
@@ -220,7 +220,7 @@ fn previous_instance_after_sigkill_and_offline_reads() {
             .contains("panicked")
     });
     // The lines are durable before the kill.
-    let_group_commit_happen();
+    flushed(&env.served.last().unwrap().api());
     env.served.last_mut().unwrap().kill();
     assert!(!alive(daemon));
 

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::daemon::{Dirs, Served, let_group_commit_happen};
+use crate::helpers::daemon::{Dirs, Served, flushed};
 use crate::helpers::process::{KillOnDrop, alive, wait_gone};
 use crate::helpers::{wait_for, wait_for_within};
 
@@ -30,7 +30,7 @@ fn sigkill_of_the_daemon_then_restart_stops_the_orphan_and_keeps_the_previous_ru
         l["lines"].as_array().is_some_and(|a| !a.is_empty())
     });
     // Its first line is durable before we kill the daemon.
-    let_group_commit_happen();
+    flushed(&api);
     daemon.kill();
     assert!(alive(old_pid), "the orphan outlives the killed daemon");
 

@@ -577,6 +577,11 @@ impl Ops {
         })
     }
 
+    /// Wait until everything captured so far is durable in the store.
+    pub async fn flush(&self) -> Result<(), OpError> {
+        Ok(self.inner.store.flush_async().await?)
+    }
+
     /// Stop every process (in parallel, each with its grace period).
     pub async fn shutdown_all(&self) {
         self.inner.closing.cancel();

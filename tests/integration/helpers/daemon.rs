@@ -274,14 +274,9 @@ impl Drop for InProcess {
     }
 }
 
-/// Give a daemon in another process the time to make what it has appended durable
-/// before the test SIGKILLs it.
-///
-/// The only sleep that waits for something: a daemon's store lives in its process and no
-/// API says what is durable yet (a `Store::flush` is only possible in-process). The
-/// store's contract is that a line is sealed within `seal_interval` and committed within
-/// `commit_interval` after that; this waits twice their sum.
-pub fn let_group_commit_happen() {
-    let o = bpm::logs::StoreOptions::default();
-    std::thread::sleep(2 * (o.seal_interval + o.commit_interval));
+/// Wait until every line the daemon on `port` captured so far is durable (before a
+/// SIGKILL whose survivors a test counts).
+pub fn flushed(api: &Api) {
+    let (code, body) = api.post("/api/flush", None);
+    assert_eq!(code, 200, "flush: {body}");
 }
