@@ -10,91 +10,10 @@ use std::sync::{Arc, Mutex};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::helpers::api::process_in;
-use crate::helpers::daemon::{BPM, DaemonOf, Dirs, Served, flushed};
-use crate::helpers::process::{self, KillOnDrop, Spawned, alive, signal, wait_gone};
+use crate::helpers::daemon::{BPM, DaemonOf, flushed};
+use crate::helpers::env::Env;
+use crate::helpers::process::{self, KillOnDrop, alive, signal, wait_gone};
 use crate::helpers::wait_for;
-
-/// A project and a data directory (see [`Dirs::bpm`] for the environment of the `bpm`
-/// commands). On drop, stops the daemon named in `daemon.json` (an autostarted one, or
-/// one started with [`Env::serve`]) and waits until it is gone.
-struct Env {
-    dirs: Dirs,
-    served: Vec<Served>,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dirs: Dirs::new(),
-            served: Vec::new(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        self.dirs.bpm(args)
-    }
-
-    fn bpm(&self, args: &[&str]) -> Output {
-        process::output(&mut self.cmd(args))
-    }
-
-    /// Run a command that must succeed; its stdout.
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.bpm(args);
-        assert!(
-            out.status.success(),
-            "bpm {args:?} failed ({:?}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    #[track_caller]
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    /// A `bpm` client left running, its output collected; killed on drop.
-    fn spawn(&self, args: &[&str]) -> Spawned {
-        Spawned::new(&mut self.cmd(args), Signal::SIGKILL)
-    }
-
-    /// `bpm serve --port 0` of the project, as a child of the test; its pid once it
-    /// answers.
-    fn serve(&mut self) -> u32 {
-        let daemon = Served::start(&self.dirs);
-        daemon.wait_listening();
-        let pid = daemon.pid();
-        self.served.push(daemon);
-        pid
-    }
-
-    fn daemon_pid(&self) -> Option<u32> {
-        self.dirs.daemon_pid()
-    }
-
-    fn write_config(&self, body: &str) {
-        self.dirs.write_config(body);
-    }
-
-    /// One process of `bpm status --json` (`Null` if there is none of that name).
-    fn process(&self, name: &str) -> Value {
-        process_in(&self.json(&["status"]), name)
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // An autostarted daemon; then the served ones (their guards SIGTERM them).
-        drop(DaemonOf(self.dirs.data.clone()));
-        self.served.clear();
-    }
-}
 
 /// An exit status from the JSON API, lowercased, in either shape it may take
 /// (`{"Code":0}` or `"exit code 0"`).

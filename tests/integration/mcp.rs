@@ -404,6 +404,19 @@ async fn failures_say_what_would_work() {
     let (s, name) = (&n.s, &n.name);
     let e = err(s, "search_logs", json!({"process": "web"})).await;
     assert!(e.contains(&format!("known: {name}")), "{e}");
+    // A process that dies during the settle time is a failed start, not "running".
+    let e = err(
+        s,
+        "start",
+        json!({"command": ["sh", "-c", "echo 'Error: boom' >&2; sleep 0.2; exit 3"], "wait_seconds": 5}),
+    )
+    .await;
+    assert!(
+        e.contains("exited before it was ready")
+            && e.contains("exit code 3")
+            && e.contains("Error: boom"),
+        "{e}"
+    );
     let e = err(
         s,
         "search_logs",

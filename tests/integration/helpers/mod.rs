@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod env;
 pub mod process;
 pub mod store;
 

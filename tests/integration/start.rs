@@ -1,0 +1,184 @@
+//! Starts that tell the truth, through the real binary: the caller's environment, a
+//! process dying during the settle time, restart policies, names that never answer with
+//! another process, twins, reused names, `bpm rm`, and short derived names.
+
+use std::time::Duration;
+
+use crate::helpers::env::Env;
+use crate::helpers::process::{self, alive};
+use crate::helpers::wait_for;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `bpm run --json ARGS...` (the flag before the command's `--`).
+#[track_caller]
+fn run_json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let all = [&["run", "--json"][..], args].concat();
+    serde_json::from_str(&env.ok(&all)).unwrap()
+}
+
+#[test]
+fn bpm_run_passes_the_callers_environment_and_env_flags() {
+    let env = Env::new();
+    let mut cmd = env.dirs.bpm(&[
+        "run",
+        "--env",
+        "BAZ=from-flag",
+        "--env",
+        "FOO=overridden",
+        "--",
+        "sh",
+        "-c",
+        "echo foo=$FOO bar=$BAR baz=$BAZ",
+    ]);
+    cmd.env("BAR", "from-shell").env("FOO", "from-shell");
+    let out = process::output(&mut cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("foo=overridden bar=from-shell baz=from-flag"),
+        "{stdout}"
+    );
+    // Keys may show, values never: status and events do not print the environment.
+    let status = env.ok(&["status", "--json"]);
+    assert!(!status.contains("from-shell"), "{status}");
+}
+
+#[test]
+fn a_process_that_dies_during_the_settle_time_is_a_failed_start() {
+    let env = Env::new();
+    let out = env.bpm(&[
+        "run",
+        "-d",
+        "--name",
+        "dies",
+        "--",
+        "sh",
+        "-c",
+        "echo starting; echo 'fatal: no config' >&2; sleep 0.2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("exited before it was ready"), "{err}");
+    assert!(err.contains("exit code 3"), "{err}");
+    assert!(err.contains("fatal: no config"), "{err}");
+    // The default policy of a runtime process is `never`: it is not relaunched.
+    let p = env.process("dies");
+    assert_eq!(p["state"]["exited"]["status"]["code"], 3, "{p}");
+    assert_eq!(p["restarts"], 0, "{p}");
+
+    // A process that stays up for the settle time is running when the answer comes.
+    let out = env.bpm(&["run", "-d", "--name", "stays", "--", "sleep", "30"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("started stays"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let pid = env.process("stays")["pid"].as_u64().unwrap() as u32;
+    assert!(alive(pid));
+    env.ok(&["stop", "stays"]);
+}
+
+#[test]
+fn a_one_shot_failure_is_not_relaunched_unless_asked() {
+    let env = Env::new();
+    let out = env.bpm(&["run", "--name", "once", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    // Nothing may happen for a while: the waiting is the behaviour under test.
+    std::thread::sleep(Duration::from_millis(1500));
+    let p = env.process("once");
+    assert_eq!(p["run_instances"], 1, "{p}");
+    assert_eq!(p["restarts"], 0, "{p}");
+
+    // --restart on-failure asks for relaunches.
+    let again = env.spawn(&[
+        "run",
+        "--name",
+        "again",
+        "--restart",
+        "on-failure",
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    wait_for("a relaunch", || {
+        env.process("again")["restarts"]
+            .as_u64()
+            .is_some_and(|r| r >= 1)
+    });
+    again.signal(nix::sys::signal::Signal::SIGINT);
+    env.ok(&["stop", "again"]);
+}
+
+#[test]
+fn an_explicit_name_is_never_answered_with_another_process() {
+    let env = Env::new();
+    let cmd = ["sh", "-c", "seq 1 50000; exit 0"];
+    for name in ["a", "b"] {
+        let r = run_json(
+            &env,
+            &[&["-d", "--name", name, "--"][..], &cmd[..]].concat(),
+        );
+        assert_eq!(r["name"], name, "{r}");
+        assert_eq!(r["already_running"], false, "{r}");
+    }
+    assert!(env.process("a").is_object());
+    assert!(env.process("b").is_object());
+}
+
+#[test]
+fn attach_finds_the_live_twin_and_a_stopped_name_can_be_reused() {
+    let env = Env::new();
+    let cmd = ["sleep", "300"];
+    let run = |extra: &[&str]| run_json(&env, &[&["-d"][..], extra, &["--"], &cmd[..]].concat());
+    let first = run(&[]);
+    let first_name = first["name"].as_str().unwrap().to_owned();
+    assert_eq!(first_name, "sleep-300");
+    env.ok(&["stop", &first_name]);
+    // A stopped twin and a running one: the running one is found, nothing else starts.
+    let second = run(&["--name", "live"]);
+    assert_eq!(second["already_running"], false, "{second}");
+    let third = run(&[]);
+    assert_eq!(third["name"], "live", "{third}");
+    assert_eq!(third["already_running"], true, "{third}");
+    assert_eq!(env.process(&first_name)["pid"], serde_json::Value::Null);
+
+    // The stopped name takes another command: a new definition under the same name.
+    let reused = run_json(&env, &["-d", "--name", &first_name, "--", "sleep", "301"]);
+    assert_eq!(reused["name"], first_name.as_str(), "{reused}");
+    let p = env.process(&first_name);
+    assert_eq!(p["argv"][1], "301", "{p}");
+    // A running name is not taken over.
+    let out = env.bpm(&["run", "-d", "--name", "live", "--", "sleep", "302"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stop `live` first"),
+        "{}",
+        stderr(&out)
+    );
+
+    // bpm rm: a running process is refused; a stopped one leaves the list, its logs stay.
+    let out = env.bpm(&["rm", "live"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stop it first"), "{}", stderr(&out));
+    env.ok(&["stop", "live"]);
+    env.ok(&["rm", "live"]);
+    assert!(env.process("live").is_null());
+    env.ok(&["stop", &first_name]);
+}
+
+#[test]
+fn a_configured_process_is_kept_running_after_exit_0() {
+    let mut env = Env::new();
+    env.write_config("[process.tick]\ncommand = [\"sh\", \"-c\", \"echo tick; exit 0\"]\n");
+    env.serve();
+    wait_for("a restart after exit 0", || {
+        env.process("tick")["restarts"]
+            .as_u64()
+            .is_some_and(|r| r >= 1)
+    });
+}
