@@ -161,6 +161,32 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// A `start` of a command gets what the agent's environment means: its directory
+    /// (the agent's root, else the directory `bpm mcp` was launched in) and the
+    /// environment `bpm mcp` was launched with (PATH, a virtualenv...), under what the
+    /// call sets itself.
+    async fn start_defaults(&self, request: &mut CallToolRequestParams, peer: &Peer<RoleServer>) {
+        let args = request.arguments.get_or_insert_with(Default::default);
+        if !args.contains_key("command") {
+            return;
+        }
+        if args.get("cwd").is_none_or(|v| v.is_null()) {
+            let dir = super::client_root(peer)
+                .await
+                .unwrap_or_else(|| self.opts.cwd.clone());
+            args.insert("cwd".into(), dir.to_string_lossy().into_owned().into());
+        }
+        let mut env: serde_json::Map<String, serde_json::Value> = std::env::vars()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        if let Some(serde_json::Value::Object(given)) = args.get("env") {
+            env.extend(given.clone());
+        }
+        args.insert("env".into(), serde_json::Value::Object(env));
+    }
+}
+
 impl ServerHandler for Bridge {
     fn get_info(&self) -> ServerConfig {
         super::tools::server_config()
@@ -179,9 +205,12 @@ impl ServerHandler for Bridge {
 
     async fn call_tool(
         &self,
-        request: CallToolRequestParams,
+        mut request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == "start" {
+            self.start_defaults(&mut request, &context.peer).await;
+        }
         let peer = match self.session().await {
             Ok(p) => p,
             Err(e) => {

@@ -22,6 +22,31 @@ pub use tools::BpmTools;
 /// real conversation alive while sessions of clients that vanished are still reclaimed.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The client's first filesystem root (`file://` URI), when it offers roots: where a
+/// `start` without `cwd` runs. Roots are deprecated in the newest protocol revision and
+/// forbidden as server-to-client requests there, so failures and slow clients are just
+/// "no root".
+#[allow(
+    deprecated,
+    reason = "roots are what clients of earlier revisions offer"
+)]
+pub async fn client_root(peer: &rmcp::Peer<rmcp::RoleServer>) -> Option<std::path::PathBuf> {
+    let offers = peer
+        .peer_info()
+        .is_some_and(|i| i.capabilities.roots.is_some());
+    if !offers {
+        return None;
+    }
+    let roots = tokio::time::timeout(Duration::from_secs(2), peer.list_roots())
+        .await
+        .ok()?
+        .ok()?;
+    roots.roots.iter().find_map(|r| {
+        let path = std::path::PathBuf::from(r.uri.strip_prefix("file://")?);
+        path.is_dir().then_some(path)
+    })
+}
+
 /// The streamable HTTP service, to be nested at `/mcp`. `session_idle` None: never
 /// expire. Host and Origin checks are done by the daemon's guard for the whole listener,
 /// so rmcp's own are off here.

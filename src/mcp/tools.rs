@@ -200,10 +200,16 @@ impl BpmTools {
         if p.name.is_none() && p.command.is_none() {
             return Err("start needs `name` (a process from get_status) or `command` (e.g. [\"npm\", \"run\", \"dev\"])".into());
         }
+        // A command without a directory runs in the client's root, when it offers one
+        // (else in the project directory).
+        let cwd = match (&p.cwd, &p.command) {
+            (None, Some(_)) => super::client_root(&ctx.peer).await,
+            (c, _) => c.clone().map(Into::into),
+        };
         let req = StartRequest {
             name: p.name.clone(),
             command: p.command.map(|c| c.into_argv()),
-            cwd: p.cwd.map(Into::into),
+            cwd,
             env: p.env.unwrap_or_default().into_iter().collect(),
             wait_seconds: p.wait_seconds,
             restart: p.restart_policy,

@@ -829,11 +829,16 @@ async fn the_stdio_bridge_starts_the_daemon_and_survives_its_restart() {
     let dirs = Dirs::new();
     let data = dirs.data.clone();
     let daemon = DaemonOf(data.clone());
+    // The agent launched `bpm mcp` in a subdirectory with a variable of its own: a start
+    // without `cwd` runs there, with that variable.
+    let agent_dir = dirs.project.join("sub");
+    std::fs::create_dir(&agent_dir).unwrap();
     let mut cmd = bpm_command(&dirs);
     cmd.arg("mcp")
         .arg("--data-dir")
         .arg(&data)
-        .current_dir(&dirs.project)
+        .current_dir(&agent_dir)
+        .env("AGENT_VAR", "from-the-agent")
         .env("BPM_PORT", "0")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -858,10 +863,28 @@ async fn the_stdio_bridge_starts_the_daemon_and_survives_its_restart() {
     let started = ok(
         &s,
         "start",
-        json!({"command": ["sh", "-c", "echo hello from bridge; exec sleep 60"]}),
+        json!({"command": ["sh", "-c", "echo hello from bridge in $PWD with $AGENT_VAR; exec sleep 60"]}),
     )
     .await;
     let name = started["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        started["cwd"].as_str(),
+        agent_dir.to_str(),
+        "the start says where it runs: {started}"
+    );
+    let expected = format!("in {} with from-the-agent", agent_dir.display());
+    wait_for_async("the agent's directory and environment", async || {
+        let r = ok(
+            &s,
+            "search_logs",
+            json!({"process": name, "pattern": "hello"}),
+        )
+        .await;
+        r["lines"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&expected))
+    })
+    .await;
     let first = bpm::daemon::read_daemon_info(&data).expect("a daemon was started");
     wait_for_async("the output, through the bridge", async || {
         let r = ok(
