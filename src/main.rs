@@ -215,6 +215,8 @@ fn serve(opts: bpm::daemon::Options) -> anyhow::Result<()> {
             .listen
             .filter(|ip| !ip.is_loopback())
             .map_or_else(|| "127.0.0.1".to_owned(), |ip| ip.to_string());
+        // Reaps until the runtime ends, so also while the processes are stopped.
+        let _reaper = bpm::daemon::take_over_process_tree();
         bpm::daemon::run(opts, shutdown, |info| {
             eprintln!(
                 "bpm: daemon pid {} listening on http://{host}:{} (data in {})\n{}",

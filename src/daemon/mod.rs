@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Config, ProcessKind};
 use crate::logs::{Actor, EventKind, InstanceKind, Store, StoreError, StoreOptions};
 use crate::supervisor::process::{Mode, ProcessSpec};
-use crate::supervisor::{cargo, procgroup};
+use crate::supervisor::{cargo, cgroup, procgroup, reaper, scope};
 use ops::{Ops, RuntimeSpec};
 
 /// The store's file name inside the data directory.
@@ -126,6 +126,24 @@ pub async fn run(
     })
     .await??;
     Ok(())
+}
+
+/// Take over the process-wide duties of a supervisor, before [`run`]: become the child
+/// subreaper of the supervised processes and reap what they leave behind (until the
+/// runtime ends), and give each process a cgroup of its own where the daemon can create
+/// cgroups. `bpm serve` calls it; a daemon run in-process by a test leaves its host
+/// process alone. Must be called within a tokio runtime.
+pub fn take_over_process_tree() -> tokio::task::JoinHandle<()> {
+    if let Err(e) = reaper::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become the child subreaper");
+    }
+    match cgroup::enable() {
+        Ok(root) => tracing::info!("each process gets a cgroup in {}", root.display()),
+        Err(why) => tracing::info!(
+            "no cgroups ({why}): processes are tracked by process group, environment and parent"
+        ),
+    }
+    tokio::spawn(reaper::run())
 }
 
 /// Run `fut` until it ends or `cancel` fires.
@@ -370,8 +388,13 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// After an unclean death: stop the process groups the old daemon left running (only
-/// where the pid still has the recorded start time), say so, then start what should run.
+/// After an unclean death: stop what the old daemon's processes left running, say so,
+/// then start what should run.
+///
+/// For each instance that never ended: its group (whether or not its leader survived;
+/// members must have started at or after the recorded leader), its cgroup, and for a run
+/// whatever carries its marker (see [`procgroup::stop_orphan`]). Each group found is
+/// recorded as `OrphanKilled`, with a note listing the processes.
 async fn recover_and_autostart(
     ops: Ops,
     interrupted: Vec<crate::logs::InstanceMeta>,
@@ -395,10 +418,17 @@ async fn recover_and_autostart(
             (nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5)),
             |p| (p.stop_signal.signal(), p.stop_timeout),
         );
-        let outcome = procgroup::stop_orphan_group(pid, pgid, start, sig, grace).await;
-        if outcome.found() {
+        let scope = procgroup::Scope {
+            pgid: Some(pgid),
+            start_time: start,
+            marker: (m.kind == InstanceKind::Run).then(|| scope::marker(store.path(), &m.process)),
+            cgroup: cgroup::existing(pid, start),
+        };
+        let report = procgroup::stop_orphan(pid, &scope, sig, grace).await;
+        if report.outcome.found() {
+            let list = procgroup::describe(&report.stopped);
             tracing::warn!(
-                "stopped process group {pgid} (pid {pid}, `{}`) left by the previous daemon",
+                "stopped process group {pgid} (pid {pid}, `{}`) left by the previous daemon: {list}",
                 m.process
             );
             store.record(
@@ -406,6 +436,19 @@ async fn recover_and_autostart(
                 Some(m.id),
                 EventKind::OrphanKilled { pid, pgid },
             );
+            store.record(
+                Some(&m.process),
+                Some(m.id),
+                EventKind::Note {
+                    text: format!(
+                        "left by the previous daemon and stopped ({:?}): {list}",
+                        report.outcome
+                    ),
+                },
+            );
+        }
+        if let Some(dir) = &scope.cgroup {
+            cgroup::remove(dir);
         }
     }
     let autostart: Vec<String> = ops

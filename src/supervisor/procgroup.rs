@@ -3,12 +3,17 @@
 //! Development commands are rarely one process: `npm run dev` starts a shell that starts
 //! node that starts esbuild. Signalling only the pid we spawned leaves the rest running
 //! (and holding the port), so every managed command gets its own process group and every
-//! stop addresses the group.
+//! stop addresses the group. A group is not a wall, though: whatever calls `setsid` leaves
+//! it, so a stop addresses a [`Scope`]: the group plus what left it (found through a
+//! cgroup, an environment marker or the parent chain, see `scope`).
 //!
 //! A pid alone does not identify a process for long: the kernel reuses pids (`pid_max` is
 //! often 32768). Wherever a pid outlives our ownership of the `Child` (records kept for
 //! crash recovery), it is paired with the kernel's start time of the process, and nothing
-//! is signalled unless both still match.
+//! is signalled unless both still match. A group outlives its leader (a wrapper killed by
+//! SIGPIPE leaves its server running), and its id stays its own while it has a live
+//! member (Linux gives no new process a pid that is a live group's id), so a dead
+//! daemon's groups are found by id, bounded by the leader's start time.
 //!
 //! Liveness of a group deliberately ignores zombies. A member that has exited but not yet
 //! been reaped holds no memory, no files and no sockets, and whether it is reaped promptly
@@ -24,6 +29,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, getpgrp};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+pub use super::scope::{Member, Scope, describe};
 use tokio::time::{Instant, sleep};
 
 /// How often stops look at the group again. Short enough that a stop is not noticeably
@@ -98,33 +105,43 @@ pub enum Ending {
 }
 
 /// The result of [`stop_group`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopOutcome {
     pub ending: Ending,
     /// The leader's exit status; `None` only if it could not be reaped (an `Unkillable`
     /// leader, or an error from the wait itself).
     pub status: Option<ExitStatus>,
+    /// What still ran when the stop gave up (`Unkillable` only).
+    pub left: Vec<Member>,
 }
 
-/// The result of [`stop_orphan_group`].
+/// How [`stop_orphan`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrphanOutcome {
-    /// No process has that pid any more, or only its zombie is left and the group has no
-    /// running member: nothing was touched.
+    /// Nothing of the scope runs (the leader is gone or only its zombie is left, and no
+    /// other member runs): nothing was touched.
     NotRunning,
-    /// The pid belongs to a different process now (its start time differs): nothing was
-    /// touched.
+    /// The leader's pid belongs to a different process now (its start time differs) and
+    /// nothing else of the scope runs: nothing was touched.
     PidReused,
-    /// The group was found and exited within the grace period after `sig`.
+    /// Members were found and exited within the grace period after `sig`.
     Exited,
-    /// The group was found and had to be SIGKILLed.
+    /// Members were found and had to be SIGKILLed.
     Killed,
-    /// The group was found, SIGKILLed, and still had a member after ten seconds.
+    /// Members were found, SIGKILLed, and one still ran after ten seconds.
     Unkillable,
 }
 
+/// The result of [`stop_orphan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanReport {
+    pub outcome: OrphanOutcome,
+    /// Every process that was signalled.
+    pub stopped: Vec<Member>,
+}
+
 impl OrphanOutcome {
-    /// Whether the recorded group was still there and was signalled.
+    /// Whether something of the recorded scope was still there and was signalled.
     pub fn found(self) -> bool {
         matches!(self, Self::Exited | Self::Killed | Self::Unkillable)
     }
@@ -141,6 +158,11 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
             cwd: spec.cwd.clone(),
         });
     };
+    // Held from before the fork until the leader is registered, so that the reaper never
+    // takes the exit status of a leader that died at once (see `reaper`).
+    let mut leaders = super::reaper::LEADERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let mut child = Command::new(program)
         .args(args)
         .current_dir(&spec.cwd)
@@ -176,6 +198,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         );
         0
     });
+    leaders.insert(pid, start_time);
+    drop(leaders);
     Ok(Spawned {
         child,
         pid,
@@ -220,6 +244,8 @@ pub(crate) struct ProcStat {
     pub ppid: u32,
     /// Field 5.
     pub pgrp: u32,
+    /// Field 6.
+    pub session: u32,
     /// Field 22, clock ticks since boot.
     pub start_time: u64,
 }
@@ -235,11 +261,13 @@ pub(crate) fn parse_stat(content: &str) -> Option<ProcStat> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?; // field 4
     let pgrp = fields.next()?.parse().ok()?; // field 5
-    let start_time = fields.nth(16)?.parse().ok()?; // field 22
+    let session = fields.next()?.parse().ok()?; // field 6
+    let start_time = fields.nth(15)?.parse().ok()?; // field 22
     Some(ProcStat {
         state,
         ppid,
         pgrp,
+        session,
         start_time,
     })
 }
@@ -308,24 +336,29 @@ pub fn signal_group(pgid: u32, sig: Signal) -> nix::Result<()> {
     }
 }
 
-/// Stop the whole group led by `child`: send `sig` to the group, wait up to `grace` for
-/// every member to be gone and the leader to be reaped, then SIGKILL the group and wait
-/// again (up to ten seconds).
+/// Stop everything `scope` finds, led by `child`: send `sig` to the group and every other
+/// member of the scope (what called `setsid`, what its cgroup holds), wait up to `grace`
+/// for all of it to be gone and the leader to be reaped, then SIGKILL and wait again (up
+/// to ten seconds).
 ///
 /// The leader may have exited long before (its grandchildren kept running in the group);
-/// the rest of the group is stopped all the same.
-pub async fn stop_group(child: &mut Child, pgid: u32, sig: Signal, grace: Duration) -> StopOutcome {
+/// the rest of the scope is stopped all the same.
+pub async fn stop_group(
+    child: &mut Child,
+    scope: &Scope,
+    sig: Signal,
+    grace: Duration,
+) -> StopOutcome {
     let mut leader = Leader {
         child,
         status: None,
         lost: false,
     };
-    if leader.gone_with_group(pgid) {
-        return leader.outcome(Ending::Exited);
+    let mut tracked = Tracked::new(scope, true);
+    if leader.reaped() && tracked.gone() {
+        return leader.outcome(Ending::Exited, Vec::new());
     }
-    if let Err(e) = signal_group(pgid, sig) {
-        tracing::warn!(pgid, %sig, error = %e, "cannot signal process group");
-    }
+    tracked.signal(sig);
     let deadline = Instant::now() + grace;
     // Most processes exit within milliseconds of the signal: poll fast at first (a
     // restart's downtime includes this wait), then settle at POLL.
@@ -333,8 +366,8 @@ pub async fn stop_group(child: &mut Child, pgid: u32, sig: Signal, grace: Durati
     while Instant::now() < deadline {
         sleep(poll).await;
         poll = (poll * 2).min(POLL);
-        if leader.gone_with_group(pgid) {
-            return leader.outcome(Ending::Exited);
+        if leader.reaped() && tracked.gone() {
+            return leader.outcome(Ending::Exited, Vec::new());
         }
     }
 
@@ -342,9 +375,7 @@ pub async fn stop_group(child: &mut Child, pgid: u32, sig: Signal, grace: Durati
     let mut next_kill = Instant::now();
     loop {
         if Instant::now() >= next_kill {
-            if let Err(e) = signal_group(pgid, Signal::SIGKILL) {
-                tracing::warn!(pgid, error = %e, "cannot SIGKILL process group");
-            }
+            tracked.signal(Signal::SIGKILL);
             // The leader directly too, in case it moved itself out of the group.
             if !leader.reaped() {
                 let _ = leader.child.start_kill();
@@ -352,12 +383,17 @@ pub async fn stop_group(child: &mut Child, pgid: u32, sig: Signal, grace: Durati
             next_kill += KILL_RESEND;
         }
         sleep(POLL).await;
-        if leader.gone_with_group(pgid) {
-            return leader.outcome(Ending::Killed);
+        if leader.reaped() && tracked.gone() {
+            return leader.outcome(Ending::Killed, Vec::new());
         }
         if Instant::now() >= deadline {
-            tracing::warn!(pgid, "process group still has members after SIGKILL");
-            return leader.outcome(Ending::Unkillable);
+            let left = tracked.left();
+            tracing::warn!(
+                pgid = scope.pgid,
+                left = %describe(&left),
+                "processes still running after SIGKILL"
+            );
+            return leader.outcome(Ending::Unkillable, left);
         }
     }
 }
@@ -385,53 +421,161 @@ impl Leader<'_> {
         self.status.is_some() || self.lost
     }
 
-    /// Whether the leader is reaped and the rest of the group gone. The leader goes first:
-    /// until it is reaped it is still a member (as a zombie), and while it runs there is no
-    /// need to scan /proc for the others.
-    fn gone_with_group(&mut self, pgid: u32) -> bool {
-        self.reaped() && !group_alive(pgid)
-    }
-
-    fn outcome(&self, ending: Ending) -> StopOutcome {
+    fn outcome(&self, ending: Ending, left: Vec<Member>) -> StopOutcome {
         StopOutcome {
             ending,
             status: self.status,
+            left,
         }
     }
 }
 
-/// Stop a group recorded before the daemon died (it is not our child any more), but only
-/// if its leader `pid` is still the process that was recorded: same `start_time`. A pid
-/// that was reused by an unrelated process is never signalled.
+/// What a stop signals and waits for: the scope's group (as a whole, with `killpg`, when
+/// the group is known to be ours), its cgroup, and every other member found.
+struct Tracked<'a> {
+    scope: &'a Scope,
+    /// Whether `killpg` may address the group: it is provably the recorded one.
+    whole_group: bool,
+    /// Members found so far (pid and start time, so a reused pid is never signalled).
+    known: Vec<Member>,
+    /// The last signal sent, for members found later.
+    sent: Option<Signal>,
+}
+
+impl<'a> Tracked<'a> {
+    fn new(scope: &'a Scope, whole_group: bool) -> Self {
+        Tracked {
+            scope,
+            whole_group: whole_group && scope.pgid.is_some(),
+            known: Vec::new(),
+            sent: None,
+        }
+    }
+
+    /// Look for members again; the new ones get the signal sent so far. Whether any was
+    /// found.
+    fn refresh(&mut self) -> bool {
+        let mut new = Vec::new();
+        for m in self.scope.members() {
+            if !self
+                .known
+                .iter()
+                .any(|k| k.pid == m.pid && k.start_time == m.start_time)
+            {
+                new.push(m);
+            }
+        }
+        if let Some(sig) = self.sent {
+            for m in &new {
+                signal_member(m, sig);
+            }
+        }
+        let found = !new.is_empty();
+        self.known.extend(new);
+        found
+    }
+
+    fn signal(&mut self, sig: Signal) {
+        self.sent = Some(sig);
+        self.refresh();
+        if self.whole_group
+            && let Some(pgid) = self.scope.pgid
+            && let Err(e) = signal_group(pgid, sig)
+        {
+            tracing::warn!(pgid, %sig, error = %e, "cannot signal process group");
+        }
+        if sig == Signal::SIGKILL
+            && let Some(dir) = &self.scope.cgroup
+        {
+            super::cgroup::kill(dir);
+        }
+        for m in &self.known {
+            signal_member(m, sig);
+        }
+    }
+
+    /// Whether nothing of the scope runs any more. The cheap checks first (the group, the
+    /// known members, the cgroup); only when they all say "gone" is `/proc` searched for
+    /// members not known yet.
+    fn gone(&mut self) -> bool {
+        let group = self.whole_group && self.scope.pgid.is_some_and(group_alive);
+        let cgroup = self
+            .scope
+            .cgroup
+            .as_deref()
+            .is_some_and(|d| !super::cgroup::procs(d).is_empty());
+        if group || cgroup || self.known.iter().any(Member::running) {
+            return false;
+        }
+        !self.refresh()
+    }
+
+    /// What still runs.
+    fn left(&mut self) -> Vec<Member> {
+        self.refresh();
+        self.known.iter().filter(|m| m.running()).cloned().collect()
+    }
+}
+
+/// Signal one member, unless its pid is another process's now or it is gone.
+fn signal_member(m: &Member, sig: Signal) {
+    if !m.running() {
+        return;
+    }
+    if let Ok(raw) = i32::try_from(m.pid)
+        && raw > 1
+    {
+        let _ = nix::sys::signal::kill(Pid::from_raw(raw), sig);
+    }
+}
+
+/// Stop what a daemon that died left behind of one started command: the leader `pid`
+/// (if it still has the recorded start time), the rest of its group (which survives the
+/// leader: a wrapper killed by SIGPIPE leaves its server running), its cgroup, and
+/// whatever carries its marker. A pid or a group id that now belongs to an unrelated
+/// process is never signalled: a group is only addressed as a whole while the leader is
+/// still the recorded process, and every other member must have started at or after the
+/// recorded leader and is signalled by pid, its start time checked.
 ///
 /// Same sequence as [`stop_group`]: `sig`, up to `grace`, SIGKILL, wait.
-///
-/// A group whose leader is gone is left alone even if members remain: without the leader
-/// nothing proves that the group number still belongs to the recorded command.
-pub async fn stop_orphan_group(
-    pid: u32,
-    pgid: u32,
-    start_time: u64,
-    sig: Signal,
-    grace: Duration,
-) -> OrphanOutcome {
-    match read_stat(pid) {
-        None => return OrphanOutcome::NotRunning,
-        Some(s) if s.start_time != start_time => return OrphanOutcome::PidReused,
-        Some(_) => {}
+pub async fn stop_orphan(pid: u32, scope: &Scope, sig: Signal, grace: Duration) -> OrphanReport {
+    let mut scope = scope.clone();
+    // While the recorded leader (even as a zombie) still has its pid, the group id cannot
+    // have been given to another group.
+    let leader_present = match read_stat(pid) {
+        Some(s) if s.start_time != scope.start_time => {
+            // The pid was free, so the group was empty, when this process got it: any
+            // group with that id now is another one.
+            scope.pgid = None;
+            false
+        }
+        Some(_) => true,
+        None => false,
+    };
+    let pid_reused = scope.pgid.is_none();
+    let mut tracked = Tracked::new(&scope, leader_present);
+    tracked.refresh();
+    if tracked.known.is_empty() {
+        let outcome = if pid_reused {
+            OrphanOutcome::PidReused
+        } else {
+            OrphanOutcome::NotRunning
+        };
+        return OrphanReport {
+            outcome,
+            stopped: Vec::new(),
+        };
     }
-    if !group_alive(pgid) {
-        // Only zombies left (the leader's new parent has not reaped it yet).
-        return OrphanOutcome::NotRunning;
-    }
-    if let Err(e) = signal_group(pgid, sig) {
-        tracing::warn!(pgid, %sig, error = %e, "cannot signal orphaned process group");
-    }
+    tracked.signal(sig);
+    let report = |tracked: &Tracked, outcome| OrphanReport {
+        outcome,
+        stopped: tracked.known.clone(),
+    };
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         sleep(POLL).await;
-        if !group_alive(pgid) {
-            return OrphanOutcome::Exited;
+        if tracked.gone() {
+            return report(&tracked, OrphanOutcome::Exited);
         }
     }
 
@@ -439,21 +583,20 @@ pub async fn stop_orphan_group(
     let mut next_kill = Instant::now();
     loop {
         if Instant::now() >= next_kill {
-            if let Err(e) = signal_group(pgid, Signal::SIGKILL) {
-                tracing::warn!(pgid, error = %e, "cannot SIGKILL orphaned process group");
-            }
+            tracked.signal(Signal::SIGKILL);
             next_kill += KILL_RESEND;
         }
         sleep(POLL).await;
-        if !group_alive(pgid) {
-            return OrphanOutcome::Killed;
+        if tracked.gone() {
+            return report(&tracked, OrphanOutcome::Killed);
         }
         if Instant::now() >= deadline {
             tracing::warn!(
-                pgid,
-                "orphaned process group still has members after SIGKILL"
+                pid,
+                left = %describe(&tracked.left()),
+                "processes left by the previous daemon still run after SIGKILL"
             );
-            return OrphanOutcome::Unkillable;
+            return report(&tracked, OrphanOutcome::Unkillable);
         }
     }
 }
@@ -489,13 +632,35 @@ mod tests {
         read_stat(pid).is_some_and(|s| s.start_time == start_time && s.state != 'Z')
     }
 
+    fn group(pgid: u32) -> Scope {
+        Scope {
+            pgid: Some(pgid),
+            ..Scope::default()
+        }
+    }
+
     async fn stop(child: &mut Child, pgid: u32, sig: Signal, grace: Duration) -> StopOutcome {
         tokio::time::timeout(
             TIMEOUT + KILL_WAIT_LIMIT,
-            stop_group(child, pgid, sig, grace),
+            stop_group(child, &group(pgid), sig, grace),
         )
         .await
         .expect("stop_group hung")
+    }
+
+    async fn stop_orphan_group(
+        pid: u32,
+        pgid: u32,
+        start_time: u64,
+        sig: Signal,
+        grace: Duration,
+    ) -> OrphanOutcome {
+        let scope = Scope {
+            pgid: Some(pgid),
+            start_time,
+            ..Scope::default()
+        };
+        stop_orphan(pid, &scope, sig, grace).await.outcome
     }
 
     #[test]
@@ -509,6 +674,7 @@ mod tests {
                     state: 'S',
                     ppid: 1,
                     pgrp: 4242,
+                    session: 4242,
                     start_time: 987654
                 }),
                 "{line}"
@@ -744,5 +910,94 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, SpawnError::EmptyCommand { .. }));
+    }
+
+    /// A grandchild that left the group with `setsid` is found by the marker in its
+    /// environment and stopped with the group, at once rather than after the grace period.
+    #[tokio::test]
+    async fn stop_group_reaches_a_setsid_grandchild_by_its_marker() {
+        let marker = format!("test-{}-setsid", std::process::id());
+        let mut s = spawn(&SpawnSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "setsid sleep 300 >/dev/null 2>&1 & echo $!; wait".into(),
+            ],
+            cwd: std::env::temp_dir(),
+            env: vec![(super::super::scope::MARKER_VAR.into(), marker.clone())],
+        })
+        .unwrap();
+        let mut lines = BufReader::new(s.stdout).lines();
+        let escaped: u32 = next_line(&mut lines).await.parse().unwrap();
+        // Not a group leader, so setsid(1) does not fork: the pid is the one that leaves.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while read_stat(escaped).is_none_or(|st| st.session != escaped) {
+            assert!(std::time::Instant::now() < deadline, "setsid never ran");
+            sleep(POLL).await;
+        }
+        let scope = Scope {
+            pgid: Some(s.pgid),
+            start_time: s.start_time,
+            marker: Some(marker),
+            cgroup: None,
+        };
+        let found = scope.members();
+        assert!(
+            found.iter().any(|m| m.pid == escaped),
+            "what left with setsid is a member: {found:?}"
+        );
+        let started = std::time::Instant::now();
+        let out = tokio::time::timeout(
+            TIMEOUT + KILL_WAIT_LIMIT,
+            stop_group(
+                &mut s.child,
+                &scope,
+                Signal::SIGTERM,
+                Duration::from_secs(5),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.ending, Ending::Exited);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(scope.members().is_empty());
+    }
+
+    /// A group whose leader is gone is still stopped by id, since it has live members
+    /// that started after the recorded leader.
+    #[tokio::test]
+    async fn stop_orphan_stops_a_group_whose_leader_is_gone() {
+        let mut s = sh("sleep 300 & echo $!");
+        let mut lines = BufReader::new(s.stdout).lines();
+        let grandchild: u32 = next_line(&mut lines).await.parse().unwrap();
+        let gc_start = proc_start_time(grandchild).unwrap();
+        // The leader exits and is reaped: its pid is free, its group lives on.
+        tokio::time::timeout(TIMEOUT, s.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(read_stat(s.pid).is_none());
+        let out = stop_orphan_group(
+            s.pid,
+            s.pgid,
+            s.start_time,
+            Signal::SIGTERM,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(out, OrphanOutcome::Exited);
+        assert!(!running(grandchild, gc_start));
+        // Again: nothing is left.
+        assert_eq!(
+            stop_orphan_group(
+                s.pid,
+                s.pgid,
+                s.start_time,
+                Signal::SIGTERM,
+                Duration::from_millis(10)
+            )
+            .await,
+            OrphanOutcome::NotRunning
+        );
     }
 }

@@ -92,7 +92,8 @@ pub(super) async fn run_build(
     let Recorded {
         mut child,
         pid: _,
-        pgid,
+        pgid: _,
+        scope,
         stdout,
         stderr,
         writer,
@@ -103,6 +104,7 @@ pub(super) async fn run_build(
         &ctx.argv,
         &ctx.cwd,
         &ctx.env,
+        false,
     )
     .await
     {
@@ -130,7 +132,7 @@ pub(super) async fn run_build(
         Some(true) => (Signal::SIGKILL, Duration::ZERO),
         _ => (ctx.stop_signal, ctx.stop_timeout),
     };
-    let out = procgroup::stop_group(&mut child, pgid, sig, grace).await;
+    let out = procgroup::stop_group(&mut child, &scope, sig, grace).await;
     let status = out.status.map_or(ExitStatus::Unknown, convert_status);
     drain(captures).await;
     if let Err(e) = writer.finish_async(status.clone()).await {

@@ -14,14 +14,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::logs::{ExitStatus, InstanceKind, InstanceWriter, SpawnInfo, Store, Stream};
-use crate::supervisor::procgroup;
+use crate::supervisor::{cgroup, procgroup, scope};
 
 /// Size of the buffer each capture task reads into.
 const READ_BUF: usize = 64 * 1024;
 
-/// How long to wait for the pipes to reach EOF once the group is gone. Only a process that
-/// left the group (`setsid`) and kept the pipe can hold them open that long; its output
-/// after that is not captured.
+/// How long to wait for the pipes to reach EOF once the scope is gone. Only a process that
+/// left it unseen (`setsid` with a cleared environment, then re-parented, without a
+/// cgroup) and kept the pipe can hold them open that long; its output after that is not
+/// captured.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long capture waits for the store's writer before letting lines drop from the store.
@@ -32,6 +33,8 @@ pub(super) struct Recorded {
     pub(super) child: Child,
     pub(super) pid: u32,
     pub(super) pgid: u32,
+    /// Everything the command started, for stops.
+    pub(super) scope: procgroup::Scope,
     pub(super) stdout: tokio::process::ChildStdout,
     pub(super) stderr: tokio::process::ChildStderr,
     pub(super) writer: InstanceWriter,
@@ -46,6 +49,12 @@ pub(super) enum SpawnFailure {
 
 /// Spawn `argv` in its own process group and begin its instance in the store: what a run
 /// and a build have in common.
+///
+/// With `track`, what the command starts is tracked beyond its group: it runs with the
+/// process's marker in its environment and in a cgroup of its own where the daemon can
+/// create one, so its stops reach descendants that called `setsid`. Runs are tracked;
+/// builds are not, so that a build's shared servers (an sccache or gradle daemon started
+/// on first use) outlive the build as their authors intend.
 pub(super) async fn spawn_recorded(
     store: &Store,
     name: &str,
@@ -53,7 +62,13 @@ pub(super) async fn spawn_recorded(
     argv: &[String],
     cwd: &Path,
     env: &[(String, String)],
+    track: bool,
 ) -> Result<Recorded, SpawnFailure> {
+    let marker = track.then(|| scope::marker(store.path(), name));
+    let mut env = env.to_vec();
+    if let Some(m) = &marker {
+        env.push((scope::MARKER_VAR.to_owned(), m.clone()));
+    }
     let procgroup::Spawned {
         mut child,
         pid,
@@ -64,9 +79,20 @@ pub(super) async fn spawn_recorded(
     } = procgroup::spawn(&procgroup::SpawnSpec {
         argv: argv.to_vec(),
         cwd: cwd.to_owned(),
-        env: env.to_vec(),
+        env,
     })
     .map_err(|e| SpawnFailure::Spawn(e.to_string()))?;
+    let cgroup = if track && start_time != 0 {
+        cgroup::adopt(pid, start_time)
+    } else {
+        None
+    };
+    let scope = procgroup::Scope {
+        pgid: Some(pgid),
+        start_time,
+        marker,
+        cgroup,
+    };
     let info = SpawnInfo {
         pid: Some(pid),
         pgid: Some(pgid),
@@ -79,14 +105,23 @@ pub(super) async fn spawn_recorded(
             child,
             pid,
             pgid,
+            scope,
             stdout,
             stderr,
             writer,
         }),
         Err(e) => {
-            procgroup::stop_group(&mut child, pgid, Signal::SIGKILL, Duration::ZERO).await;
+            procgroup::stop_group(&mut child, &scope, Signal::SIGKILL, Duration::ZERO).await;
+            release(&scope);
             Err(SpawnFailure::Record(e.to_string()))
         }
+    }
+}
+
+/// After a stop: remove the scope's cgroup (empty by then).
+pub(super) fn release(scope: &procgroup::Scope) {
+    if let Some(dir) = &scope.cgroup {
+        cgroup::remove(dir);
     }
 }
 

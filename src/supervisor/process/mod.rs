@@ -13,9 +13,10 @@
 //! operation (a stop waiting out its grace period).
 //!
 //! Order at exit, so that nothing is lost and nothing is acted upon too early: the leader
-//! is reaped, the rest of its group is stopped (like systemd's control-group kill mode),
-//! both pipes are drained to EOF, the instance is finished in the store (durable), and
-//! only then is the exit recorded and the restart policy applied.
+//! is reaped, the rest of its scope is stopped (its group and what left it: like
+//! systemd's control-group kill mode), both pipes are drained to EOF, the instance is
+//! finished in the store (durable), and only then is the exit recorded and the restart
+//! policy applied.
 //!
 //! This file holds the handle and its messages; the task is in `task`, what it reports in
 //! `status`, what it runs in `spec`, and the task's helpers in `capture` (output into the

@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::build::{BuildCtx, error_lines, read_tail, run_build};
-use super::capture::{Recorded, SpawnFailure, capture, convert_status, drain, spawn_recorded};
+use super::capture::{
+    Recorded, SpawnFailure, capture, convert_status, drain, release, spawn_recorded,
+};
 use super::{
     Cmd, ExitInfo, Mode, ProcessError, ProcessSpec, Published, Reply, State, Status, Timing, probe,
 };
@@ -62,6 +64,8 @@ struct Run {
     child: Child,
     pid: u32,
     pgid: u32,
+    /// Everything it started (its group, what left the group), for stops.
+    scope: procgroup::Scope,
     instance: u64,
     writer: InstanceWriter,
     captures: Vec<JoinHandle<()>>,
@@ -327,9 +331,21 @@ impl Supervisor {
         } else {
             (self.spec.stop_signal, self.spec.stop_timeout)
         };
-        let out = procgroup::stop_group(&mut run.child, run.pgid, sig, grace).await;
+        let out = procgroup::stop_group(&mut run.child, &run.scope, sig, grace).await;
+        self.stopped(&run, &out.left);
         let status = out.status.map_or(ExitStatus::Unknown, convert_status);
         self.end_run(run, status, false, defer_finish).await;
+    }
+
+    /// After a run's stop: release its cgroup, and say what survived it (in the stop's
+    /// answer, `last_error`, and as an event).
+    fn stopped(&mut self, run: &Run, left: &[procgroup::Member]) {
+        release(&run.scope);
+        if !left.is_empty() {
+            let text = format!("still running after SIGKILL: {}", procgroup::describe(left));
+            self.record(Some(run.instance), EventKind::Note { text: text.clone() });
+            self.last_error = Some(text);
+        }
     }
 
     /// The leader exited by itself.
@@ -351,14 +367,15 @@ impl Supervisor {
                 ExitStatus::Unknown
             }
         };
-        // The rest of the group goes with the leader.
-        procgroup::stop_group(
+        // The rest of the group (and what left it) goes with the leader.
+        let out = procgroup::stop_group(
             &mut run.child,
-            run.pgid,
+            &run.scope,
             self.spec.stop_signal,
             self.spec.stop_timeout,
         )
         .await;
+        self.stopped(&run, &out.left);
         let ran = run.started.elapsed();
         self.end_run(run, status.clone(), true, false).await;
 
@@ -524,6 +541,7 @@ impl Supervisor {
             child,
             pid,
             pgid,
+            scope,
             stdout,
             stderr,
             writer,
@@ -534,6 +552,7 @@ impl Supervisor {
             &argv,
             &self.spec.cwd,
             &self.spec.env,
+            true,
         )
         .await
         .map_err(|e| match e {
@@ -564,6 +583,7 @@ impl Supervisor {
             child,
             pid,
             pgid,
+            scope,
             instance,
             writer,
             captures,
