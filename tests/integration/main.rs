@@ -13,6 +13,7 @@ mod cli;
 mod daemon;
 mod mcp;
 mod migrations;
+mod orphans;
 mod start;
 mod store;
 mod store_crash;

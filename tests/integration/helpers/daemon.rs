@@ -99,7 +99,13 @@ pub struct Served {
 impl Served {
     /// Start `bpm serve --port 0` for `dirs`; see [`Self::api`] to wait until it answers.
     pub fn start(dirs: &Dirs) -> Served {
+        Served::start_with(dirs, &[])
+    }
+
+    /// [`Self::start`] with more environment variables for the daemon.
+    pub fn start_with(dirs: &Dirs, env: &[(&str, &str)]) -> Served {
         let mut cmd = bpm_command(dirs);
+        cmd.envs(env.iter().copied());
         cmd.args(["serve", "--port", "0", "--no-prefix", "--data-dir"])
             .arg(&dirs.data)
             .arg(&dirs.project);
