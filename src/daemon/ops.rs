@@ -1222,6 +1222,9 @@ pub fn describe(kind: &EventKind) -> String {
         ),
         EventKind::Ready => "ready".into(),
         EventKind::Note { text } => text.clone(),
+        EventKind::StoreFailed { .. } | EventKind::StoreRecovered { .. } => {
+            kind.store_text().unwrap_or_default()
+        }
     }
 }
 

@@ -8,7 +8,11 @@
 //! - [`model`]: instances and events.
 //!
 //! Reads combine the ring and the store so that they answer exactly as the store alone
-//! would once everything is durable. Every read here is blocking (redb I/O): async code
+//! would once everything is durable.
+//!
+//! Faults are contained: a write that fails (a full disk) is kept in memory and retried
+//! after reopening the database, and [`Store::health`] says so; an unreadable file is moved
+//! aside under a fresh name, never overwritten. Every read here is blocking (redb I/O): async code
 //! calls them through `tokio::task::spawn_blocking`.
 
 pub mod block;
@@ -36,7 +40,7 @@ pub use schema::SCHEMA_VERSION;
 
 use live::Live;
 use schema::{BLOCKS, EVENTS, INSTANCES, META, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES};
-use writer::{Msg, Writer};
+use writer::{Msg, Writer, no_panic};
 
 /// Retention limits of one process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +89,10 @@ pub struct StoreOptions {
     pub max_line: usize,
     /// redb's page cache.
     pub cache_bytes: usize,
+    /// After a failed write the writer reopens the store and retries after this long,
+    /// doubling up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
 }
 
 impl Default for StoreOptions {
@@ -100,6 +108,8 @@ impl Default for StoreOptions {
             seal_interval: Duration::from_millis(50),
             max_line: block::DEFAULT_MAX_LINE,
             cache_bytes: 16 << 20,
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
         }
     }
 }
@@ -127,6 +137,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the log store is closed; restart the daemon")]
     WriterGone,
+    #[error("the log store cannot be read right now ({0}); it is being reopened, try again")]
+    Unavailable(String),
+    #[error("the log store could not read or write its file: {0}")]
+    Disk(String),
     #[error("could not write the log store: {0} (is the disk full?); the lines stay in memory")]
     WriteFailed(String),
     #[error("the log store is open read-only (no daemon holds it); start the daemon to change it")]
@@ -163,11 +177,30 @@ fn known_list(known: &[String]) -> String {
     }
 }
 
+impl StoreError {
+    /// The file could not be read or written (a full disk, an I/O error): trying again
+    /// later, after reopening, may work.
+    pub fn is_disk(&self) -> bool {
+        matches!(self, StoreError::Disk(_) | StoreError::Io { .. })
+    }
+}
+
+fn classify(e: redb::Error) -> StoreError {
+    let msg = e.to_string();
+    match e {
+        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
+            StoreError::Disk(msg)
+        }
+        redb::Error::Corrupted(_) => StoreError::Corrupt(msg),
+        _ => StoreError::Db(msg),
+    }
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> StoreError {
-                StoreError::Db(e.to_string())
+                classify(e.into())
             }
         }
     )*};
@@ -202,10 +235,44 @@ impl Db {
     }
 }
 
+/// The database as readers see it.
+enum DbState {
+    Open(Db),
+    /// The writer dropped the database after a failure and is reopening it (why).
+    Reopening(String),
+    /// Closed: dropping the last handle released the file lock.
+    Closed,
+}
+
+/// How the store is doing, for status reports. See [`Store::health`].
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct StoreHealth {
+    /// Writes reach the disk. False while the writer retries after a failure (a full disk,
+    /// an I/O error), and for a read-only store.
+    pub writable: bool,
+    /// The last write error, if any since the store was opened (kept after it healed).
+    pub last_error: Option<String>,
+    /// When that error happened, microseconds since the Unix epoch.
+    pub last_error_us: Option<i64>,
+    /// Since when writes fail (None while writable).
+    pub failing_since_us: Option<i64>,
+    /// Lines kept in memory because the store could not take them yet; they are stored
+    /// once it heals.
+    pub lines_not_stored: u64,
+    /// Lines given up since the store was opened (the writer fell behind, or the store
+    /// failed for longer than the memory budget covers). Also counted per instance.
+    pub lines_dropped: u64,
+    /// Reopen attempts during the current failure.
+    pub retries: u64,
+    /// Failures healed since the store was opened.
+    pub recoveries: u64,
+}
+
 /// State shared by the store handle, the instance writers and the writer thread.
 pub(crate) struct Shared {
-    /// `None` once closed: dropping the last handle releases the file lock.
-    db: RwLock<Option<Db>>,
+    db: RwLock<DbState>,
     path: PathBuf,
     pub(crate) opts: StoreOptions,
     /// The writer's inbox; `None` once closed, or for a read-only store.
@@ -221,7 +288,9 @@ pub(crate) struct Shared {
     next_instance: AtomicU64,
     /// Live instances by id. A std lock: it is held only to clone an `Arc`.
     live: RwLock<HashMap<u64, Arc<Live>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<Option<Arc<Database>>>>>,
+    /// Written by the writer on failures and recoveries only (never per line).
+    pub(crate) health: Mutex<StoreHealth>,
 }
 
 impl Shared {
@@ -236,8 +305,26 @@ impl Shared {
         self.room_notify.notify_waiters();
     }
     fn db(&self) -> Result<Db, StoreError> {
-        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
-        db.clone().ok_or(StoreError::WriterGone)
+        match &*self.db.read().unwrap_or_else(|p| p.into_inner()) {
+            DbState::Open(db) => Ok(db.clone()),
+            DbState::Reopening(why) => Err(StoreError::Unavailable(why.clone())),
+            DbState::Closed => Err(StoreError::WriterGone),
+        }
+    }
+    /// The writer dropped the database after a failure (readers must let go of it too,
+    /// for it to be reopened).
+    pub(crate) fn set_reopening(&self, why: &str) {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !matches!(*db, DbState::Closed) {
+            *db = DbState::Reopening(why.to_owned());
+        }
+    }
+    /// The writer reopened the database.
+    pub(crate) fn set_open(&self, new: Arc<Database>) {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !matches!(*db, DbState::Closed) {
+            *db = DbState::Open(Db::Rw(new));
+        }
     }
     /// Hand a message to the writer. False when the store is closed, in which case a
     /// block's lines can never become durable.
@@ -296,6 +383,9 @@ pub struct Opened {
     pub store: Store,
     /// The file could not be opened as a store and was moved aside: (from, to).
     pub moved_aside: Option<(PathBuf, PathBuf)>,
+    /// What the open had to do that the user should hear about (e.g. the move aside, with
+    /// both paths and the reason), one sentence each.
+    pub notes: Vec<String>,
     /// The previous daemon did not close the store (killed, power loss).
     pub unclean: bool,
     /// Instances that were live when the previous daemon died; now marked ended with an
@@ -336,8 +426,11 @@ const CLEAN_KEY: &str = "clean_shutdown";
 impl Store {
     /// Open (or create) the store at `path` for writing, with its writer thread.
     ///
-    /// A file that is not a readable redb store is moved aside, never overwritten, and a
-    /// new store is started; [`Opened::moved_aside`] names both paths.
+    /// A file that is not a readable redb store is moved aside under a name no other file
+    /// has, never overwritten, and a new store is started; [`Opened::moved_aside`] names
+    /// both paths. A new store is made under a temporary name in the same directory and
+    /// renamed into place only once complete, so a failure half way (a full disk) never
+    /// leaves a half-made store behind.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Opened, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
@@ -345,37 +438,58 @@ impl Store {
                 source,
             })?;
         }
-        refuse_too_new(path)?;
         let mut moved_aside = None;
-        let db = match open_rw(path, &opts) {
-            Ok(db) => db,
-            Err(OpenFailure::Unreadable(why)) => {
-                let aside = aside_path(path);
-                std::fs::rename(path, &aside).map_err(|source| StoreError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                tracing::error!(
-                    "the log store {} could not be opened ({why}); moved it aside to {} and started a new one",
-                    path.display(),
-                    aside.display()
-                );
-                moved_aside = Some((path.to_owned(), aside));
-                open_rw(path, &opts).map_err(|f| f.into_error(path))?
+        let mut notes = Vec::new();
+        let mut rounds = 0;
+        let (db, start) = loop {
+            rounds += 1;
+            if rounds > 5 {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: could not open nor create the log store",
+                    path.display()
+                )));
             }
-            Err(f) => return Err(f.into_error(path)),
+            if std::fs::symlink_metadata(path).is_err() {
+                match create_new(path, &opts)? {
+                    Some(db) => match no_panic(|| start_db(&db, path)) {
+                        Ok(start) => break (db, start),
+                        Err(e) => return Err(e),
+                    },
+                    // Somebody else (another daemon) created it meanwhile: open theirs.
+                    None => continue,
+                }
+            }
+            refuse_too_new(path)?;
+            let why = match open_rw(path, &opts) {
+                Ok(db) => match no_panic(|| start_db(&db, path)) {
+                    Ok(start) => break (db, start),
+                    // The file opens but its own tables cannot be read.
+                    Err(StoreError::Corrupt(why)) if moved_aside.is_none() => why,
+                    Err(e) => return Err(e),
+                },
+                Err(OpenFailure::Unreadable(why)) if moved_aside.is_none() => why,
+                Err(f) => return Err(f.into_error(path)),
+            };
+            let aside = move_aside(path)?;
+            let note = format!(
+                "the log store {} could not be opened ({why}); moved it aside to {} and started a new one",
+                path.display(),
+                aside.display()
+            );
+            tracing::error!("{note}");
+            notes.push(note);
+            moved_aside = Some((path.to_owned(), aside));
         };
-        schema::migrate(&db, path)?;
-        let (unclean, interrupted) = mark_open(&db)?;
-        let next_instance = {
-            let txn = db.begin_read()?;
-            let t = txn.open_table(INSTANCES)?;
-            t.last()?.map_or(1, |(k, _)| k.value() + 1)
-        };
+        let Start {
+            unclean,
+            interrupted,
+            next_instance,
+            loaded,
+        } = start;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            db: RwLock::new(Some(Db::Rw(db.clone()))),
+            db: RwLock::new(DbState::Open(Db::Rw(db.clone()))),
             path: path.to_owned(),
             opts,
             tx: Mutex::new(Some(tx)),
@@ -386,8 +500,12 @@ impl Store {
             next_instance: AtomicU64::new(next_instance),
             live: RwLock::new(HashMap::new()),
             writer: Mutex::new(None),
+            health: Mutex::new(StoreHealth {
+                writable: true,
+                ..StoreHealth::default()
+            }),
         });
-        let writer = Writer::new(db, shared.clone())?;
+        let writer = Writer::new(db, shared.clone(), loaded);
         let io_err = |source| StoreError::Io {
             path: path.to_owned(),
             source,
@@ -411,14 +529,16 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("bpm-store-writer".into())
             .spawn(move || {
-                writer.run(rx_w);
+                let db = writer.run(rx_w);
                 let _ = compressor.join();
+                db
             })
             .map_err(io_err)?;
         *shared.writer.lock().unwrap() = Some(handle);
         Ok(Opened {
             store: Store { shared },
             moved_aside,
+            notes,
             unclean,
             interrupted,
         })
@@ -463,7 +583,7 @@ impl Store {
         }
         Ok(Store {
             shared: Arc::new(Shared {
-                db: RwLock::new(Some(Db::Ro(Arc::new(db)))),
+                db: RwLock::new(DbState::Open(Db::Ro(Arc::new(db)))),
                 path: path.to_owned(),
                 opts: StoreOptions::default(),
                 tx: Mutex::new(None),
@@ -474,6 +594,7 @@ impl Store {
                 next_instance: AtomicU64::new(0),
                 live: RwLock::new(HashMap::new()),
                 writer: Mutex::new(None),
+                health: Mutex::new(StoreHealth::default()),
             }),
         })
     }
@@ -482,25 +603,43 @@ impl Store {
         &self.shared.path
     }
 
+    /// Whether the store takes changes. A store that fails to write takes them still: the
+    /// writer keeps them in memory and retries.
     fn writable(&self) -> Result<(), StoreError> {
-        match self.shared.db()? {
-            Db::Ro(_) => Err(StoreError::ReadOnly),
-            Db::Rw(_) => Ok(()),
+        match &*self.shared.db.read().unwrap_or_else(|p| p.into_inner()) {
+            DbState::Open(Db::Ro(_)) => Err(StoreError::ReadOnly),
+            DbState::Open(Db::Rw(_)) | DbState::Reopening(_) => Ok(()),
+            DbState::Closed => Err(StoreError::WriterGone),
         }
+    }
+
+    /// How the store is doing: whether writes reach the disk, the last error, and the
+    /// lines not stored. Cheap (no I/O).
+    pub fn health(&self) -> StoreHealth {
+        let mut h = self
+            .shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        h.lines_dropped = self.shared.dropped_lines.load(Ordering::Relaxed);
+        h
     }
 
     /// Flush everything, stop the writer, and mark the store cleanly closed. Live
     /// instances should be finished first; their unsealed lines are flushed regardless.
     pub fn close(&self) -> Result<(), StoreError> {
-        let taken = self
-            .shared
-            .db
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let Some(Db::Rw(db)) = taken else {
-            return Ok(());
-        };
+        let taken = std::mem::replace(
+            &mut *self.shared.db.write().unwrap_or_else(|p| p.into_inner()),
+            DbState::Closed,
+        );
+        match taken {
+            DbState::Open(Db::Rw(_)) | DbState::Reopening(_) => {}
+            DbState::Open(Db::Ro(_)) | DbState::Closed => return Ok(()),
+        }
+        // Readers let go of the database; the writer hands back its own (it may have
+        // reopened it since).
+        drop(taken);
         // Seal the live instances' open blocks while the writer can still receive them
         // (once its inbox is closed, a sealed block could only be dropped).
         for live in self.shared.lives() {
@@ -514,10 +653,19 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         drop(tx);
-        let handle = self.shared.writer.lock().unwrap().take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        let handle = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let db = handle.and_then(|h| h.join().ok().flatten());
+        let Some(db) = db else {
+            let h = self.health();
+            return Err(StoreError::WriteFailed(h.last_error.unwrap_or_else(|| {
+                "the writer could not write the last lines".to_owned()
+            })));
+        };
         let mut txn = db.begin_write()?;
         txn.set_quick_repair(true);
         txn.open_table(META)?.insert(CLEAN_KEY, 1)?;
@@ -998,11 +1146,21 @@ impl OpenFailure {
 }
 
 fn open_rw(path: &Path, opts: &StoreOptions) -> Result<Database, OpenFailure> {
+    open_db(path, opts, true)
+}
+
+fn open_db(path: &Path, opts: &StoreOptions, create: bool) -> Result<Database, OpenFailure> {
     let mut builder = Database::builder();
     builder.set_cache_size(opts.cache_bytes);
     // redb may panic on some malformed files rather than return an error: treat that as
     // an unreadable file too, so the daemon moves it aside instead of crash-looping.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.create(path)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if create {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        }
+    }));
     match result {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenFailure::Locked),
@@ -1012,8 +1170,14 @@ fn open_rw(path: &Path, opts: &StoreOptions) -> Result<Database, OpenFailure> {
                 detail: format!("file format version {v}"),
             }))
         }
+        // A file cut short (inside its header: "failed to fill whole buffer") or with bad
+        // contents is unreadable; anything else (permissions, a failing disk) is not the
+        // file's fault and is reported as it is.
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
-            if e.kind() != std::io::ErrorKind::InvalidData =>
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
         {
             Err(OpenFailure::Other(StoreError::Io {
                 path: path.to_owned(),
@@ -1023,6 +1187,131 @@ fn open_rw(path: &Path, opts: &StoreOptions) -> Result<Database, OpenFailure> {
         Ok(Err(e)) => Err(OpenFailure::Unreadable(e.to_string())),
         Err(_) => Err(OpenFailure::Unreadable("redb could not read it".to_owned())),
     }
+}
+
+/// Reopen the store after a failure (the writer's way back). Never creates the file.
+pub(crate) fn reopen(path: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
+    open_db(path, opts, false).map_err(|f| match f {
+        OpenFailure::Locked => StoreError::Disk(format!(
+            "{} is still held (a read in progress); retrying",
+            path.display()
+        )),
+        OpenFailure::Unreadable(why) => {
+            StoreError::Disk(format!("{} cannot be reopened: {why}", path.display()))
+        }
+        OpenFailure::Other(StoreError::Io { source, .. }) => {
+            StoreError::Disk(format!("{}: {source}", path.display()))
+        }
+        OpenFailure::Other(e) => e,
+    })
+}
+
+/// What opening found in the store.
+struct Start {
+    unclean: bool,
+    interrupted: Vec<InstanceMeta>,
+    next_instance: u64,
+    loaded: writer::Loaded,
+}
+
+/// Bring an opened store to the current schema, mark it open, and read what the store
+/// handle and the writer start from.
+fn start_db(db: &Database, path: &Path) -> Result<Start, StoreError> {
+    schema::migrate(db, path)?;
+    let (unclean, interrupted) = mark_open(db)?;
+    let next_instance = {
+        let txn = db.begin_read()?;
+        let t = txn.open_table(INSTANCES)?;
+        t.last()?.map_or(1, |(k, _)| k.value() + 1)
+    };
+    Ok(Start {
+        unclean,
+        interrupted,
+        next_instance,
+        loaded: writer::Loaded::read(db)?,
+    })
+}
+
+/// Create a new store at `path`: made complete under a temporary name in the same
+/// directory, then renamed into place (never over an existing file). `None` when a file
+/// appeared at `path` meanwhile.
+fn create_new(path: &Path, opts: &StoreOptions) -> Result<Option<Database>, StoreError> {
+    let name = file_name(path);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let tmp = path.with_file_name(format!(".{name}.new-{}-{nanos}", std::process::id()));
+    let made = (|| {
+        let db = open_rw(&tmp, opts).map_err(|f| f.into_error(&tmp))?;
+        no_panic(|| schema::migrate(&db, path))?;
+        match rename_noreplace(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        if let Some(dir) = path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(Some(db))
+    })();
+    if !matches!(made, Ok(Some(_))) {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
+}
+
+/// Rename `from` to `to` unless `to` exists (then `AlreadyExists`), atomically where the
+/// file system allows it.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EEXIST) => Err(std::io::ErrorKind::AlreadyExists.into()),
+        // A file system without RENAME_NOREPLACE: a hard link never replaces either.
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Move an unreadable store aside, to a name that no file has (the evidence of an earlier
+/// failure is never overwritten, even by two starts within the same second).
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let name = file_name(path);
+    for n in 0u32.. {
+        let aside = if n == 0 {
+            path.with_file_name(format!("{name}.corrupt-{stamp}"))
+        } else {
+            path.with_file_name(format!("{name}.corrupt-{stamp}.{n}"))
+        };
+        match rename_noreplace(path, &aside) {
+            Ok(()) => return Ok(aside),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    unreachable!("some name is free")
 }
 
 /// Refuse a store written by a newer bpm before opening it for writing, which may already
@@ -1043,14 +1332,6 @@ fn refuse_too_new(path: &Path) -> Result<(), StoreError> {
         }),
         _ => Ok(()),
     }
-}
-
-fn aside_path(path: &Path) -> PathBuf {
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let name = path
-        .file_name()
-        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!("{name}.corrupt-{stamp}"))
 }
 
 /// Mark the store open (not cleanly closed) and end the instances the previous daemon left

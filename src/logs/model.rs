@@ -167,6 +167,46 @@ pub enum EventKind {
     Note {
         text: String,
     },
+    // ---- schema version 2 (migrations/0002-store-health.md) ----
+    /// The store could not be written (a full disk, an I/O error). Lines are kept in memory
+    /// and retried; this event is stored once the store heals, with the time of the failure.
+    StoreFailed {
+        error: String,
+        /// Lines waiting in memory for the store when it failed.
+        lines_pending: u64,
+    },
+    /// The store is written again after failing for `failed_for_ms`.
+    StoreRecovered {
+        failed_for_ms: u64,
+        /// Lines given up while it failed (beyond the memory budget; also recorded per
+        /// instance as `LinesDropped`).
+        lines_dropped: u64,
+        /// Reopen attempts it took.
+        attempts: u64,
+    },
+}
+
+impl EventKind {
+    /// One line describing the store's own events (`None` for the others).
+    pub fn store_text(&self) -> Option<String> {
+        match self {
+            EventKind::StoreFailed {
+                error,
+                lines_pending,
+            } => Some(format!(
+                "the log store could not be written ({error}); {lines_pending} lines kept in memory, retrying"
+            )),
+            EventKind::StoreRecovered {
+                failed_for_ms,
+                lines_dropped,
+                attempts,
+            } => Some(format!(
+                "the log store is written again after failing for {:.1}s ({attempts} attempts); {lines_dropped} lines could not be kept",
+                *failed_for_ms as f64 / 1000.0
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// A lifecycle event as stored.
