@@ -16,6 +16,7 @@
 //! calls them through `tokio::task::spawn_blocking`.
 
 pub mod block;
+mod damage;
 mod live;
 pub mod model;
 mod schema;
@@ -39,7 +40,7 @@ pub use model::{
 pub use schema::SCHEMA_VERSION;
 
 use live::Live;
-use schema::{BLOCKS, EVENTS, INSTANCES, META, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES};
+use schema::{EVENTS, INSTANCES, META, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES};
 use writer::{Msg, Writer, no_panic};
 
 /// Retention limits of one process.
@@ -404,6 +405,16 @@ pub enum Window {
     Seqs { from: u64, to: u64 },
 }
 
+/// Lines read, and how many could not be (damaged blocks, skipped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    pub lines: Vec<Line>,
+    /// Lines of the window that were in damaged blocks and are left out. Counted from the
+    /// sequence numbers around the damage, so lines dropped before they were stored (next
+    /// to the damage) are counted too.
+    pub unreadable_lines: u64,
+}
+
 /// Which lines count at all: a stream and a time range.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -556,7 +567,15 @@ impl Store {
         let locked = || StoreError::Locked {
             path: path.to_owned(),
         };
-        let db = match ReadOnlyDatabase::open(path) {
+        // redb may panic on a damaged file rather than return an error.
+        let open_ro = || {
+            writer::quietly(|| ReadOnlyDatabase::open(path)).unwrap_or_else(|p| {
+                Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
+                    writer::panic_message(&p),
+                )))
+            })
+        };
+        let db = match open_ro() {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(locked()),
             Err(redb::DatabaseError::RepairAborted) => {
@@ -565,7 +584,7 @@ impl Store {
                     Err(OpenFailure::Locked) => return Err(locked()),
                     Err(f) => return Err(f.into_error(path)),
                 }
-                match ReadOnlyDatabase::open(path) {
+                match open_ro() {
                     Ok(db) => db,
                     Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(locked()),
                     Err(e) => return Err(e.into()),
@@ -573,7 +592,7 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let version = schema::stored_version(&db)?;
+        let version = no_panic(|| schema::stored_version(&db))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: path.to_owned(),
@@ -782,6 +801,11 @@ impl Store {
 
     /// Persisted process specs, by name.
     pub fn processes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.processes_unguarded())
+    }
+
+    fn processes_unguarded(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.shared.db()?.begin_read()?;
         let t = txn.open_table(PROCESSES)?;
         let mut out = Vec::new();
@@ -794,6 +818,11 @@ impl Store {
 
     /// Every process name the store knows: persisted specs and processes with instances.
     pub fn process_names(&self) -> Result<Vec<String>, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.process_names_unguarded())
+    }
+
+    fn process_names_unguarded(&self) -> Result<Vec<String>, StoreError> {
         let txn = self.shared.db()?.begin_read()?;
         let mut names = BTreeSet::new();
         for row in txn.open_table(PROCESSES)?.iter()? {
@@ -827,6 +856,15 @@ impl Store {
 
     /// The retained instances of a process, oldest first.
     pub fn instances(
+        &self,
+        process: &str,
+        kind: InstanceKind,
+    ) -> Result<Vec<InstanceMeta>, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.instances_unguarded(process, kind))
+    }
+
+    fn instances_unguarded(
         &self,
         process: &str,
         kind: InstanceKind,
@@ -871,6 +909,11 @@ impl Store {
     /// One instance by its stable number. An instance that has just begun may not be
     /// committed yet; it is then described from its live state.
     pub fn instance(&self, id: u64) -> Result<InstanceMeta, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.instance_unguarded(id))
+    }
+
+    fn instance_unguarded(&self, id: u64) -> Result<InstanceMeta, StoreError> {
         let txn = self.shared.db()?.begin_read()?;
         let metas = txn.open_table(INSTANCES)?;
         self.meta_in(&metas, id)
@@ -920,30 +963,24 @@ impl Store {
 
     /// Visit an instance's blocks in order, starting with the one holding `from_seq`:
     /// older blocks from redb, the newest from the ring (never touching the disk for them).
+    ///
+    /// A stored block that cannot be read (damaged on disk) is skipped instead of failing
+    /// the whole instance; returns how many lines were skipped that way.
     pub fn scan_blocks(
         &self,
         id: u64,
         from_seq: u64,
         f: &mut dyn FnMut(BlockView<'_>) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let ring = self.shared.live(id).map(|l| l.snapshot());
         let ring_start = ring.as_ref().map_or(u64::MAX, |r| r.start_seq);
+        let mut unreadable = 0;
         if from_seq < ring_start {
             let txn = self.shared.db()?.begin_read()?;
-            let t = txn.open_table(BLOCKS)?;
-            let start = t
-                .range((id, 0)..=(id, from_seq))?
-                .next_back()
-                .transpose()?
-                .map_or(0, |(k, _)| k.value().1);
-            let mut buf = Vec::new();
-            for row in t.range((id, start)..(id, ring_start))? {
-                let (k, v) = row?;
-                let raw = block::stored_raw(k.value().1, v.value(), &mut buf)?;
-                let view = BlockView::parse(k.value().1, raw)?;
-                if f(view).is_break() {
-                    return Ok(());
-                }
+            let (flow, skipped) = damage::scan(&txn, id, from_seq, ring_start, f)?;
+            unreadable = skipped;
+            if flow.is_break() {
+                return Ok(unreadable);
             }
         }
         if let Some(ring) = &ring {
@@ -952,44 +989,47 @@ impl Store {
                     continue;
                 }
                 if f(view).is_break() {
-                    return Ok(());
+                    return Ok(unreadable);
                 }
             }
         }
-        Ok(())
+        Ok(unreadable)
     }
 
-    /// Visit an instance's blocks newest first, ending with the one holding `from_seq`.
+    /// Visit an instance's blocks newest first. Damaged blocks are skipped, as in
+    /// [`Self::scan_blocks`]; returns how many lines were skipped.
     pub fn scan_blocks_rev(
         &self,
         id: u64,
         f: &mut dyn FnMut(BlockView<'_>) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let ring = self.shared.live(id).map(|l| l.snapshot());
         let ring_start = ring.as_ref().map_or(u64::MAX, |r| r.start_seq);
         if let Some(ring) = &ring {
             for view in ring.views().rev() {
                 if f(view).is_break() {
-                    return Ok(());
+                    return Ok(0);
                 }
             }
         }
         let txn = self.shared.db()?.begin_read()?;
-        let t = txn.open_table(BLOCKS)?;
-        let mut buf = Vec::new();
-        for row in t.range((id, 0)..(id, ring_start))?.rev() {
-            let (k, v) = row?;
-            let raw = block::stored_raw(k.value().1, v.value(), &mut buf)?;
-            let view = BlockView::parse(k.value().1, raw)?;
-            if f(view).is_break() {
-                return Ok(());
-            }
-        }
-        Ok(())
+        let (_, unreadable) = damage::scan_rev(&txn, id, ring_start, f)?;
+        Ok(unreadable)
     }
 
-    /// Read lines of one instance, oldest first.
+    /// Read lines of one instance, oldest first. Lines of damaged blocks are left out; see
+    /// [`Self::read_report`] for how many.
     pub fn read(&self, id: u64, window: Window, filter: &Filter) -> Result<Vec<Line>, StoreError> {
+        self.read_report(id, window, filter).map(|r| r.lines)
+    }
+
+    /// [`Self::read`], with the count of lines that could not be read.
+    pub fn read_report(
+        &self,
+        id: u64,
+        window: Window,
+        filter: &Filter,
+    ) -> Result<ReadResult, StoreError> {
         let mut out = Vec::new();
         let (from, to, limit) = match window {
             Window::Tail(n) => return self.read_tail(id, n, filter),
@@ -997,9 +1037,9 @@ impl Store {
             Window::Seqs { from, to } => (from, to, usize::MAX),
         };
         if limit == 0 || from >= to {
-            return Ok(out);
+            return Ok(ReadResult::default());
         }
-        self.scan_blocks(id, from, &mut |view| {
+        let unreadable_lines = self.scan_blocks(id, from, &mut |view| {
             for (i, m) in view.metas().enumerate() {
                 let seq = view.first_seq + i as u64;
                 if seq >= to {
@@ -1014,15 +1054,18 @@ impl Store {
             }
             ControlFlow::Continue(())
         })?;
-        Ok(out)
+        Ok(ReadResult {
+            lines: out,
+            unreadable_lines,
+        })
     }
 
-    fn read_tail(&self, id: u64, n: usize, filter: &Filter) -> Result<Vec<Line>, StoreError> {
+    fn read_tail(&self, id: u64, n: usize, filter: &Filter) -> Result<ReadResult, StoreError> {
         let mut out = Vec::new();
         if n == 0 {
-            return Ok(out);
+            return Ok(ReadResult::default());
         }
-        self.scan_blocks_rev(id, &mut |view| {
+        let unreadable_lines = self.scan_blocks_rev(id, &mut |view| {
             let metas: Vec<_> = view.metas().collect();
             for (i, m) in metas.iter().enumerate().rev() {
                 if filter.accepts(m) {
@@ -1035,11 +1078,23 @@ impl Store {
             ControlFlow::Continue(())
         })?;
         out.reverse();
-        Ok(out)
+        Ok(ReadResult {
+            lines: out,
+            unreadable_lines,
+        })
     }
 
     /// A process's most recent events (all events when `process` is None), oldest first.
     pub fn events(&self, process: Option<&str>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.events_unguarded(process, limit))
+    }
+
+    fn events_unguarded(
+        &self,
+        process: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let txn = self.shared.db()?.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
@@ -1154,13 +1209,13 @@ fn open_db(path: &Path, opts: &StoreOptions, create: bool) -> Result<Database, O
     builder.set_cache_size(opts.cache_bytes);
     // redb may panic on some malformed files rather than return an error: treat that as
     // an unreadable file too, so the daemon moves it aside instead of crash-looping.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let result = writer::quietly(|| {
         if create {
             builder.create(path)
         } else {
             builder.open(path)
         }
-    }));
+    });
     match result {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenFailure::Locked),
@@ -1185,7 +1240,10 @@ fn open_db(path: &Path, opts: &StoreOptions, create: bool) -> Result<Database, O
             }))
         }
         Ok(Err(e)) => Err(OpenFailure::Unreadable(e.to_string())),
-        Err(_) => Err(OpenFailure::Unreadable("redb could not read it".to_owned())),
+        Err(p) => Err(OpenFailure::Unreadable(format!(
+            "redb could not read it: {}",
+            writer::panic_message(&p)
+        ))),
     }
 }
 
@@ -1320,10 +1378,10 @@ fn refuse_too_new(path: &Path) -> Result<(), StoreError> {
     if !path.exists() {
         return Ok(());
     }
-    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let found = writer::quietly(|| {
         let db = ReadOnlyDatabase::open(path).ok()?;
         schema::stored_version(&db).ok()
-    }));
+    });
     match found {
         Ok(Some(found)) if found > SCHEMA_VERSION => Err(StoreError::TooNew {
             path: path.to_owned(),

@@ -273,14 +273,40 @@ const MAX_EVENTS: u64 = 100_000;
 /// some damaged pages (and a bug anywhere below must not end the writer), so the writer and
 /// the readers call redb through this: the transaction that panicked is dropped, and the
 /// writer reopens the database before its next write.
+///
+/// Such a panic is expected, and turned into an error that says what happened: the panic
+/// hook does not print it (a damaged store would otherwise fill stderr with backtraces).
 pub(crate) fn no_panic<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+    match quietly(f) {
         Ok(r) => r,
         Err(panic) => Err(StoreError::Corrupt(format!(
             "the log store library failed on damaged data ({})",
             panic_message(&panic)
         ))),
     }
+}
+
+/// `catch_unwind`, without the panic hook's report (the caller reports the panic).
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result
+}
+
+static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+
+thread_local! {
+    /// This thread is inside [`no_panic`]: a panic is caught and reported as an error.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -910,10 +936,6 @@ impl Writer {
                             }
                             _ => {}
                         }
-                        if matches!(e, StoreError::Corrupt(_)) {
-                            // A panic may have left the database in any state: reopen.
-                            return Err(e);
-                        }
                         continue 'again;
                     }
                 }
@@ -999,22 +1021,11 @@ impl Writer {
                 }
                 let blamed = self.blame_retention();
                 tracing::error!("log retention failed: {e}");
+                // After damaged data (an error, or a panic redb contained by poisoning the
+                // transaction, which is aborted above) the database goes on; after an I/O
+                // error it must be reopened.
                 if e.is_disk() {
                     self.fail(e);
-                } else if matches!(e, StoreError::Corrupt(_)) {
-                    // redb may be in any state after a panic: reopen it before going on.
-                    self.db = None;
-                    if let Some(shared) = self.shared.upgrade() {
-                        shared.set_reopening(&e.to_string());
-                        match super::reopen(&shared.path, &self.opts) {
-                            Ok(db) => {
-                                let db = Arc::new(db);
-                                shared.set_open(db.clone());
-                                self.db = Some(db);
-                            }
-                            Err(e) => self.fail(e),
-                        }
-                    }
                 }
                 self.retention_due = blamed;
             }
