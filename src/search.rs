@@ -46,6 +46,8 @@ pub struct SearchResult {
     pub total: u64,
     /// Result lines left out by the limit: `total - hits.len()`.
     pub omitted: u64,
+    /// Lines that could not be searched: they are in blocks damaged on disk.
+    pub unreadable_lines: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,7 @@ pub fn compile(pattern: &str, case_insensitive: bool) -> Result<Regex, SearchErr
 pub fn search(store: &Store, instances: &[u64], q: &Query) -> Result<SearchResult, SearchError> {
     let re = compile(&q.pattern, q.case_insensitive)?;
     let mut out = Collector::new(q.head, q.tail);
+    let mut unreadable_lines = 0;
     for &id in instances {
         let mut s = Searcher {
             re: &re,
@@ -85,12 +88,15 @@ pub fn search(store: &Store, instances: &[u64], q: &Query) -> Result<SearchResul
             after_left: 0,
             out: &mut out,
         };
-        store.scan_blocks(id, 0, &mut |view| {
+        unreadable_lines += store.scan_blocks(id, 0, &mut |view| {
             s.block(view);
             ControlFlow::Continue(())
         })?;
     }
-    Ok(out.finish())
+    Ok(SearchResult {
+        unreadable_lines,
+        ..out.finish()
+    })
 }
 
 /// Keeps the head or tail of the result lines, and counts them all.
@@ -142,6 +148,7 @@ impl Collector {
             hits,
             matched: self.matched,
             total: self.total,
+            unreadable_lines: 0,
         }
     }
 }

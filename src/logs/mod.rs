@@ -8,10 +8,15 @@
 //! - [`model`]: instances and events.
 //!
 //! Reads combine the ring and the store so that they answer exactly as the store alone
-//! would once everything is durable. Every read here is blocking (redb I/O): async code
+//! would once everything is durable.
+//!
+//! Faults are contained: a write that fails (a full disk) is kept in memory and retried
+//! after reopening the database, and [`Store::health`] says so; an unreadable file is moved
+//! aside under a fresh name, never overwritten. Every read here is blocking (redb I/O): async code
 //! calls them through `tokio::task::spawn_blocking`.
 
 pub mod block;
+mod damage;
 mod live;
 pub mod model;
 mod schema;
@@ -34,8 +39,8 @@ pub use model::{
 pub use schema::SCHEMA_VERSION;
 
 use live::Live;
-use schema::{BLOCKS, EVENTS, INSTANCES, META, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES};
-use writer::{Msg, Writer};
+use schema::{EVENTS, INSTANCES, META, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES};
+use writer::{Msg, Writer, no_panic};
 
 /// Retention limits of one process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +89,10 @@ pub struct StoreOptions {
     pub max_line: usize,
     /// redb's page cache.
     pub cache_bytes: usize,
+    /// After a failed write the writer reopens the store and retries after this long,
+    /// doubling up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
 }
 
 impl Default for StoreOptions {
@@ -99,6 +108,8 @@ impl Default for StoreOptions {
             seal_interval: Duration::from_millis(50),
             max_line: block::DEFAULT_MAX_LINE,
             cache_bytes: 16 << 20,
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
         }
     }
 }
@@ -126,6 +137,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the log store is closed; restart the daemon")]
     WriterGone,
+    #[error("the log store cannot be read right now ({0}); it is being reopened, try again")]
+    Unavailable(String),
+    #[error("the log store could not read or write its file: {0}")]
+    Disk(String),
     #[error("could not write the log store: {0} (is the disk full?); the lines stay in memory")]
     WriteFailed(String),
     #[error("the log store is open read-only (no daemon holds it); start the daemon to change it")]
@@ -162,11 +177,30 @@ fn known_list(known: &[String]) -> String {
     }
 }
 
+impl StoreError {
+    /// The file could not be read or written (a full disk, an I/O error): trying again
+    /// later, after reopening, may work.
+    pub fn is_disk(&self) -> bool {
+        matches!(self, StoreError::Disk(_) | StoreError::Io { .. })
+    }
+}
+
+fn classify(e: redb::Error) -> StoreError {
+    let msg = e.to_string();
+    match e {
+        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed => {
+            StoreError::Disk(msg)
+        }
+        redb::Error::Corrupted(_) => StoreError::Corrupt(msg),
+        _ => StoreError::Db(msg),
+    }
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> StoreError {
-                StoreError::Db(e.to_string())
+                classify(e.into())
             }
         }
     )*};
@@ -201,10 +235,44 @@ impl Db {
     }
 }
 
+/// The database as readers see it.
+enum DbState {
+    Open(Db),
+    /// The writer dropped the database after a failure and is reopening it (why).
+    Reopening(String),
+    /// Closed: dropping the last handle released the file lock.
+    Closed,
+}
+
+/// How the store is doing, for status reports. See [`Store::health`].
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct StoreHealth {
+    /// Writes reach the disk. False while the writer retries after a failure (a full disk,
+    /// an I/O error), and for a read-only store.
+    pub writable: bool,
+    /// The last write error, if any since the store was opened (kept after it healed).
+    pub last_error: Option<String>,
+    /// When that error happened, microseconds since the Unix epoch.
+    pub last_error_us: Option<i64>,
+    /// Since when writes fail (None while writable).
+    pub failing_since_us: Option<i64>,
+    /// Lines kept in memory because the store could not take them yet; they are stored
+    /// once it heals.
+    pub lines_not_stored: u64,
+    /// Lines given up since the store was opened (the writer fell behind, or the store
+    /// failed for longer than the memory budget covers). Also counted per instance.
+    pub lines_dropped: u64,
+    /// Reopen attempts during the current failure.
+    pub retries: u64,
+    /// Failures healed since the store was opened.
+    pub recoveries: u64,
+}
+
 /// State shared by the store handle, the instance writers and the writer thread.
 pub(crate) struct Shared {
-    /// `None` once closed: dropping the last handle releases the file lock.
-    db: RwLock<Option<Db>>,
+    db: RwLock<DbState>,
     path: PathBuf,
     pub(crate) opts: StoreOptions,
     /// The writer's inbox; `None` once closed, or for a read-only store.
@@ -220,7 +288,9 @@ pub(crate) struct Shared {
     next_instance: AtomicU64,
     /// Live instances by id. A std lock: it is held only to clone an `Arc`.
     live: RwLock<HashMap<u64, Arc<Live>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<Option<Arc<Database>>>>>,
+    /// Written by the writer on failures and recoveries only (never per line).
+    pub(crate) health: Mutex<StoreHealth>,
 }
 
 impl Shared {
@@ -235,8 +305,26 @@ impl Shared {
         self.room_notify.notify_waiters();
     }
     fn db(&self) -> Result<Db, StoreError> {
-        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
-        db.clone().ok_or(StoreError::WriterGone)
+        match &*self.db.read().unwrap_or_else(|p| p.into_inner()) {
+            DbState::Open(db) => Ok(db.clone()),
+            DbState::Reopening(why) => Err(StoreError::Unavailable(why.clone())),
+            DbState::Closed => Err(StoreError::WriterGone),
+        }
+    }
+    /// The writer dropped the database after a failure (readers must let go of it too,
+    /// for it to be reopened).
+    pub(crate) fn set_reopening(&self, why: &str) {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !matches!(*db, DbState::Closed) {
+            *db = DbState::Reopening(why.to_owned());
+        }
+    }
+    /// The writer reopened the database.
+    pub(crate) fn set_open(&self, new: Arc<Database>) {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !matches!(*db, DbState::Closed) {
+            *db = DbState::Open(Db::Rw(new));
+        }
     }
     /// Hand a message to the writer. False when the store is closed, in which case a
     /// block's lines can never become durable.
@@ -295,6 +383,9 @@ pub struct Opened {
     pub store: Store,
     /// The file could not be opened as a store and was moved aside: (from, to).
     pub moved_aside: Option<(PathBuf, PathBuf)>,
+    /// What the open had to do that the user should hear about (e.g. the move aside, with
+    /// both paths and the reason), one sentence each.
+    pub notes: Vec<String>,
     /// The previous daemon did not close the store (killed, power loss).
     pub unclean: bool,
     /// Instances that were live when the previous daemon died; now marked ended with an
@@ -311,6 +402,16 @@ pub enum Window {
     Head(usize),
     /// Lines with `from <= seq < to`.
     Seqs { from: u64, to: u64 },
+}
+
+/// Lines read, and how many could not be (damaged blocks, skipped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    pub lines: Vec<Line>,
+    /// Lines of the window that were in damaged blocks and are left out. Counted from the
+    /// sequence numbers around the damage, so lines dropped before they were stored (next
+    /// to the damage) are counted too.
+    pub unreadable_lines: u64,
 }
 
 /// Which lines count at all: a stream and a time range.
@@ -335,8 +436,11 @@ const CLEAN_KEY: &str = "clean_shutdown";
 impl Store {
     /// Open (or create) the store at `path` for writing, with its writer thread.
     ///
-    /// A file that is not a readable redb store is moved aside, never overwritten, and a
-    /// new store is started; [`Opened::moved_aside`] names both paths.
+    /// A file that is not a readable redb store is moved aside under a name no other file
+    /// has, never overwritten, and a new store is started; [`Opened::moved_aside`] names
+    /// both paths. A new store is made under a temporary name in the same directory and
+    /// renamed into place only once complete, so a failure half way (a full disk) never
+    /// leaves a half-made store behind.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Opened, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
@@ -344,37 +448,58 @@ impl Store {
                 source,
             })?;
         }
-        refuse_too_new(path)?;
         let mut moved_aside = None;
-        let db = match open_rw(path, &opts) {
-            Ok(db) => db,
-            Err(OpenFailure::Unreadable(why)) => {
-                let aside = aside_path(path);
-                std::fs::rename(path, &aside).map_err(|source| StoreError::Io {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                tracing::error!(
-                    "the log store {} could not be opened ({why}); moved it aside to {} and started a new one",
-                    path.display(),
-                    aside.display()
-                );
-                moved_aside = Some((path.to_owned(), aside));
-                open_rw(path, &opts).map_err(|f| f.into_error(path))?
+        let mut notes = Vec::new();
+        let mut rounds = 0;
+        let (db, start) = loop {
+            rounds += 1;
+            if rounds > 5 {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: could not open nor create the log store",
+                    path.display()
+                )));
             }
-            Err(f) => return Err(f.into_error(path)),
+            if std::fs::symlink_metadata(path).is_err() {
+                match create_new(path, &opts)? {
+                    Some(db) => match no_panic(|| start_db(&db, path)) {
+                        Ok(start) => break (db, start),
+                        Err(e) => return Err(e),
+                    },
+                    // Somebody else (another daemon) created it meanwhile: open theirs.
+                    None => continue,
+                }
+            }
+            refuse_too_new(path)?;
+            let why = match open_rw(path, &opts) {
+                Ok(db) => match no_panic(|| start_db(&db, path)) {
+                    Ok(start) => break (db, start),
+                    // The file opens but its own tables cannot be read.
+                    Err(StoreError::Corrupt(why)) if moved_aside.is_none() => why,
+                    Err(e) => return Err(e),
+                },
+                Err(OpenFailure::Unreadable(why)) if moved_aside.is_none() => why,
+                Err(f) => return Err(f.into_error(path)),
+            };
+            let aside = move_aside(path)?;
+            let note = format!(
+                "the log store {} could not be opened ({why}); moved it aside to {} and started a new one",
+                path.display(),
+                aside.display()
+            );
+            tracing::error!("{note}");
+            notes.push(note);
+            moved_aside = Some((path.to_owned(), aside));
         };
-        schema::migrate(&db, path)?;
-        let (unclean, interrupted) = mark_open(&db)?;
-        let next_instance = {
-            let txn = db.begin_read()?;
-            let t = txn.open_table(INSTANCES)?;
-            t.last()?.map_or(1, |(k, _)| k.value() + 1)
-        };
+        let Start {
+            unclean,
+            interrupted,
+            next_instance,
+            loaded,
+        } = start;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
-            db: RwLock::new(Some(Db::Rw(db.clone()))),
+            db: RwLock::new(DbState::Open(Db::Rw(db.clone()))),
             path: path.to_owned(),
             opts,
             tx: Mutex::new(Some(tx)),
@@ -385,8 +510,12 @@ impl Store {
             next_instance: AtomicU64::new(next_instance),
             live: RwLock::new(HashMap::new()),
             writer: Mutex::new(None),
+            health: Mutex::new(StoreHealth {
+                writable: true,
+                ..StoreHealth::default()
+            }),
         });
-        let writer = Writer::new(db, shared.clone())?;
+        let writer = Writer::new(db, shared.clone(), loaded);
         let io_err = |source| StoreError::Io {
             path: path.to_owned(),
             source,
@@ -410,14 +539,16 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("bpm-store-writer".into())
             .spawn(move || {
-                writer.run(rx_w);
+                let db = writer.run(rx_w);
                 let _ = compressor.join();
+                db
             })
             .map_err(io_err)?;
         *shared.writer.lock().unwrap() = Some(handle);
         Ok(Opened {
             store: Store { shared },
             moved_aside,
+            notes,
             unclean,
             interrupted,
         })
@@ -435,7 +566,15 @@ impl Store {
         let locked = || StoreError::Locked {
             path: path.to_owned(),
         };
-        let db = match ReadOnlyDatabase::open(path) {
+        // redb may panic on a damaged file rather than return an error.
+        let open_ro = || {
+            writer::quietly(|| ReadOnlyDatabase::open(path)).unwrap_or_else(|p| {
+                Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
+                    writer::panic_message(&p),
+                )))
+            })
+        };
+        let db = match open_ro() {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(locked()),
             Err(redb::DatabaseError::RepairAborted) => {
@@ -444,7 +583,7 @@ impl Store {
                     Err(OpenFailure::Locked) => return Err(locked()),
                     Err(f) => return Err(f.into_error(path)),
                 }
-                match ReadOnlyDatabase::open(path) {
+                match open_ro() {
                     Ok(db) => db,
                     Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(locked()),
                     Err(e) => return Err(e.into()),
@@ -452,7 +591,7 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let version = schema::stored_version(&db)?;
+        let version = no_panic(|| schema::stored_version(&db))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
                 path: path.to_owned(),
@@ -462,7 +601,7 @@ impl Store {
         }
         Ok(Store {
             shared: Arc::new(Shared {
-                db: RwLock::new(Some(Db::Ro(Arc::new(db)))),
+                db: RwLock::new(DbState::Open(Db::Ro(Arc::new(db)))),
                 path: path.to_owned(),
                 opts: StoreOptions::default(),
                 tx: Mutex::new(None),
@@ -473,6 +612,7 @@ impl Store {
                 next_instance: AtomicU64::new(0),
                 live: RwLock::new(HashMap::new()),
                 writer: Mutex::new(None),
+                health: Mutex::new(StoreHealth::default()),
             }),
         })
     }
@@ -481,25 +621,43 @@ impl Store {
         &self.shared.path
     }
 
+    /// Whether the store takes changes. A store that fails to write takes them still: the
+    /// writer keeps them in memory and retries.
     fn writable(&self) -> Result<(), StoreError> {
-        match self.shared.db()? {
-            Db::Ro(_) => Err(StoreError::ReadOnly),
-            Db::Rw(_) => Ok(()),
+        match &*self.shared.db.read().unwrap_or_else(|p| p.into_inner()) {
+            DbState::Open(Db::Ro(_)) => Err(StoreError::ReadOnly),
+            DbState::Open(Db::Rw(_)) | DbState::Reopening(_) => Ok(()),
+            DbState::Closed => Err(StoreError::WriterGone),
         }
+    }
+
+    /// How the store is doing: whether writes reach the disk, the last error, and the
+    /// lines not stored. Cheap (no I/O).
+    pub fn health(&self) -> StoreHealth {
+        let mut h = self
+            .shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        h.lines_dropped = self.shared.dropped_lines.load(Ordering::Relaxed);
+        h
     }
 
     /// Flush everything, stop the writer, and mark the store cleanly closed. Live
     /// instances should be finished first; their unsealed lines are flushed regardless.
     pub fn close(&self) -> Result<(), StoreError> {
-        let taken = self
-            .shared
-            .db
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let Some(Db::Rw(db)) = taken else {
-            return Ok(());
-        };
+        let taken = std::mem::replace(
+            &mut *self.shared.db.write().unwrap_or_else(|p| p.into_inner()),
+            DbState::Closed,
+        );
+        match taken {
+            DbState::Open(Db::Rw(_)) | DbState::Reopening(_) => {}
+            DbState::Open(Db::Ro(_)) | DbState::Closed => return Ok(()),
+        }
+        // Readers let go of the database; the writer hands back its own (it may have
+        // reopened it since).
+        drop(taken);
         // Seal the live instances' open blocks while the writer can still receive them
         // (once its inbox is closed, a sealed block could only be dropped).
         for live in self.shared.lives() {
@@ -513,10 +671,19 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         drop(tx);
-        let handle = self.shared.writer.lock().unwrap().take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        let handle = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let db = handle.and_then(|h| h.join().ok().flatten());
+        let Some(db) = db else {
+            let h = self.health();
+            return Err(StoreError::WriteFailed(h.last_error.unwrap_or_else(|| {
+                "the writer could not write the last lines".to_owned()
+            })));
+        };
         let mut txn = db.begin_write()?;
         txn.set_quick_repair(true);
         txn.open_table(META)?.insert(CLEAN_KEY, 1)?;
@@ -633,6 +800,11 @@ impl Store {
 
     /// Persisted process specs, by name.
     pub fn processes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.processes_unguarded())
+    }
+
+    fn processes_unguarded(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.shared.db()?.begin_read()?;
         let t = txn.open_table(PROCESSES)?;
         let mut out = Vec::new();
@@ -645,6 +817,11 @@ impl Store {
 
     /// Every process name the store knows: persisted specs and processes with instances.
     pub fn process_names(&self) -> Result<Vec<String>, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.process_names_unguarded())
+    }
+
+    fn process_names_unguarded(&self) -> Result<Vec<String>, StoreError> {
         let txn = self.shared.db()?.begin_read()?;
         let mut names = BTreeSet::new();
         for row in txn.open_table(PROCESSES)?.iter()? {
@@ -678,6 +855,15 @@ impl Store {
 
     /// The retained instances of a process, oldest first.
     pub fn instances(
+        &self,
+        process: &str,
+        kind: InstanceKind,
+    ) -> Result<Vec<InstanceMeta>, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.instances_unguarded(process, kind))
+    }
+
+    fn instances_unguarded(
         &self,
         process: &str,
         kind: InstanceKind,
@@ -722,6 +908,11 @@ impl Store {
     /// One instance by its stable number. An instance that has just begun may not be
     /// committed yet; it is then described from its live state.
     pub fn instance(&self, id: u64) -> Result<InstanceMeta, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.instance_unguarded(id))
+    }
+
+    fn instance_unguarded(&self, id: u64) -> Result<InstanceMeta, StoreError> {
         let txn = self.shared.db()?.begin_read()?;
         let metas = txn.open_table(INSTANCES)?;
         self.meta_in(&metas, id)
@@ -771,30 +962,24 @@ impl Store {
 
     /// Visit an instance's blocks in order, starting with the one holding `from_seq`:
     /// older blocks from redb, the newest from the ring (never touching the disk for them).
+    ///
+    /// A stored block that cannot be read (damaged on disk) is skipped instead of failing
+    /// the whole instance; returns how many lines were skipped that way.
     pub fn scan_blocks(
         &self,
         id: u64,
         from_seq: u64,
         f: &mut dyn FnMut(BlockView<'_>) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let ring = self.shared.live(id).map(|l| l.snapshot());
         let ring_start = ring.as_ref().map_or(u64::MAX, |r| r.start_seq);
+        let mut unreadable = 0;
         if from_seq < ring_start {
             let txn = self.shared.db()?.begin_read()?;
-            let t = txn.open_table(BLOCKS)?;
-            let start = t
-                .range((id, 0)..=(id, from_seq))?
-                .next_back()
-                .transpose()?
-                .map_or(0, |(k, _)| k.value().1);
-            let mut buf = Vec::new();
-            for row in t.range((id, start)..(id, ring_start))? {
-                let (k, v) = row?;
-                let raw = block::stored_raw(k.value().1, v.value(), &mut buf)?;
-                let view = BlockView::parse(k.value().1, raw)?;
-                if f(view).is_break() {
-                    return Ok(());
-                }
+            let (flow, skipped) = damage::scan(&txn, id, from_seq, ring_start, f)?;
+            unreadable = skipped;
+            if flow.is_break() {
+                return Ok(unreadable);
             }
         }
         if let Some(ring) = &ring {
@@ -803,44 +988,47 @@ impl Store {
                     continue;
                 }
                 if f(view).is_break() {
-                    return Ok(());
+                    return Ok(unreadable);
                 }
             }
         }
-        Ok(())
+        Ok(unreadable)
     }
 
-    /// Visit an instance's blocks newest first, ending with the one holding `from_seq`.
+    /// Visit an instance's blocks newest first. Damaged blocks are skipped, as in
+    /// [`Self::scan_blocks`]; returns how many lines were skipped.
     pub fn scan_blocks_rev(
         &self,
         id: u64,
         f: &mut dyn FnMut(BlockView<'_>) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let ring = self.shared.live(id).map(|l| l.snapshot());
         let ring_start = ring.as_ref().map_or(u64::MAX, |r| r.start_seq);
         if let Some(ring) = &ring {
             for view in ring.views().rev() {
                 if f(view).is_break() {
-                    return Ok(());
+                    return Ok(0);
                 }
             }
         }
         let txn = self.shared.db()?.begin_read()?;
-        let t = txn.open_table(BLOCKS)?;
-        let mut buf = Vec::new();
-        for row in t.range((id, 0)..(id, ring_start))?.rev() {
-            let (k, v) = row?;
-            let raw = block::stored_raw(k.value().1, v.value(), &mut buf)?;
-            let view = BlockView::parse(k.value().1, raw)?;
-            if f(view).is_break() {
-                return Ok(());
-            }
-        }
-        Ok(())
+        let (_, unreadable) = damage::scan_rev(&txn, id, ring_start, f)?;
+        Ok(unreadable)
     }
 
-    /// Read lines of one instance, oldest first.
+    /// Read lines of one instance, oldest first. Lines of damaged blocks are left out; see
+    /// [`Self::read_report`] for how many.
     pub fn read(&self, id: u64, window: Window, filter: &Filter) -> Result<Vec<Line>, StoreError> {
+        self.read_report(id, window, filter).map(|r| r.lines)
+    }
+
+    /// [`Self::read`], with the count of lines that could not be read.
+    pub fn read_report(
+        &self,
+        id: u64,
+        window: Window,
+        filter: &Filter,
+    ) -> Result<ReadResult, StoreError> {
         let mut out = Vec::new();
         let (from, to, limit) = match window {
             Window::Tail(n) => return self.read_tail(id, n, filter),
@@ -848,9 +1036,9 @@ impl Store {
             Window::Seqs { from, to } => (from, to, usize::MAX),
         };
         if limit == 0 || from >= to {
-            return Ok(out);
+            return Ok(ReadResult::default());
         }
-        self.scan_blocks(id, from, &mut |view| {
+        let unreadable_lines = self.scan_blocks(id, from, &mut |view| {
             for (i, m) in view.metas().enumerate() {
                 let seq = view.first_seq + i as u64;
                 if seq >= to {
@@ -865,15 +1053,18 @@ impl Store {
             }
             ControlFlow::Continue(())
         })?;
-        Ok(out)
+        Ok(ReadResult {
+            lines: out,
+            unreadable_lines,
+        })
     }
 
-    fn read_tail(&self, id: u64, n: usize, filter: &Filter) -> Result<Vec<Line>, StoreError> {
+    fn read_tail(&self, id: u64, n: usize, filter: &Filter) -> Result<ReadResult, StoreError> {
         let mut out = Vec::new();
         if n == 0 {
-            return Ok(out);
+            return Ok(ReadResult::default());
         }
-        self.scan_blocks_rev(id, &mut |view| {
+        let unreadable_lines = self.scan_blocks_rev(id, &mut |view| {
             let metas: Vec<_> = view.metas().collect();
             for (i, m) in metas.iter().enumerate().rev() {
                 if filter.accepts(m) {
@@ -886,11 +1077,23 @@ impl Store {
             ControlFlow::Continue(())
         })?;
         out.reverse();
-        Ok(out)
+        Ok(ReadResult {
+            lines: out,
+            unreadable_lines,
+        })
     }
 
     /// A process's most recent events (all events when `process` is None), oldest first.
     pub fn events(&self, process: Option<&str>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.events_unguarded(process, limit))
+    }
+
+    fn events_unguarded(
+        &self,
+        process: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let txn = self.shared.db()?.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
@@ -997,11 +1200,21 @@ impl OpenFailure {
 }
 
 fn open_rw(path: &Path, opts: &StoreOptions) -> Result<Database, OpenFailure> {
+    open_db(path, opts, true)
+}
+
+fn open_db(path: &Path, opts: &StoreOptions, create: bool) -> Result<Database, OpenFailure> {
     let mut builder = Database::builder();
     builder.set_cache_size(opts.cache_bytes);
     // redb may panic on some malformed files rather than return an error: treat that as
     // an unreadable file too, so the daemon moves it aside instead of crash-looping.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.create(path)));
+    let result = writer::quietly(|| {
+        if create {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        }
+    });
     match result {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenFailure::Locked),
@@ -1011,8 +1224,14 @@ fn open_rw(path: &Path, opts: &StoreOptions) -> Result<Database, OpenFailure> {
                 detail: format!("file format version {v}"),
             }))
         }
+        // A file cut short (inside its header: "failed to fill whole buffer") or with bad
+        // contents is unreadable; anything else (permissions, a failing disk) is not the
+        // file's fault and is reported as it is.
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
-            if e.kind() != std::io::ErrorKind::InvalidData =>
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
         {
             Err(OpenFailure::Other(StoreError::Io {
                 path: path.to_owned(),
@@ -1020,8 +1239,136 @@ fn open_rw(path: &Path, opts: &StoreOptions) -> Result<Database, OpenFailure> {
             }))
         }
         Ok(Err(e)) => Err(OpenFailure::Unreadable(e.to_string())),
-        Err(_) => Err(OpenFailure::Unreadable("redb could not read it".to_owned())),
+        Err(p) => Err(OpenFailure::Unreadable(format!(
+            "redb could not read it: {}",
+            writer::panic_message(&p)
+        ))),
     }
+}
+
+/// Reopen the store after a failure (the writer's way back). Never creates the file.
+pub(crate) fn reopen(path: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
+    open_db(path, opts, false).map_err(|f| match f {
+        OpenFailure::Locked => StoreError::Disk(format!(
+            "{} is still held (a read in progress); retrying",
+            path.display()
+        )),
+        OpenFailure::Unreadable(why) => {
+            StoreError::Disk(format!("{} cannot be reopened: {why}", path.display()))
+        }
+        OpenFailure::Other(StoreError::Io { source, .. }) => {
+            StoreError::Disk(format!("{}: {source}", path.display()))
+        }
+        OpenFailure::Other(e) => e,
+    })
+}
+
+/// What opening found in the store.
+struct Start {
+    unclean: bool,
+    interrupted: Vec<InstanceMeta>,
+    next_instance: u64,
+    loaded: writer::Loaded,
+}
+
+/// Bring an opened store to the current schema, mark it open, and read what the store
+/// handle and the writer start from.
+fn start_db(db: &Database, path: &Path) -> Result<Start, StoreError> {
+    schema::migrate(db, path)?;
+    let (unclean, interrupted) = mark_open(db)?;
+    let next_instance = {
+        let txn = db.begin_read()?;
+        let t = txn.open_table(INSTANCES)?;
+        t.last()?.map_or(1, |(k, _)| k.value() + 1)
+    };
+    Ok(Start {
+        unclean,
+        interrupted,
+        next_instance,
+        loaded: writer::Loaded::read(db)?,
+    })
+}
+
+/// Create a new store at `path`: made complete under a temporary name in the same
+/// directory, then renamed into place (never over an existing file). `None` when a file
+/// appeared at `path` meanwhile.
+fn create_new(path: &Path, opts: &StoreOptions) -> Result<Option<Database>, StoreError> {
+    let name = file_name(path);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let tmp = path.with_file_name(format!(".{name}.new-{}-{nanos}", std::process::id()));
+    let made = (|| {
+        let db = open_rw(&tmp, opts).map_err(|f| f.into_error(&tmp))?;
+        no_panic(|| schema::migrate(&db, path))?;
+        match rename_noreplace(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        if let Some(dir) = path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(Some(db))
+    })();
+    if !matches!(made, Ok(Some(_))) {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
+}
+
+/// Rename `from` to `to` unless `to` exists (then `AlreadyExists`), atomically where the
+/// file system allows it.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EEXIST) => Err(std::io::ErrorKind::AlreadyExists.into()),
+        // A file system without RENAME_NOREPLACE: a hard link never replaces either.
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        Err(e) => Err(std::io::Error::from(e)),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Move an unreadable store aside, to a name that no file has (the evidence of an earlier
+/// failure is never overwritten, even by two starts within the same second).
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let name = file_name(path);
+    for n in 0u32.. {
+        let aside = if n == 0 {
+            path.with_file_name(format!("{name}.corrupt-{stamp}"))
+        } else {
+            path.with_file_name(format!("{name}.corrupt-{stamp}.{n}"))
+        };
+        match rename_noreplace(path, &aside) {
+            Ok(()) => return Ok(aside),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    unreachable!("some name is free")
 }
 
 /// Refuse a store written by a newer bpm before opening it for writing, which may already
@@ -1030,10 +1377,10 @@ fn refuse_too_new(path: &Path) -> Result<(), StoreError> {
     if !path.exists() {
         return Ok(());
     }
-    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let found = writer::quietly(|| {
         let db = ReadOnlyDatabase::open(path).ok()?;
         schema::stored_version(&db).ok()
-    }));
+    });
     match found {
         Ok(Some(found)) if found > SCHEMA_VERSION => Err(StoreError::TooNew {
             path: path.to_owned(),
@@ -1042,14 +1389,6 @@ fn refuse_too_new(path: &Path) -> Result<(), StoreError> {
         }),
         _ => Ok(()),
     }
-}
-
-fn aside_path(path: &Path) -> PathBuf {
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let name = path
-        .file_name()
-        .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!("{name}.corrupt-{stamp}"))
 }
 
 /// Mark the store open (not cleanly closed) and end the instances the previous daemon left

@@ -194,6 +194,23 @@ pub enum EventKind {
     Note {
         text: String,
     },
+    // ---- schema version 2 (migrations/0002-store-health.md) ----
+    /// The store could not be written (a full disk, an I/O error). Lines are kept in memory
+    /// and retried; this event is stored once the store heals, with the time of the failure.
+    StoreFailed {
+        error: String,
+        /// Lines waiting in memory for the store when it failed.
+        lines_pending: u64,
+    },
+    /// The store is written again after failing for `failed_for_ms`.
+    StoreRecovered {
+        failed_for_ms: u64,
+        /// Lines given up while it failed (beyond the memory budget; also recorded per
+        /// instance as `LinesDropped`).
+        lines_dropped: u64,
+        /// Reopen attempts it took.
+        attempts: u64,
+    },
 }
 
 /// One line describing the event, for status reports.
@@ -237,7 +254,10 @@ impl std::fmt::Display for EventKind {
                 "stopped orphan process group {pgid} (pid {pid}) left by the previous daemon"
             ),
             EventKind::LinesDropped { count } => {
-                write!(f, "{count} lines were not stored (the store fell behind)")
+                write!(
+                    f,
+                    "{count} lines were not stored (the store fell behind or could not be written)"
+                )
             }
             EventKind::RetentionRemoved { instance, why, .. } => {
                 write!(f, "retention removed instance #{instance}: {why}")
@@ -248,6 +268,22 @@ impl std::fmt::Display for EventKind {
             },
             EventKind::Ready => f.write_str("ready"),
             EventKind::Note { text } => f.write_str(text),
+            EventKind::StoreFailed {
+                error,
+                lines_pending,
+            } => write!(
+                f,
+                "the log store could not be written ({error}); {lines_pending} lines kept in memory, retrying"
+            ),
+            EventKind::StoreRecovered {
+                failed_for_ms,
+                lines_dropped,
+                attempts,
+            } => write!(
+                f,
+                "the log store is written again after failing for {:.1}s ({attempts} attempts); {lines_dropped} lines could not be kept",
+                *failed_for_ms as f64 / 1000.0
+            ),
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::StoreError;
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// `meta`: key -> value. Holds `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -47,11 +47,18 @@ struct Step {
     run: fn(&WriteTransaction) -> Result<(), StoreError>,
 }
 
-/// Version 0 is an empty file; version 1 creates every table.
-const STEPS: &[Step] = &[Step {
-    from: 0,
-    run: create_v1,
-}];
+/// Version 0 is an empty file; version 1 creates every table; version 2 adds event kinds
+/// only (migrations/0002-store-health.md).
+const STEPS: &[Step] = &[
+    Step {
+        from: 0,
+        run: create_v1,
+    },
+    Step {
+        from: 1,
+        run: to_v2,
+    },
+];
 
 fn create_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(PROCESSES)?;
@@ -60,6 +67,14 @@ fn create_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(BLOCKS)?;
     txn.open_table(EVENTS)?;
     txn.open_table(PROCESS_EVENTS)?;
+    Ok(())
+}
+
+/// Version 2 appends `EventKind::StoreFailed` and `EventKind::StoreRecovered`. No table
+/// or record changes: a version 1 store is a valid version 2 store as it is. The version is
+/// bumped so that a version 1 binary, which cannot decode those events, refuses the store
+/// instead of failing on its events.
+fn to_v2(_txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 

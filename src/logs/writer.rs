@@ -5,12 +5,18 @@
 //! its first message, sooner when it grows large, and at once for a flush or an instance's
 //! end, so the last lines before a crash are durable before anyone reacts to the crash.
 //! Retention runs here too, between groups: it never blocks capture, which only queues.
+//!
+//! The writer never stops on a failure. A group that cannot be written (a full disk, an
+//! I/O error) stays in memory, within the queue budget, and the writer reopens the database
+//! with backoff and replays the group into it; storing resumes by itself once the disk
+//! takes writes again. Beyond the budget the oldest blocks are given up and counted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
@@ -55,7 +61,118 @@ pub(crate) enum Msg {
     Flush(Done),
 }
 
+/// One change to the store, as the open group keeps it: applied to the write transaction
+/// as it comes, and kept until the group commits so that it can be replayed into a new
+/// transaction after a failure. Every op is idempotent.
+enum Op {
+    Block {
+        block: Arc<Block>,
+        stored: Vec<u8>,
+    },
+    Start {
+        process: String,
+        kind: u8,
+        id: u64,
+    },
+    Event {
+        id: u64,
+        process: Option<String>,
+        bytes: Vec<u8>,
+    },
+    PutProcess {
+        name: String,
+        spec: Vec<u8>,
+    },
+    RemoveProcess {
+        name: String,
+    },
+    /// Remove an instance; `blocks: false` leaves its (damaged) blocks in place.
+    RemoveInstance {
+        id: u64,
+        process: String,
+        kind: u8,
+        blocks: bool,
+    },
+    /// Remove an instance's blocks before `below`.
+    TrimBlocks {
+        id: u64,
+        below: u64,
+    },
+    PutMeta {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    TrimEvents {
+        below: u64,
+    },
+}
+
+fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
+    match op {
+        Op::Block { block, stored } => {
+            txn.open_table(BLOCKS)?
+                .insert((block.instance, block.first_seq), stored.as_slice())?;
+        }
+        Op::Start { process, kind, id } => {
+            txn.open_table(PROCESS_INSTANCES)?
+                .insert((process.as_str(), *kind, *id), ())?;
+        }
+        Op::Event { id, process, bytes } => {
+            txn.open_table(EVENTS)?.insert(*id, bytes.as_slice())?;
+            if let Some(p) = process {
+                txn.open_table(PROCESS_EVENTS)?
+                    .insert((p.as_str(), *id), ())?;
+            }
+        }
+        Op::PutProcess { name, spec } => {
+            txn.open_table(PROCESSES)?
+                .insert(name.as_str(), spec.as_slice())?;
+        }
+        Op::RemoveProcess { name } => {
+            txn.open_table(PROCESSES)?.remove(name.as_str())?;
+        }
+        Op::RemoveInstance {
+            id,
+            process,
+            kind,
+            blocks,
+        } => {
+            txn.open_table(INSTANCES)?.remove(*id)?;
+            if *blocks {
+                txn.open_table(BLOCKS)?
+                    .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)?;
+            }
+            txn.open_table(PROCESS_INSTANCES)?
+                .remove((process.as_str(), *kind, *id))?;
+        }
+        Op::TrimBlocks { id, below } => {
+            txn.open_table(BLOCKS)?
+                .retain_in((*id, 0)..(*id, *below), |_, _| false)?;
+        }
+        Op::PutMeta { id, bytes } => {
+            txn.open_table(INSTANCES)?.insert(*id, bytes.as_slice())?;
+        }
+        Op::TrimEvents { below } => {
+            let mut removed = Vec::new();
+            txn.open_table(EVENTS)?.retain_in(..*below, |k, v| {
+                if let Ok(ev) = schema::decode::<Event>("event", v)
+                    && let Some(p) = ev.process
+                {
+                    removed.push((p, k));
+                }
+                false
+            })?;
+            let mut idx = txn.open_table(PROCESS_EVENTS)?;
+            for (p, k) in removed {
+                idx.remove((p.as_str(), k))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the writer remembers of each retained instance, for retention.
+#[derive(Clone)]
 struct Retained {
     process: String,
     kind: InstanceKind,
@@ -63,18 +180,39 @@ struct Retained {
     live: bool,
 }
 
+/// The store cannot be written; the writer retries with backoff.
+struct Failing {
+    since: Instant,
+    since_us: i64,
+    error: String,
+    next_try: Instant,
+    backoff: Duration,
+    attempts: u64,
+    /// Lines given up during this failure.
+    dropped: u64,
+    /// Lines given up per instance, not yet recorded as `LinesDropped` events.
+    dropped_by_instance: BTreeMap<u64, u64>,
+    /// Errors since the last log line, and when that was.
+    unlogged: u64,
+    logged_at: Instant,
+}
+
+/// Errors are logged at once the first time, then summed up at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
 pub(crate) struct Writer {
-    db: Arc<Database>,
+    /// `None` after a failure, until it is reopened.
+    db: Option<Arc<Database>>,
     /// Weak, so that dropping every store handle closes the channel and ends the thread.
     shared: Weak<Shared>,
     opts: StoreOptions,
     txn: Option<WriteTransaction>,
-    txn_started: Instant,
-    txn_bytes: usize,
-    /// Blocks in the open group, marked committed once it commits...
-    blocks: Vec<Arc<Block>>,
-    /// ...and their compressed sizes, to undo the accounting if the group fails.
-    stored_lens: Vec<u64>,
+    /// The open group: every change since the last commit, in order.
+    group: Vec<Op>,
+    group_started: Instant,
+    /// Uncompressed bytes and lines of the blocks in the open group.
+    group_bytes: usize,
+    group_lines: u64,
     waiters: Vec<Done>,
     /// Instances whose end is in the open group: leave the live map at commit.
     ended: Vec<u64>,
@@ -85,43 +223,117 @@ pub(crate) struct Writer {
     limits: HashMap<String, Limits>,
     next_event: u64,
     retention_due: bool,
+    failing: Option<Failing>,
+    /// Instances whose blocks could not be walked: retention removes them without touching
+    /// their blocks, and never trims them.
+    damaged: HashSet<u64>,
+    /// The instance retention is working on (blamed if retention fails).
+    retaining: Option<u64>,
+    /// Failures healed since the store was opened.
+    recoveries: u64,
+}
+
+/// What the writer starts from, read when the store is opened.
+pub(crate) struct Loaded {
+    retained: BTreeMap<u64, Retained>,
+    next_event: u64,
+}
+
+impl Loaded {
+    pub(crate) fn read(db: &Database) -> Result<Loaded, StoreError> {
+        let mut retained = BTreeMap::new();
+        let txn = db.begin_read()?;
+        let t = txn.open_table(INSTANCES)?;
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let m: InstanceMeta = schema::decode("instance", v.value())?;
+            retained.insert(
+                k.value(),
+                Retained {
+                    process: m.process,
+                    kind: m.kind,
+                    bytes: m.stored_bytes,
+                    live: false,
+                },
+            );
+        }
+        let e = txn.open_table(EVENTS)?;
+        let next_event = e.last()?.map_or(1, |(k, _)| k.value() + 1);
+        Ok(Loaded {
+            retained,
+            next_event,
+        })
+    }
 }
 
 /// Events beyond this many are removed, oldest first.
 const MAX_EVENTS: u64 = 100_000;
 
-impl Writer {
-    pub(crate) fn new(db: Arc<Database>, shared: Arc<Shared>) -> Result<Writer, StoreError> {
-        let mut retained = BTreeMap::new();
-        let next_event;
-        {
-            let txn = db.begin_read()?;
-            let t = txn.open_table(INSTANCES)?;
-            for row in t.iter()? {
-                let (k, v) = row?;
-                let m: InstanceMeta = schema::decode("instance", v.value())?;
-                retained.insert(
-                    k.value(),
-                    Retained {
-                        process: m.process,
-                        kind: m.kind,
-                        bytes: m.stored_bytes,
-                        live: false,
-                    },
-                );
+/// Run `f`, turning a panic into an error. redb may panic rather than return an error on
+/// some damaged pages (and a bug anywhere below must not end the writer), so the writer and
+/// the readers call redb through this: the transaction that panicked is dropped, and the
+/// writer reopens the database before its next write.
+///
+/// Such a panic is expected, and turned into an error that says what happened: the panic
+/// hook does not print it (a damaged store would otherwise fill stderr with backtraces).
+pub(crate) fn no_panic<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match quietly(f) {
+        Ok(r) => r,
+        Err(panic) => Err(StoreError::Corrupt(format!(
+            "the log store library failed on damaged data ({})",
+            panic_message(&panic)
+        ))),
+    }
+}
+
+/// `catch_unwind`, without the panic hook's report (the caller reports the panic).
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
             }
-            let e = txn.open_table(EVENTS)?;
-            next_event = e.last()?.map_or(1, |(k, _)| k.value() + 1);
-        }
-        Ok(Writer {
-            db,
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result
+}
+
+static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+
+thread_local! {
+    /// This thread is inside [`no_panic`]: a panic is caught and reported as an error.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(db: Arc<Database>, shared: Arc<Shared>, loaded: Loaded) -> Writer {
+        let Loaded {
+            retained,
+            next_event,
+        } = loaded;
+        Writer {
+            db: Some(db),
             opts: shared.opts.clone(),
             shared: Arc::downgrade(&shared),
             txn: None,
-            txn_started: Instant::now(),
-            txn_bytes: 0,
-            blocks: Vec::new(),
-            stored_lens: Vec::new(),
+            group: Vec::new(),
+            group_started: Instant::now(),
+            group_bytes: 0,
+            group_lines: 0,
             waiters: Vec::new(),
             ended: Vec::new(),
             metas: HashMap::new(),
@@ -130,67 +342,155 @@ impl Writer {
             limits: HashMap::new(),
             next_event,
             retention_due: true,
-        })
+            failing: None,
+            damaged: HashSet::new(),
+            retaining: None,
+            recoveries: 0,
+        }
     }
 
-    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
-        let interval = self.opts.commit_interval;
+    /// The writer's loop. Never ends on a store error (nor on a panic): it keeps the lines
+    /// it could not write and reopens the database with backoff. Returns the database once
+    /// the inbox closes, for the clean-shutdown mark (`None` if it could not be written).
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) -> Option<Arc<Database>> {
         loop {
-            let wait = if self.txn.is_some() {
-                interval.saturating_sub(self.txn_started.elapsed())
-            } else {
-                // Idle: wake up now and then to seal the open blocks of quiet instances.
-                self.opts.seal_interval
-            };
-            match rx.recv_timeout(wait) {
-                Ok(msg) => {
-                    let flush = matches!(msg, Msg::Flush(_));
-                    if self.apply(msg) {
-                        if flush {
-                            // Everything appended before the flush was asked for: seal
-                            // the open blocks and take them into this group.
-                            self.seal_live();
-                            for msg in rx.try_iter().take(100_000) {
-                                self.apply(msg);
-                            }
+            let wait = self.wait();
+            let got = rx.recv_timeout(wait);
+            let disconnected = matches!(got, Err(RecvTimeoutError::Disconnected));
+            self.guarded(|w| w.step(got, &rx));
+            if disconnected {
+                // Last chance for a failed group: one more attempt, at once.
+                if self.failing.is_some() {
+                    self.guarded(Writer::recover);
+                }
+                if self.failing.is_some() {
+                    self.give_up();
+                    return None;
+                }
+                return self.db.take();
+            }
+        }
+    }
+
+    /// How long to wait for the next message.
+    fn wait(&self) -> Duration {
+        if let Some(f) = &self.failing {
+            return f
+                .next_try
+                .saturating_duration_since(Instant::now())
+                .min(self.opts.seal_interval);
+        }
+        if self.group_open() {
+            self.opts
+                .commit_interval
+                .saturating_sub(self.group_started.elapsed())
+        } else {
+            // Idle: wake up now and then to seal the open blocks of quiet instances.
+            self.opts.seal_interval
+        }
+    }
+
+    fn group_open(&self) -> bool {
+        self.txn.is_some() || !self.group.is_empty()
+    }
+
+    /// Run one step of the loop; a panic in it is a failure like any other.
+    fn guarded(&mut self, f: impl FnOnce(&mut Writer)) {
+        if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| f(self))) {
+            let e = StoreError::Corrupt(format!(
+                "the log store writer failed ({})",
+                panic_message(&panic)
+            ));
+            self.blame_retention();
+            self.fail(e);
+        }
+    }
+
+    fn step(&mut self, got: Result<Msg, RecvTimeoutError>, rx: &Receiver<Msg>) {
+        match got {
+            Ok(msg) => {
+                let flush = matches!(msg, Msg::Flush(_));
+                if self.apply(msg) {
+                    if flush {
+                        // Everything appended before the flush was asked for: seal
+                        // the open blocks and take them into this group.
+                        self.seal_live();
+                        for msg in rx.try_iter().take(100_000) {
+                            self.apply(msg);
                         }
-                        self.commit();
                     }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.seal_live();
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.seal_live();
                     self.commit();
-                    return;
                 }
             }
-            if self.txn.is_some()
-                && (self.txn_started.elapsed() >= interval
-                    || self.txn_bytes >= self.opts.group_max_bytes)
-            {
+            Err(RecvTimeoutError::Timeout) => {
+                self.seal_live();
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                self.seal_live();
                 self.commit();
+                return;
             }
-            if self.retention_due && self.txn.is_none() {
-                self.retention_due = false;
-                if let Err(e) = self.retain() {
-                    tracing::error!("log retention failed: {e}");
-                }
+        }
+        if let Some(f) = &self.failing {
+            if Instant::now() >= f.next_try {
+                self.recover();
             }
+        } else if self.group_open()
+            && (self.group_started.elapsed() >= self.opts.commit_interval
+                || self.group_bytes >= self.opts.group_max_bytes)
+        {
+            self.commit();
+        }
+        if self.retention_due && !self.group_open() && self.failing.is_none() {
+            self.retention_due = false;
+            self.retention();
         }
     }
 
     fn txn(&mut self) -> Result<&WriteTransaction, StoreError> {
         if self.txn.is_none() {
-            let mut txn = self.db.begin_write()?;
+            let db = self.db.as_ref().ok_or_else(|| {
+                StoreError::Unavailable("the log store is being reopened".to_owned())
+            })?;
+            let mut txn = db.begin_write()?;
             // Saves the allocator state with each commit so that reopening after a crash
             // does not walk the whole file (reopen must stay fast as the store grows).
             txn.set_quick_repair(true);
+            if self.group.is_empty() {
+                self.group_started = Instant::now();
+            }
             self.txn = Some(txn);
-            self.txn_started = Instant::now();
         }
         Ok(self.txn.as_ref().expect("just opened"))
+    }
+
+    /// Add an op to the open group, and to the write transaction unless the store is failing.
+    fn push(&mut self, op: Op) {
+        if let Err(e) = self.push_inner(op) {
+            self.fail(e);
+        }
+        if self.failing.is_some() {
+            self.enforce_budget();
+        }
+    }
+
+    /// [`Self::push`], but a failure is returned instead of handled. The op is in the group
+    /// either way.
+    fn push_inner(&mut self, op: Op) -> Result<(), StoreError> {
+        if !self.group_open() {
+            self.group_started = Instant::now();
+        }
+        if let Op::Block { block, .. } = &op {
+            self.group_bytes += block.bytes.len();
+            self.group_lines += u64::from(block.view().count);
+        }
+        let r = if self.failing.is_none() {
+            self.txn().and_then(|txn| apply_op(txn, &op))
+        } else {
+            Ok(())
+        };
+        self.group.push(op);
+        r
     }
 
     /// Seal the open blocks of live instances, so quiet output still becomes durable.
@@ -208,34 +508,19 @@ impl Writer {
 
     /// Apply one message to the open group. Returns whether the group must commit now.
     fn apply(&mut self, msg: Msg) -> bool {
-        let r = self.apply_inner(msg);
-        match r {
-            Ok(urgent) => urgent,
-            Err(e) => {
-                self.fail_group(e);
-                false
-            }
-        }
-    }
-
-    fn apply_inner(&mut self, msg: Msg) -> Result<bool, StoreError> {
         match msg {
             Msg::Block(block) => {
                 let stored = block.take_stored();
-                let len = stored.len();
+                let len = stored.len() as u64;
                 let lines = u64::from(block.view().count);
-                self.txn()?
-                    .open_table(BLOCKS)?
-                    .insert((block.instance, block.first_seq), stored.as_slice())?;
                 if let Some(m) = self.metas.get_mut(&block.instance) {
-                    m.stored_bytes += len as u64;
+                    m.stored_bytes += len;
                     m.next_seq = m.next_seq.max(block.first_seq + lines);
                     self.dirty.insert(block.instance);
                 }
                 if let Some(r) = self.retained.get_mut(&block.instance) {
-                    r.bytes += len as u64;
+                    r.bytes += len;
                 }
-                self.txn_bytes += block.bytes.len();
                 // Out of the queue and into the group: room for capture to go on.
                 if let Some(shared) = self.shared.upgrade() {
                     shared
@@ -243,15 +528,11 @@ impl Writer {
                         .fetch_sub(block.bytes.len(), Ordering::AcqRel);
                     shared.signal_room();
                 }
-                self.blocks.push(block);
-                self.stored_lens.push(len as u64);
                 self.retention_due = true;
-                Ok(false)
+                self.push(Op::Block { block, stored });
+                false
             }
             Msg::Start(meta) => {
-                let txn = self.txn()?;
-                txn.open_table(PROCESS_INSTANCES)?
-                    .insert((meta.process.as_str(), meta.kind.code(), meta.id), ())?;
                 self.retained.insert(
                     meta.id,
                     Retained {
@@ -262,9 +543,15 @@ impl Writer {
                     },
                 );
                 self.dirty.insert(meta.id);
+                let op = Op::Start {
+                    process: meta.process.clone(),
+                    kind: meta.kind.code(),
+                    id: meta.id,
+                };
                 self.metas.insert(meta.id, *meta);
                 self.retention_due = true;
-                Ok(false)
+                self.push(op);
+                false
             }
             Msg::End {
                 id,
@@ -291,10 +578,10 @@ impl Writer {
                         Some(id),
                         EventKind::LinesDropped { count: dropped },
                         ended_us,
-                    )?;
+                    );
                 }
                 self.ended.push(id);
-                Ok(true)
+                true
             }
             Msg::Event {
                 process,
@@ -302,27 +589,25 @@ impl Writer {
                 kind,
                 ts_us,
             } => {
-                self.event(process, instance, kind, ts_us)?;
-                Ok(false)
+                self.event(process, instance, kind, ts_us);
+                false
             }
             Msg::PutProcess { name, spec } => {
-                self.txn()?
-                    .open_table(PROCESSES)?
-                    .insert(name.as_str(), spec.as_slice())?;
-                Ok(true)
+                self.push(Op::PutProcess { name, spec });
+                true
             }
             Msg::RemoveProcess { name } => {
-                self.txn()?.open_table(PROCESSES)?.remove(name.as_str())?;
-                Ok(true)
+                self.push(Op::RemoveProcess { name });
+                true
             }
             Msg::Limits { process, limits } => {
                 self.limits.insert(process, limits);
                 self.retention_due = true;
-                Ok(false)
+                false
             }
             Msg::Flush(done) => {
                 self.waiters.push(done);
-                Ok(true)
+                true
             }
         }
     }
@@ -333,13 +618,24 @@ impl Writer {
         instance: Option<u64>,
         kind: EventKind,
         ts_us: i64,
-    ) -> Result<(), StoreError> {
+    ) {
         if let (EventKind::LinesDropped { count }, Some(id)) = (&kind, instance)
             && let Some(m) = self.metas.get_mut(&id)
         {
             m.dropped_lines += count;
             self.dirty.insert(id);
         }
+        self.event_only(process, instance, kind, ts_us);
+    }
+
+    /// Record an event without touching the instances' counters.
+    fn event_only(
+        &mut self,
+        process: Option<String>,
+        instance: Option<u64>,
+        kind: EventKind,
+        ts_us: i64,
+    ) {
         let id = self.next_event;
         self.next_event += 1;
         let ev = Event {
@@ -349,59 +645,36 @@ impl Writer {
             instance,
             kind,
         };
-        let txn = self.txn()?;
-        txn.open_table(EVENTS)?
-            .insert(id, schema::encode(&ev).as_slice())?;
-        if let Some(p) = &ev.process {
-            txn.open_table(PROCESS_EVENTS)?
-                .insert((p.as_str(), id), ())?;
-        }
-        Ok(())
+        let bytes = schema::encode(&ev);
+        self.push(Op::Event {
+            id,
+            process: ev.process,
+            bytes,
+        });
     }
 
     /// Commit the open group and answer everyone waiting on it.
     fn commit(&mut self) {
-        let result = self.commit_inner();
-        let waiters = std::mem::take(&mut self.waiters);
-        let shared = self.shared.upgrade();
-        match result {
-            Ok(()) => {
-                for b in self.blocks.drain(..) {
-                    b.mark_committed();
-                }
-                self.stored_lens.clear();
-                self.stored_lens.clear();
-                for id in self.ended.drain(..) {
-                    self.metas.remove(&id);
-                    if let Some(shared) = &shared {
-                        shared.remove_live(id);
-                    }
-                }
-                if let Some(shared) = &shared {
-                    for live in shared.lives() {
-                        live.after_commit(shared);
-                    }
-                }
-                for w in waiters {
-                    let _ = w.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                self.waiters = waiters;
-                self.fail_group(e);
-            }
+        if let Some(f) = &self.failing {
+            // The group stays in memory and is retried; those waiting hear it now.
+            let e = f.error.clone();
+            self.answer_failed(&e);
+            return;
         }
-        self.txn_bytes = 0;
+        match self.commit_inner() {
+            Ok(()) => self.committed(),
+            Err(e) => self.fail(e),
+        }
     }
 
     fn commit_inner(&mut self) -> Result<(), StoreError> {
-        if self.txn.is_none() && self.waiters.is_empty() && self.ended.is_empty() {
+        if !self.group_open() && self.waiters.is_empty() && self.ended.is_empty() {
             return Ok(());
         }
         let dirty: Vec<(u64, Vec<u8>)> = self
             .dirty
-            .drain()
-            .filter_map(|id| self.metas.get(&id).map(|m| (id, schema::encode(m))))
+            .iter()
+            .filter_map(|id| self.metas.get(id).map(|m| (*id, schema::encode(m))))
             .collect();
         let txn = self.txn()?;
         {
@@ -412,36 +685,287 @@ impl Writer {
         }
         let txn = self.txn.take().expect("opened above");
         txn.commit()?;
+        self.dirty.clear();
         Ok(())
     }
 
-    /// A group could not be written (a full disk, an I/O error): its lines stay in the
-    /// ring, are counted as dropped, and everyone waiting hears why. The instances'
-    /// metadata stays dirty and is written with the next group that succeeds.
-    fn fail_group(&mut self, e: StoreError) {
-        tracing::error!("log store write failed: {e}");
-        if let Some(txn) = self.txn.take() {
-            let _ = txn.abort();
-        }
-        for (b, stored) in self.blocks.drain(..).zip(self.stored_lens.drain(..)) {
-            b.mark_dropped();
-            let lines = u64::from(b.view().count);
-            if let Some(m) = self.metas.get_mut(&b.instance) {
-                m.dropped_lines += lines;
-                m.stored_bytes = m.stored_bytes.saturating_sub(stored);
-            }
-            if let Some(r) = self.retained.get_mut(&b.instance) {
-                r.bytes = r.bytes.saturating_sub(stored);
-            }
-            if let Some(shared) = self.shared.upgrade() {
-                shared.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+    /// The open group is durable: tell the ring, the live map and the waiters.
+    fn committed(&mut self) {
+        for op in self.group.drain(..) {
+            if let Op::Block { block, .. } = op {
+                block.mark_committed();
             }
         }
-        self.dirty.extend(self.metas.keys().copied());
+        self.group_bytes = 0;
+        self.group_lines = 0;
+        let shared = self.shared.upgrade();
+        for id in self.ended.drain(..) {
+            self.metas.remove(&id);
+            if let Some(shared) = &shared {
+                shared.remove_live(id);
+            }
+        }
+        if let Some(shared) = &shared {
+            for live in shared.lives() {
+                live.after_commit(shared);
+            }
+        }
         for w in self.waiters.drain(..) {
-            let _ = w.send(Err(StoreError::WriteFailed(e.to_string())));
+            let _ = w.send(Ok(()));
         }
-        // The ended instances were not recorded as ended; try again with the next group.
+    }
+
+    fn answer_failed(&mut self, error: &str) {
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Err(StoreError::WriteFailed(error.to_owned())));
+        }
+    }
+
+    /// A write failed (a full disk, an I/O error, damaged data, a panic). redb refuses every
+    /// later transaction after an I/O error until the database is reopened, so the writer
+    /// drops it and reopens it with backoff; the open group stays in memory (within the
+    /// queue budget) and is replayed into the new database. Everyone waiting hears why.
+    fn fail(&mut self, e: StoreError) {
+        let error = e.to_string();
+        if let Some(txn) = self.txn.take() {
+            // Aborting a transaction that a panic left half done may panic too.
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                let _ = txn.abort();
+            }));
+        }
+        self.db = None;
+        let shared = self.shared.upgrade();
+        if let Some(shared) = &shared {
+            shared.set_reopening(&error);
+        }
+        // The instances' metadata is written again with the group that succeeds.
+        self.dirty.extend(self.metas.keys().copied());
+        let now = Instant::now();
+        match &mut self.failing {
+            None => {
+                tracing::error!(
+                    "could not write the log store {}: {error}; its lines are kept in memory (up to {} bytes) and writing is retried",
+                    shared
+                        .as_ref()
+                        .map(|s| s.path.display().to_string())
+                        .unwrap_or_default(),
+                    self.opts.queue_max_bytes
+                );
+                self.failing = Some(Failing {
+                    since: now,
+                    since_us: now_us(),
+                    error: error.clone(),
+                    next_try: now + self.opts.retry_min,
+                    backoff: self.opts.retry_min,
+                    attempts: 0,
+                    dropped: 0,
+                    dropped_by_instance: BTreeMap::new(),
+                    unlogged: 0,
+                    logged_at: now,
+                });
+                let lines_pending = self.group_lines;
+                // Stored with the group once the store heals, at the time of the failure.
+                self.event_only(
+                    None,
+                    None,
+                    EventKind::StoreFailed {
+                        error: error.clone(),
+                        lines_pending,
+                    },
+                    now_us(),
+                );
+            }
+            Some(f) => {
+                f.backoff = (f.backoff * 2).min(self.opts.retry_max);
+                f.next_try = now + f.backoff;
+                f.unlogged += 1;
+                f.error = error.clone();
+                if now.duration_since(f.logged_at) >= LOG_EVERY {
+                    tracing::error!(
+                        "the log store still cannot be written after {:.0}s ({} more failures; last: {error}); {} lines waiting in memory, {} given up",
+                        f.since.elapsed().as_secs_f64(),
+                        f.unlogged,
+                        self.group_lines,
+                        f.dropped
+                    );
+                    f.unlogged = 0;
+                    f.logged_at = now;
+                }
+            }
+        }
+        self.enforce_budget();
+        self.answer_failed(&error);
+        self.publish_health(Some(error));
+    }
+
+    /// While failing, keep at most the queue budget of lines in memory: beyond it the
+    /// oldest blocks are given up, and counted.
+    fn enforce_budget(&mut self) {
+        while self.group_bytes > self.opts.queue_max_bytes {
+            let Some(pos) = self
+                .group
+                .iter()
+                .position(|op| matches!(op, Op::Block { .. }))
+            else {
+                break;
+            };
+            let Op::Block { block, stored } = self.group.remove(pos) else {
+                unreachable!("found above");
+            };
+            self.give_up_block(&block, stored.len() as u64);
+        }
+    }
+
+    fn give_up_block(&mut self, block: &Block, stored: u64) {
+        block.mark_dropped();
+        let lines = u64::from(block.view().count);
+        self.group_bytes -= block.bytes.len();
+        self.group_lines -= lines;
+        if let Some(m) = self.metas.get_mut(&block.instance) {
+            m.dropped_lines += lines;
+            m.stored_bytes = m.stored_bytes.saturating_sub(stored);
+            self.dirty.insert(block.instance);
+        }
+        if let Some(r) = self.retained.get_mut(&block.instance) {
+            r.bytes = r.bytes.saturating_sub(stored);
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            shared.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+        }
+        if let Some(f) = &mut self.failing {
+            f.dropped += lines;
+            *f.dropped_by_instance.entry(block.instance).or_default() += lines;
+        }
+    }
+
+    /// Try to heal: reopen the database, replay the open group into it, and commit.
+    fn recover(&mut self) {
+        let Some(f) = &mut self.failing else {
+            return;
+        };
+        f.attempts += 1;
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        if self.db.is_none() {
+            match super::reopen(&shared.path, &self.opts) {
+                Ok(db) => {
+                    let db = Arc::new(db);
+                    shared.set_open(db.clone());
+                    self.db = Some(db);
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return;
+                }
+            }
+        }
+        // The lines given up so far, per instance: recorded with the healed group.
+        let dropped =
+            std::mem::take(&mut self.failing.as_mut().expect("failing").dropped_by_instance);
+        for (id, count) in dropped {
+            let process = self.metas.get(&id).map(|m| m.process.clone());
+            self.event_only(
+                process,
+                Some(id),
+                EventKind::LinesDropped { count },
+                now_us(),
+            );
+        }
+        if let Err(e) = self.replay() {
+            self.fail(e);
+            return;
+        }
+        match self.commit_inner() {
+            Ok(()) => {
+                let f = self.failing.take().expect("failing");
+                self.recoveries += 1;
+                let lines = self.group_lines;
+                self.committed();
+                tracing::warn!(
+                    "the log store is written again after failing for {:.1}s ({} attempts): {lines} waiting lines stored, {} given up",
+                    f.since.elapsed().as_secs_f64(),
+                    f.attempts,
+                    f.dropped
+                );
+                self.event_only(
+                    None,
+                    None,
+                    EventKind::StoreRecovered {
+                        failed_for_ms: f.since.elapsed().as_millis() as u64,
+                        lines_dropped: f.dropped,
+                        attempts: f.attempts,
+                    },
+                    now_us(),
+                );
+                self.retention_due = true;
+                self.publish_health(None);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Apply the whole open group to a new transaction. An op that fails for another reason
+    /// than the disk (damaged data, a panic) would fail forever: it is left out.
+    fn replay(&mut self) -> Result<(), StoreError> {
+        'again: loop {
+            let mut i = 0;
+            while i < self.group.len() {
+                let r = no_panic(|| {
+                    self.txn()?;
+                    apply_op(self.txn.as_ref().expect("opened"), &self.group[i])
+                });
+                match r {
+                    Ok(()) => i += 1,
+                    Err(e) if e.is_disk() => return Err(e),
+                    Err(e) => {
+                        if let Some(txn) = self.txn.take() {
+                            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                                let _ = txn.abort();
+                            }));
+                        }
+                        let op = self.group.remove(i);
+                        tracing::error!("left out of the log store: {e}");
+                        match op {
+                            Op::Block { block, stored } => {
+                                self.give_up_block(&block, stored.len() as u64)
+                            }
+                            Op::RemoveInstance { id, .. } | Op::TrimBlocks { id, .. } => {
+                                self.damaged.insert(id);
+                                self.retention_due = true;
+                            }
+                            _ => {}
+                        }
+                        continue 'again;
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// The inbox closed while the store still fails: what is left can never be stored.
+    fn give_up(&mut self) {
+        let blocks: Vec<_> = self
+            .group
+            .drain(..)
+            .filter_map(|op| match op {
+                Op::Block { block, stored } => Some((block, stored.len() as u64)),
+                _ => None,
+            })
+            .collect();
+        for (b, stored) in blocks {
+            self.give_up_block(&b, stored);
+        }
+        let (error, dropped) = self
+            .failing
+            .as_ref()
+            .map(|f| (f.error.clone(), f.dropped))
+            .unwrap_or_default();
+        tracing::error!(
+            "the log store was closed while it could not be written ({error}): {dropped} lines were not stored"
+        );
+        self.answer_failed(&error);
         let shared = self.shared.upgrade();
         for id in self.ended.drain(..) {
             if let Some(shared) = &shared {
@@ -450,6 +974,71 @@ impl Writer {
         }
     }
 
+    fn publish_health(&self, error: Option<String>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut h = shared.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.writable = self.failing.is_none();
+        h.failing_since_us = self.failing.as_ref().map(|f| f.since_us);
+        h.retries = self.failing.as_ref().map_or(0, |f| f.attempts);
+        h.lines_not_stored = if self.failing.is_some() {
+            self.group_lines
+        } else {
+            0
+        };
+        h.recoveries = self.recoveries;
+        if let Some(e) = error {
+            h.last_error = Some(e);
+            h.last_error_us = Some(now_us());
+        }
+    }
+
+    /// Retention, with its failures contained: a retention pass that fails is undone as a
+    /// whole; the instance it was working on is marked damaged when the data (not the
+    /// disk) was at fault, so that the next pass removes it without walking its blocks.
+    fn retention(&mut self) {
+        let (removals, trims) = self.plan_retention();
+        if removals.is_empty() && trims.is_empty() {
+            return;
+        }
+        let before = (
+            self.retained.clone(),
+            self.metas.clone(),
+            self.dirty.clone(),
+            self.next_event,
+        );
+        self.retaining = None;
+        match no_panic(|| self.retain(removals, trims)) {
+            Ok(()) => self.commit(),
+            Err(e) => {
+                (self.retained, self.metas, self.dirty, self.next_event) = before;
+                self.group.clear();
+                if let Some(txn) = self.txn.take() {
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || {
+                        let _ = txn.abort();
+                    }));
+                }
+                let blamed = self.blame_retention();
+                tracing::error!("log retention failed: {e}");
+                // After damaged data (an error, or a panic redb contained by poisoning the
+                // transaction, which is aborted above) the database goes on; after an I/O
+                // error it must be reopened.
+                if e.is_disk() {
+                    self.fail(e);
+                }
+                self.retention_due = blamed;
+            }
+        }
+    }
+
+    /// Mark the instance retention was working on as damaged. Whether it was newly marked.
+    fn blame_retention(&mut self) -> bool {
+        match self.retaining.take() {
+            Some(id) => self.damaged.insert(id),
+            None => false,
+        }
+    }
     fn limits_of(&self, process: &str) -> Limits {
         self.limits
             .get(process)
@@ -457,12 +1046,14 @@ impl Writer {
             .unwrap_or(self.opts.limits)
     }
 
-    /// Apply retention: per process the newest `keep` runs and builds within `max_bytes`,
+    /// Plan retention: per process the newest `keep` runs and builds within `max_bytes`,
     /// and the whole store within `store_max_bytes`; the oldest go first. An instance that
-    /// alone is over a cap loses its oldest blocks instead.
-    fn retain(&mut self) -> Result<(), StoreError> {
+    /// alone is over a cap loses its oldest blocks instead. Returns the instances to remove
+    /// and those to trim (id, bytes to free, why).
+    #[allow(clippy::type_complexity)]
+    fn plan_retention(&self) -> (Vec<(u64, String)>, Vec<(u64, u64, String)>) {
         let mut removals: Vec<(u64, String)> = Vec::new();
-        let mut trims: Vec<(u64, u64, String)> = Vec::new(); // (id, bytes to free, why)
+        let mut trims: Vec<(u64, u64, String)> = Vec::new();
         let mut per_proc: BTreeMap<&str, Vec<(u64, InstanceKind, u64, bool)>> = BTreeMap::new();
         for (id, r) in &self.retained {
             per_proc
@@ -535,34 +1126,55 @@ impl Writer {
                 total -= r.bytes;
             }
         }
-        if removals.is_empty() && trims.is_empty() {
-            return Ok(());
-        }
+        // A damaged instance cannot be trimmed (that walks its blocks); it goes as a whole
+        // once it is old enough.
+        trims.retain(|t| !self.damaged.contains(&t.0));
+        (removals, trims)
+    }
+
+    fn retain(
+        &mut self,
+        removals: Vec<(u64, String)>,
+        trims: Vec<(u64, u64, String)>,
+    ) -> Result<(), StoreError> {
         for (id, why) in removals {
+            self.retaining = Some(id);
             self.remove_instance(id, why)?;
         }
         for (id, free, why) in trims {
+            self.retaining = Some(id);
             self.trim_instance(id, free, why)?;
         }
-        self.trim_events()?;
-        self.commit();
-        Ok(())
+        self.retaining = None;
+        self.trim_events()
     }
 
     fn remove_instance(&mut self, id: u64, why: String) -> Result<(), StoreError> {
         let Some(r) = self.retained.remove(&id) else {
             return Ok(());
         };
-        let txn = self.txn()?;
-        let meta: Option<InstanceMeta> = match txn.open_table(INSTANCES)?.remove(id)? {
-            Some(v) => Some(schema::decode("instance", v.value())?),
-            None => None,
+        let damaged = self.damaged.contains(&id);
+        let meta: Option<InstanceMeta> = {
+            let txn = self.txn()?;
+            let t = txn.open_table(INSTANCES)?;
+            let v = t.get(id)?;
+            v.map(|v| schema::decode("instance", v.value()))
+                .transpose()?
         };
-        txn.open_table(BLOCKS)?
-            .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
-        txn.open_table(PROCESS_INSTANCES)?
-            .remove((r.process.as_str(), r.kind.code(), id))?;
+        self.push_inner(Op::RemoveInstance {
+            id,
+            process: r.process.clone(),
+            kind: r.kind.code(),
+            // A damaged instance's blocks cannot be walked: they are left in place (no later
+            // instance reuses its id, so they are never read again).
+            blocks: !damaged,
+        })?;
         let lines = meta.map_or(0, |m| m.next_seq - m.first_seq);
+        let why = if damaged {
+            format!("{why} (its blocks are damaged and were left in place)")
+        } else {
+            why
+        };
         self.event(
             Some(r.process),
             Some(id),
@@ -573,69 +1185,71 @@ impl Writer {
                 why,
             },
             now_us(),
-        )
+        );
+        Ok(())
     }
 
     /// Remove an instance's oldest blocks until `free` bytes are gone.
     fn trim_instance(&mut self, id: u64, free: u64, why: String) -> Result<(), StoreError> {
-        let txn = self.txn()?;
         let mut freed = 0u64;
         let mut lines = 0u64;
         let mut new_first = None;
-        let mut buf = Vec::new();
         {
-            let mut t = txn.open_table(BLOCKS)?;
-            let mut keys = Vec::new();
+            let mut buf = Vec::new();
+            let txn = self.txn()?;
+            let t = txn.open_table(BLOCKS)?;
+            let mut last = None;
             for row in t.range((id, 0)..=(id, u64::MAX))? {
                 let (k, v) = row?;
+                let first = k.value().1;
                 if freed >= free {
-                    new_first = Some(k.value().1);
+                    new_first = Some(first);
                     break;
                 }
-                let raw = block::stored_raw(k.value().1, v.value(), &mut buf)?;
-                let view = BlockView::parse(k.value().1, raw)?;
-                freed += v.value().len() as u64;
-                lines += u64::from(view.count);
-                keys.push(k.value());
+                let len = v.value().len() as u64;
+                let raw = block::stored_raw(first, v.value(), &mut buf)?;
+                let count = u64::from(BlockView::parse(first, raw)?.count);
+                freed += len;
+                lines += count;
+                last = Some((first, len, count));
             }
             // Never remove the newest block: an instance keeps its latest lines.
             if new_first.is_none()
-                && let Some(last) = keys.pop()
+                && let Some((first, len, count)) = last
             {
-                new_first = Some(last.1);
-                if let Some(v) = t.get(last)? {
-                    freed -= v.value().len() as u64;
-                    let raw = block::stored_raw(last.1, v.value(), &mut buf)?;
-                    lines -= u64::from(BlockView::parse(last.1, raw)?.count);
-                }
-            }
-            for k in keys {
-                t.remove(k)?;
+                new_first = Some(first);
+                freed -= len;
+                lines -= count;
             }
         }
+        let Some(below) = new_first else {
+            return Ok(());
+        };
         if freed == 0 {
             return Ok(());
         }
+        self.push_inner(Op::TrimBlocks { id, below })?;
         let process = if let Some(m) = self.metas.get_mut(&id) {
             m.stored_bytes -= freed;
-            if let Some(f) = new_first {
-                m.first_seq = f;
-            }
+            m.first_seq = below;
             self.dirty.insert(id);
             Some(m.process.clone())
         } else {
-            let txn = self.txn()?;
-            let mut t = txn.open_table(INSTANCES)?;
-            let meta = t
-                .get(id)?
-                .map(|v| schema::decode::<InstanceMeta>("instance", v.value()));
-            match meta.transpose()? {
+            let meta = {
+                let txn = self.txn()?;
+                let t = txn.open_table(INSTANCES)?;
+                let v = t.get(id)?;
+                v.map(|v| schema::decode::<InstanceMeta>("instance", v.value()))
+                    .transpose()?
+            };
+            match meta {
                 Some(mut m) => {
                     m.stored_bytes -= freed;
-                    if let Some(f) = new_first {
-                        m.first_seq = f;
-                    }
-                    t.insert(id, schema::encode(&m).as_slice())?;
+                    m.first_seq = below;
+                    self.push_inner(Op::PutMeta {
+                        id,
+                        bytes: schema::encode(&m),
+                    })?;
                     Some(m.process)
                 }
                 None => None,
@@ -654,7 +1268,8 @@ impl Writer {
                 why: format!("{why}: removed the oldest {lines} lines of this instance"),
             },
             now_us(),
-        )
+        );
+        Ok(())
     }
 
     fn trim_events(&mut self) -> Result<(), StoreError> {
@@ -662,20 +1277,6 @@ impl Writer {
             return Ok(());
         }
         let below = self.next_event - MAX_EVENTS;
-        let txn = self.txn()?;
-        let mut removed = Vec::new();
-        txn.open_table(EVENTS)?.retain_in(..below, |k, v| {
-            if let Ok(ev) = schema::decode::<Event>("event", v)
-                && let Some(p) = ev.process
-            {
-                removed.push((p, k));
-            }
-            false
-        })?;
-        let mut idx = txn.open_table(PROCESS_EVENTS)?;
-        for (p, k) in removed {
-            idx.remove((p.as_str(), k))?;
-        }
-        Ok(())
+        self.push_inner(Op::TrimEvents { below })
     }
 }

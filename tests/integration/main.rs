@@ -17,5 +17,6 @@ mod orphans;
 mod start;
 mod store;
 mod store_crash;
+mod store_faults;
 mod store_model;
 mod supervisor;

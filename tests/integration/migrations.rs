@@ -367,3 +367,97 @@ fn a_store_from_a_newer_bpm_is_refused_and_left_untouched() {
         .collect();
     assert_eq!(names, ["logs.redb"]);
 }
+
+/// Writes `migrations/fixtures/v2.redb`. Run with
+/// `cargo test --test migrations -- --ignored generate_v2_fixture`.
+#[test]
+#[ignore = "writes the frozen v2 fixture; run once, by hand"]
+fn generate_v2_fixture() {
+    assert_eq!(SCHEMA_VERSION, 2, "this generator writes a version 2 store");
+    let path = fixture("v2.redb");
+    let _ = std::fs::remove_file(&path);
+    let store = Store::open(&path, StoreOptions::default()).unwrap().store;
+    let w = store
+        .begin_instance("web", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    assert_eq!(w.id(), 1);
+    w.append_at(Stream::Stdout, b"before the disk filled up\n", TS);
+    store.record(
+        None,
+        None,
+        EventKind::StoreFailed {
+            error: "No space left on device (os error 28)".into(),
+            lines_pending: 12,
+        },
+    );
+    store.record(Some("web"), Some(1), EventKind::LinesDropped { count: 7 });
+    store.record(
+        None,
+        None,
+        EventKind::StoreRecovered {
+            failed_for_ms: 1500,
+            lines_dropped: 7,
+            attempts: 6,
+        },
+    );
+    w.append_at(Stream::Stdout, b"after it healed\n", TS + 1);
+    w.finish(ExitStatus::Code(0)).unwrap();
+    store.flush().unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    let mut db = redb::Database::create(&path).unwrap();
+    while db.compact().unwrap() {}
+    drop(db);
+    println!(
+        "wrote {} ({} bytes)",
+        path.display(),
+        std::fs::metadata(&path).unwrap().len()
+    );
+}
+
+#[test]
+fn the_v2_fixture_reads_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logs.redb");
+    std::fs::copy(fixture("v2.redb"), &path).unwrap();
+    let opened = Store::open(&path, StoreOptions::default()).unwrap();
+    assert!(!opened.unclean);
+    assert!(opened.moved_aside.is_none());
+    let store = opened.store;
+    let texts: Vec<_> = store
+        .read(1, Window::Head(10), &Filter::default())
+        .unwrap()
+        .iter()
+        .map(|l| (l.ts_us, l.text().into_owned()))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            (TS, "before the disk filled up".to_owned()),
+            (TS + 1, "after it healed".to_owned())
+        ]
+    );
+    let kinds: Vec<_> = store
+        .events(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::StoreFailed {
+                error: "No space left on device (os error 28)".into(),
+                lines_pending: 12,
+            },
+            EventKind::LinesDropped { count: 7 },
+            EventKind::StoreRecovered {
+                failed_for_ms: 1500,
+                lines_dropped: 7,
+                attempts: 6,
+            },
+        ]
+    );
+    store.close().unwrap();
+}
