@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::{Ready, ReadyCheck, RestartPolicy};
-pub use crate::logs::{ExitStatus, InstanceKind, Stream};
+pub use crate::logs::{ExitStatus, InstanceKind, StoreHealth, Stream};
 pub use crate::supervisor::process::{Mode, State, Status};
 
 /// Lines a log read returns when it asks for neither a head nor a tail.
@@ -362,6 +362,9 @@ pub struct StatusReport {
     pub daemon_uptime_seconds: f64,
     /// Seconds since an agent last called a tool (dev mode ends after dev_timeout_hours).
     pub agent_idle_seconds: f64,
+    /// Whether output is being stored: a full disk or an I/O error makes it unwritable
+    /// until it heals by itself; processes keep running meanwhile.
+    pub store: StoreHealth,
     pub processes: Vec<ProcessReport>,
 }
 
@@ -434,8 +437,30 @@ impl StatusReport {
             daemon_pid: 0,
             daemon_uptime_seconds: 0.0,
             agent_idle_seconds: 0.0,
+            store: StoreHealth::default(),
             processes: Vec::new(),
         }
+    }
+}
+
+impl StoreHealth {
+    /// One line when something is wrong with storing output (`None` when all is well).
+    pub fn problem(&self) -> Option<String> {
+        if !self.writable && self.failing_since_us.is_some() {
+            let since = self.failing_since_us.map(format_ts).unwrap_or_default();
+            return Some(format!(
+                "output is NOT being stored since {since} ({}); {} lines wait in memory, {} were dropped; it retries by itself (free disk space to help)",
+                self.last_error.as_deref().unwrap_or("write error"),
+                self.lines_not_stored,
+                self.lines_dropped
+            ));
+        }
+        (self.lines_dropped > 0).then(|| {
+            format!(
+                "{} lines could not be stored since the daemon started (see the instances' dropped counts)",
+                self.lines_dropped
+            )
+        })
     }
 }
 

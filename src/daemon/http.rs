@@ -41,6 +41,9 @@ impl IntoResponse for OpError {
                 StatusCode::BAD_REQUEST
             }
             OpError::Process(_) => StatusCode::CONFLICT,
+            OpError::Store(
+                StoreError::Unavailable(_) | StoreError::Disk(_) | StoreError::WriteFailed(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = ApiError {

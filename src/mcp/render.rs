@@ -201,6 +201,9 @@ pub fn status_text(r: &StatusReport, single: bool) -> String {
         r.daemon_pid,
         human_duration(r.daemon_uptime_seconds)
     );
+    if let Some(problem) = r.store.problem() {
+        let _ = writeln!(out, "store: {problem}");
+    }
     if r.processes.is_empty() {
         out.push_str("no processes: start one with the start tool and a command\n");
     }

@@ -44,6 +44,7 @@ impl Ops {
             daemon_pid: std::process::id(),
             daemon_uptime_seconds: self.inner.started.elapsed().as_secs_f64(),
             agent_idle_seconds: self.since_agent_activity().as_secs_f64(),
+            store: self.inner.store.health(),
             processes,
         })
     }
