@@ -2,6 +2,7 @@
 //! listeners, supervises the processes, and on shutdown stops them all and closes the
 //! store. `bpm serve` calls it; tests call it in-process.
 
+pub mod files;
 pub mod guard;
 pub mod http;
 pub mod ops;
@@ -160,8 +161,19 @@ impl Setup {
             opts.data_dir.as_deref(),
             has_config.then_some(dir.as_path()),
         );
-        std::fs::create_dir_all(&data_dir)
+        files::create_private_dir(&data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        // Before anything is created in it (see `files`): the directory first, then what
+        // an older daemon (or another program) left readable by others.
+        let restricted = files::restrict(&data_dir).with_context(|| {
+            format!(
+                "cannot make the data directory {} private (mode 0700, its files 0600)",
+                data_dir.display()
+            )
+        })?;
+        for r in restricted {
+            tracing::warn!("{r}");
+        }
         Ok(Setup {
             dir,
             config,
@@ -178,7 +190,25 @@ async fn open_store(setup: &Setup, opts: &Options) -> anyhow::Result<crate::logs
         store_max_bytes: setup.config.store_max_bytes,
         ..opts.store.clone()
     };
-    let opened = tokio::task::spawn_blocking(move || Store::open(&path, store_opts)).await?;
+    // A new store is created under the umask; the directory (0700 already) keeps it
+    // private until it is made 0600 right after.
+    let opened = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || {
+            let opened = Store::open(&path, store_opts);
+            if opened.is_ok() {
+                files::restrict_path(&path)?;
+            }
+            Ok::<_, std::io::Error>(opened)
+        }
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "cannot make the store {} private (mode 0600)",
+            path.display()
+        )
+    })?;
     let opened = match opened {
         Ok(o) => o,
         Err(StoreError::Locked { .. }) => {
@@ -237,9 +267,9 @@ async fn bind(setup: &Setup, opts: &Options) -> anyhow::Result<Bound> {
         data_dir: setup.data_dir.clone(),
         project_dir: setup.dir.clone(),
     };
-    std::fs::write(
-        setup.data_dir.join(DAEMON_FILE),
-        serde_json::to_vec_pretty(&info)?,
+    files::write_private(
+        &setup.data_dir.join(DAEMON_FILE),
+        &serde_json::to_vec_pretty(&info)?,
     )?;
     Ok(Bound { tcp, unix, info })
 }
