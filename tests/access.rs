@@ -1,11 +1,16 @@
-//! Only the user: the data directory is private.
+//! Only the user: who may talk to the daemon over TCP (its own user, or whoever has the
+//! token), what web pages may do (nothing, unless their origin is configured), and that
+//! the data directory is private.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
 /// A daemon running in this test's runtime; shut down when the test ends.
 struct Daemon {
+    port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -32,15 +37,16 @@ impl Daemon {
             },
         ));
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if port_rx.try_recv().is_ok() {
-                break;
+        let port = loop {
+            if let Ok(p) = port_rx.try_recv() {
+                break p;
             }
             assert!(!task.is_finished(), "the daemon ended: {:?}", task.await);
             assert!(Instant::now() < deadline, "the daemon never listened");
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        };
         Daemon {
+            port,
             stop: Some(stop_tx),
             task: Some(task),
         }
@@ -60,6 +66,28 @@ impl Drop for Daemon {
             let _ = s.send(());
         }
     }
+}
+
+/// One HTTP/1.1 request over TCP: `extra` header lines (each ending in `\r\n`) after
+/// `Host`. The status code and the body.
+async fn http(port: u16, method: &str, path: &str, extra: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    parse(&resp)
+}
+
+fn parse(resp: &str) -> (u16, String) {
+    let code = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_owned())
 }
 
 fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -102,6 +130,168 @@ fn assert_private(data: &Path, expected_files: &[&str]) {
     for (name, m) in &entries {
         assert_eq!(*m, 0o600, "{name} is {m:04o}");
     }
+}
+
+const CHILD_ENV: &str = "BPM_ACCESS_TEST_CHILD";
+const CHILD_MARK: &str = "child-answer: ";
+
+/// Not a test by itself: the body of the child process that
+/// [`another_user_is_refused_over_tcp_unless_it_has_the_token`] runs as another user
+/// (without its variable set, it does nothing). `PORT [TOKEN]`: GET /api/status, print
+/// the answer.
+#[test]
+fn child_request() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    use std::io::{Read as _, Write as _};
+    let mut parts = spec.split(' ');
+    let port: u16 = parts.next().unwrap().parse().unwrap();
+    let auth = parts
+        .next()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (code, body) = parse(&resp);
+    println!("{CHILD_MARK}{code} {}", body.replace('\n', " "));
+}
+
+/// [`child_request`] run as uid 65534: the status code and the body it got.
+async fn as_nobody(port: u16, token: Option<&str>) -> (u16, String) {
+    let spec = match token {
+        Some(t) => format!("{port} {t}"),
+        None => port.to_string(),
+    };
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_request",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, spec)
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answer = stdout
+        .lines()
+        .find_map(|l| l.split_once(CHILD_MARK).map(|(_, answer)| answer))
+        .unwrap_or_else(|| {
+            panic!(
+                "the child printed no answer: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let (code, body) = answer.split_once(' ').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Over loopback TCP without a token, the kernel's socket table says who connects: the
+/// daemon's own user gets in, another user gets 403 saying to use the token; with a
+/// token, that user gets in with it (and 401 without).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_is_refused_over_tcp_unless_it_has_the_token() {
+    let (_t, project, data) = dirs();
+    let d = Daemon::start(&project, &data, None).await;
+    let (code, body) = http(d.port, "GET", "/api/status", "", "").await;
+    assert_eq!(code, 200, "the daemon's own user: {body}");
+    if !is_root() {
+        eprintln!("skipped the other-user part: it needs root to run a child as uid 65534");
+        d.shutdown().await;
+        return;
+    }
+    let (code, body) = as_nobody(d.port, None).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("another user (uid 65534)"), "{body}");
+    assert!(
+        body.contains("--token-file") && body.contains("Authorization: Bearer"),
+        "says to use the token: {body}"
+    );
+    d.shutdown().await;
+
+    let (_t, project, data) = dirs();
+    let d = Daemon::start(&project, &data, Some("s3cret-token")).await;
+    let (code, body) = as_nobody(d.port, Some("s3cret-token")).await;
+    assert_eq!(code, 200, "another user with the token: {body}");
+    let (code, body) = as_nobody(d.port, None).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = http(
+        d.port,
+        "GET",
+        "/api/status",
+        "Authorization: Bearer s3cret-token\r\n",
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    d.shutdown().await;
+}
+
+/// A web page's origin is refused unless it is the daemon's own or configured, other
+/// local pages included; requests without an Origin pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_daemons_own_and_configured_origins_pass() {
+    let (_t, project, data) = dirs();
+    std::fs::write(
+        project.join(".mcp-run"),
+        "allowed_origins = [\"http://localhost:5173\"]\n",
+    )
+    .unwrap();
+    let d = Daemon::start(&project, &data, None).await;
+    let own = format!("http://127.0.0.1:{}", d.port);
+    for (origin, expected) in [
+        (None, 200),
+        (Some("http://localhost:5173"), 200),
+        (Some(own.as_str()), 200),
+        (Some("https://evil.example"), 403),
+        (Some("http://localhost:3000"), 403),
+        (Some("http://127.0.0.1:5173"), 403),
+        (Some("null"), 403),
+    ] {
+        let extra = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        let (code, body) = http(d.port, "GET", "/api/status", &extra, "").await;
+        assert_eq!(code, expected, "{origin:?}: {body}");
+        if code == 403 {
+            assert!(body.contains("allowed_origins"), "says how: {body}");
+        }
+    }
+    // The same gate is in front of MCP.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let mcp = "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n";
+    let (code, body) = http(
+        d.port,
+        "POST",
+        "/mcp",
+        &format!("{mcp}Origin: http://localhost:3000\r\n"),
+        init,
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = http(
+        d.port,
+        "POST",
+        "/mcp",
+        &format!("{mcp}Origin: http://localhost:5173\r\n"),
+        init,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    d.shutdown().await;
 }
 
 /// The data directory is 0700 and everything in it 0600, from the first start; a

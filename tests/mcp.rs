@@ -739,7 +739,7 @@ async fn foreign_origins_and_hosts_are_refused_and_the_token_is_enforced() {
         &post_mcp(d.port, "Origin: http://localhost:5173\r\n", &body),
     )
     .await;
-    assert_eq!(code, 200, "a local page may: {resp}");
+    assert_eq!(code, 403, "another local page, unless configured: {resp}");
     // The JSON API is behind the same gate.
     let (code, _) = raw(
         d.port,

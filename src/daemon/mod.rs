@@ -6,6 +6,7 @@ pub mod files;
 pub mod guard;
 pub mod http;
 pub mod ops;
+pub mod peer;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -92,7 +93,7 @@ pub async fn run(
         },
     );
     let ops = register(&setup, &opts, store.clone(), cancel.child_token()).await?;
-    let servers = serve(&ops, &opts, bound.tcp, bound.unix, &cancel);
+    let servers = serve(&ops, &opts, bound.tcp, bound.unix, &cancel)?;
 
     // Ready once the listeners are bound, never after the builds.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -339,7 +340,7 @@ fn serve(
     tcp: TcpListener,
     unix: tokio::net::UnixListener,
     cancel: &CancellationToken,
-) -> [tokio::task::JoinHandle<()>; 2] {
+) -> anyhow::Result<[tokio::task::JoinHandle<()>; 2]> {
     let mcp = crate::mcp::http_service(
         ops.clone(),
         Some(
@@ -351,12 +352,17 @@ fn serve(
     );
     // Nesting at `/mcp` serves `/mcp/` too.
     let local_app = http::router(ops.clone()).nest_service("/mcp", mcp);
+    let guard = guard::Guard::new(
+        listen_addr(opts),
+        tcp.local_addr()?.port(),
+        token(opts),
+        ops.config().allowed_origins.clone(),
+    );
     let tcp_app = local_app
         .clone()
-        .layer(axum::middleware::from_fn_with_state(
-            guard::Guard::new(listen_addr(opts), token(opts)),
-            guard::guard,
-        ));
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
+        // The guard needs to know who is connecting.
+        .into_make_service_with_connect_info::<peer::Peer>();
     let local = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -373,7 +379,7 @@ fn serve(
                 .await;
         })
     };
-    [local, tcp]
+    Ok([local, tcp])
 }
 
 /// Bind the local API's socket, readable and writable by its owner only. A socket file
