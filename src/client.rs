@@ -249,10 +249,12 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response, ClientError> {
+        // The API refuses a POST without one of these (a web page could have sent it).
+        let client = (crate::daemon::http::CLIENT_HEADER, "1");
         let headers: &[(&str, &str)] = if body.is_some() {
-            &[("content-type", "application/json")]
+            &[client, ("content-type", "application/json")]
         } else {
-            &[]
+            &[client]
         };
         let resp = request(
             &self.target.socket(),

@@ -6,11 +6,14 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bpm::client::{Client, Target};
+use bpm::protocol::{Mode, StartRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A daemon running in this test's runtime; shut down when the test ends.
 struct Daemon {
     port: u16,
+    data: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -47,9 +50,17 @@ impl Daemon {
         };
         Daemon {
             port,
+            data: data.to_owned(),
             stop: Some(stop_tx),
             task: Some(task),
         }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(Target {
+            data_dir: self.data.clone(),
+            project_dir: None,
+        })
     }
 
     async fn shutdown(mut self) {
@@ -239,6 +250,78 @@ async fn another_user_is_refused_over_tcp_unless_it_has_the_token() {
     )
     .await;
     assert_eq!(code, 200, "{body}");
+    d.shutdown().await;
+}
+
+/// A POST a web page could send without a CORS preflight (no Content-Type, or a simple
+/// one, and no custom header) is refused with 415 on both listeners; with JSON or the
+/// client header it goes through, and the typed client's POSTs all work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_a_web_page_could_send_are_refused() {
+    let (_t, project, data) = dirs();
+    let d = Daemon::start(&project, &data, None).await;
+    let start = r#"{"name":"napper","command":["sleep","300"]}"#;
+    for (path, extra, body) in [
+        ("/api/restart/x", "", ""),
+        ("/api/restart/x", "Content-Type: text/plain\r\n", ""),
+        ("/api/stop/x", "", ""),
+        ("/api/start", "Content-Type: text/plain\r\n", start),
+        (
+            "/api/start",
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            start,
+        ),
+        ("/api/start", "", start),
+        (
+            "/api/mode",
+            "Content-Type: multipart/form-data\r\n",
+            r#"{"mode":"dev"}"#,
+        ),
+    ] {
+        let (code, resp) = http(d.port, "POST", path, extra, body).await;
+        assert_eq!(code, 415, "{path} {extra:?}: {resp}");
+        assert!(
+            resp.contains("Content-Type: application/json") && resp.contains("X-Bpm-Client"),
+            "says what is needed: {resp}"
+        );
+    }
+    // Over the socket too: one API.
+    let socket = d.data.join(bpm::daemon::SOCKET_FILE);
+    let r = bpm::client::request(&socket, "POST", "/api/restart/x", &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 415);
+    assert_eq!(
+        d.client().status(None).await.unwrap().processes.len(),
+        0,
+        "nothing was started"
+    );
+
+    // Past the check: an unknown process is a 404, a JSON start works.
+    let (code, resp) = http(d.port, "POST", "/api/restart/x", "X-Bpm-Client: 1\r\n", "").await;
+    assert_eq!(code, 404, "{resp}");
+    let (code, resp) = http(
+        d.port,
+        "POST",
+        "/api/start",
+        "Content-Type: application/json; charset=utf-8\r\n",
+        start,
+    )
+    .await;
+    assert_eq!(code, 200, "{resp}");
+
+    // The typed client, bodiless POSTs included.
+    let c = d.client();
+    c.restart("napper").await.unwrap();
+    c.stop("napper", true).await.unwrap();
+    c.start(&StartRequest {
+        name: Some("napper".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.set_mode(Mode::Dev).await.unwrap(), Mode::Dev);
+    c.stop("napper", true).await.unwrap();
     d.shutdown().await;
 }
 
