@@ -291,5 +291,18 @@ mod tests {
         assert_eq!(diag_owner(unknown, local).unwrap(), None);
         assert_eq!(proc_owner(unknown, local), None);
         drop(client);
+
+        // IPv6, where the machine has it.
+        let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+            eprintln!("skipped the IPv6 part: cannot listen on ::1");
+            return;
+        };
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, remote) = listener.accept().await.unwrap();
+        let local = server.local_addr().unwrap();
+        assert_eq!(diag_owner(remote, local).unwrap(), Some(me));
+        assert_eq!(proc_owner(remote, local), Some(me));
     }
 }
