@@ -139,12 +139,10 @@ pub async fn ensure_daemon(opts: &DaemonOptions) -> Result<Target, ClientError> 
         data_dir: target.data_dir.clone(),
         why,
     };
-    std::fs::create_dir_all(&target.data_dir).map_err(|e| fail(e.to_string()))?;
+    // Private from the start (0700, 0600), as the daemon keeps them.
+    crate::daemon::files::create_private_dir(&target.data_dir).map_err(|e| fail(e.to_string()))?;
     let log_path = target.data_dir.join("daemon.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = crate::daemon::files::open_private_append(&log_path)
         .map_err(|e| fail(format!("{}: {e}", log_path.display())))?;
     let exe = std::env::current_exe().map_err(|e| fail(e.to_string()))?;
     let dir = target
@@ -251,10 +249,12 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response, ClientError> {
+        // The API refuses a POST without one of these (a web page could have sent it).
+        let client = (crate::daemon::http::CLIENT_HEADER, "1");
         let headers: &[(&str, &str)] = if body.is_some() {
-            &[("content-type", "application/json")]
+            &[client, ("content-type", "application/json")]
         } else {
-            &[]
+            &[client]
         };
         let resp = request(
             &self.target.socket(),

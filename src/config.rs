@@ -60,6 +60,9 @@ pub struct Config {
     pub stable_run: Duration,
     pub store_max_bytes: u64,
     pub prefix_output: bool,
+    /// Web pages (besides the daemon's own) whose requests the TCP listener accepts:
+    /// `allowed_origins = ["http://localhost:5173"]`.
+    pub allowed_origins: Vec<Origin>,
     pub processes: BTreeMap<String, ProcessConfig>,
     /// The project directory (where `.mcp-run` lives), absolute.
     pub dir: PathBuf,
@@ -235,6 +238,62 @@ pub enum ReadyCheck {
     Http { url: String },
 }
 
+/// A web origin, `http://localhost:5173` (scheme, host, port): what a browser sends as
+/// `Origin`. Scheme and host are kept in lowercase, the port explicitly (80 and 443 when
+/// the text leaves it out), so equal origins compare equal however they were written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub scheme: String,
+    /// A name, an IPv4 address, or an IPv6 address in brackets (`[::1]`).
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for Origin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Origin, String> {
+        let usage =
+            "expected an origin such as \"http://localhost:5173\" (scheme, host and port; no path)";
+        let (scheme, authority) = s
+            .split_once("://")
+            .ok_or_else(|| format!("`{s}` is not an origin; {usage}"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(format!("`{s}`: only http and https origins are supported")),
+        };
+        if authority.contains(['/', '?', '#', '@']) {
+            return Err(format!("`{s}` has more than an origin; {usage}"));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            // `[::1]` alone: the colons are inside the brackets.
+            Some((h, p)) if !p.contains(']') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("`{s}`: bad port `{p}`; {usage}"))?;
+                (h, port)
+            }
+            _ => (authority, default_port),
+        };
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        if host.is_empty() || (host.contains(':') && !bracketed) {
+            return Err(format!("`{s}`: bad host `{host}`; {usage}"));
+        }
+        Ok(Origin {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
 /// Why the configuration could not be loaded. Every problem in the file's content is located
 /// (`file:line:col`), since the file is edited by hand and often by an agent that needs to
 /// fix it without guessing.
@@ -272,6 +331,7 @@ struct RawConfig {
     stable_run_seconds: Option<Spanned<f64>>,
     store_max_bytes: Option<Spanned<u64>>,
     prefix_output: Option<bool>,
+    allowed_origins: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     process: BTreeMap<Spanned<String>, RawProcess>,
 }
@@ -349,6 +409,7 @@ impl Config {
             stable_run: Duration::from_secs_f64(DEFAULT_STABLE_RUN_SECONDS),
             store_max_bytes: DEFAULT_STORE_MAX_BYTES,
             prefix_output: true,
+            allowed_origins: Vec::new(),
             processes: BTreeMap::new(),
             dir: absolute(dir),
         }
@@ -520,6 +581,15 @@ fn resolve(raw: RawConfig, ctx: &Ctx, dir: &Path) -> Result<Config, ConfigError>
         ));
     }
 
+    let mut allowed_origins = Vec::new();
+    for origin in raw.allowed_origins.unwrap_or_default() {
+        let parsed = origin
+            .get_ref()
+            .parse::<Origin>()
+            .map_err(|why| ctx.err(origin.span(), format!("`allowed_origins`: {why}")))?;
+        allowed_origins.push(parsed);
+    }
+
     let mut processes = BTreeMap::new();
     for (name, raw_process) in raw.process {
         let span = name.span();
@@ -560,6 +630,7 @@ fn resolve(raw: RawConfig, ctx: &Ctx, dir: &Path) -> Result<Config, ConfigError>
             "store_max_bytes",
         )?,
         prefix_output: raw.prefix_output.unwrap_or(true),
+        allowed_origins,
         processes,
         dir: dir.to_path_buf(),
     })
@@ -952,6 +1023,59 @@ command = ["npm", "run", "dev"]
         assert_eq!(web.kind, ProcessKind::Npm);
         assert_eq!(web.command, ["npm", "run", "dev"]);
         assert_eq!(web.args, ["--", "--port", "3000"]);
+    }
+
+    #[test]
+    fn allowed_origins_are_normalized() {
+        let c = parse(
+            "allowed_origins = [\"http://localhost:5173\", \"HTTPS://App.Example\", \"http://[::1]\"]\n",
+        )
+        .unwrap();
+        let shown: Vec<String> = c.allowed_origins.iter().map(|o| o.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "http://localhost:5173",
+                "https://app.example:443",
+                "http://[::1]:80"
+            ]
+        );
+        assert!(parse("").unwrap().allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn error_bad_allowed_origin() {
+        assert_err(
+            "allowed_origins = [\"http://localhost:5173\", \"http://localhost:5173/app\"]\n",
+            1,
+            45,
+            "`allowed_origins`: `http://localhost:5173/app` has more than an origin; expected an origin such as",
+        );
+        assert_err(
+            "allowed_origins = [\"localhost:5173\"]\n",
+            1,
+            20,
+            "is not an origin",
+        );
+        assert_err("allowed_origins = [\"null\"]\n", 1, 20, "is not an origin");
+        assert_err(
+            "allowed_origins = [\"file://x\"]\n",
+            1,
+            20,
+            "only http and https origins",
+        );
+        assert_err(
+            "allowed_origins = [\"http://localhost:*\"]\n",
+            1,
+            20,
+            "bad port `*`",
+        );
+        assert_err(
+            "allowed_origins = \"http://localhost:5173\"\n",
+            1,
+            19,
+            "`allowed_origins`: invalid type: string",
+        );
     }
 
     #[test]

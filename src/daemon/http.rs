@@ -2,10 +2,16 @@
 //! scripts and tests (over TCP): the same router is served on both listeners. Handlers
 //! only translate [`crate::protocol`] requests into [`super::ops`] calls; every error is
 //! an [`ApiError`] body with a status code.
+//!
+//! Every `POST` must carry `Content-Type: application/json` or an `X-Bpm-Client` header
+//! ([`CLIENT_HEADER`]): a web page cannot send either without a CORS preflight, which bpm
+//! never grants, so no page can make the daemon act (cross-site request forgery). The
+//! typed client sends the header on every request.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,6 +21,9 @@ use super::ops::{OpError, Ops};
 use crate::logs::{Actor, StoreError};
 use crate::protocol::{ApiError, FollowQuery, LogQuery, ModeBody, StartRequest, StopQuery};
 use crate::search::SearchError;
+
+/// The header that marks a request as coming from a program, not a web page.
+pub const CLIENT_HEADER: &str = "x-bpm-client";
 
 pub fn router(ops: Ops) -> Router {
     Router::new()
@@ -28,7 +37,31 @@ pub fn router(ops: Ops) -> Router {
         .route("/api/follow/{name}", get(follow))
         .route("/api/mode", get(get_mode).post(set_mode))
         .route("/api/flush", post(flush))
+        .route_layer(axum::middleware::from_fn(no_simple_posts))
         .with_state(ops)
+}
+
+/// Refuse a `POST` a web page could have sent without a CORS preflight.
+async fn no_simple_posts(req: Request, next: Next) -> Response {
+    if req.method() == Method::POST && !from_a_program(req.headers()) {
+        let body = ApiError {
+            error: "a POST to the bpm API needs `Content-Type: application/json` or an `X-Bpm-Client: 1` header (a web page cannot send either without a CORS preflight, so this keeps pages from acting on your processes); add one, e.g. `curl -H 'X-Bpm-Client: 1' -X POST ...`"
+                .to_owned(),
+        };
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(body)).into_response();
+    }
+    next.run(req).await
+}
+
+fn from_a_program(headers: &HeaderMap) -> bool {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let essence = v.split(';').next().unwrap_or("");
+            essence.trim().eq_ignore_ascii_case("application/json")
+        });
+    json || headers.contains_key(CLIENT_HEADER)
 }
 
 impl IntoResponse for OpError {

@@ -2,9 +2,11 @@
 //! listeners, supervises the processes, and on shutdown stops them all and closes the
 //! store. `bpm serve` calls it; tests call it in-process.
 
+pub mod files;
 pub mod guard;
 pub mod http;
 pub mod ops;
+pub mod peer;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -91,7 +93,7 @@ pub async fn run(
         },
     );
     let ops = register(&setup, &opts, store.clone(), cancel.child_token()).await?;
-    let servers = serve(&ops, &opts, bound.tcp, bound.unix, &cancel);
+    let servers = serve(&ops, &opts, bound.tcp, bound.unix, &cancel)?;
 
     // Ready once the listeners are bound, never after the builds.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -178,8 +180,19 @@ impl Setup {
             opts.data_dir.as_deref(),
             has_config.then_some(dir.as_path()),
         );
-        std::fs::create_dir_all(&data_dir)
+        files::create_private_dir(&data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        // Before anything is created in it (see `files`): the directory first, then what
+        // an older daemon (or another program) left readable by others.
+        let restricted = files::restrict(&data_dir).with_context(|| {
+            format!(
+                "cannot make the data directory {} private (mode 0700, its files 0600)",
+                data_dir.display()
+            )
+        })?;
+        for r in restricted {
+            tracing::warn!("{r}");
+        }
         Ok(Setup {
             dir,
             config,
@@ -196,7 +209,25 @@ async fn open_store(setup: &Setup, opts: &Options) -> anyhow::Result<crate::logs
         store_max_bytes: setup.config.store_max_bytes,
         ..opts.store.clone()
     };
-    let opened = tokio::task::spawn_blocking(move || Store::open(&path, store_opts)).await?;
+    // A new store is created under the umask; the directory (0700 already) keeps it
+    // private until it is made 0600 right after.
+    let opened = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || {
+            let opened = Store::open(&path, store_opts);
+            if opened.is_ok() {
+                files::restrict_path(&path)?;
+            }
+            Ok::<_, std::io::Error>(opened)
+        }
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "cannot make the store {} private (mode 0600)",
+            path.display()
+        )
+    })?;
     let opened = match opened {
         Ok(o) => o,
         Err(StoreError::Locked { .. }) => {
@@ -255,9 +286,9 @@ async fn bind(setup: &Setup, opts: &Options) -> anyhow::Result<Bound> {
         data_dir: setup.data_dir.clone(),
         project_dir: setup.dir.clone(),
     };
-    std::fs::write(
-        setup.data_dir.join(DAEMON_FILE),
-        serde_json::to_vec_pretty(&info)?,
+    files::write_private(
+        &setup.data_dir.join(DAEMON_FILE),
+        &serde_json::to_vec_pretty(&info)?,
     )?;
     Ok(Bound { tcp, unix, info })
 }
@@ -327,7 +358,7 @@ fn serve(
     tcp: TcpListener,
     unix: tokio::net::UnixListener,
     cancel: &CancellationToken,
-) -> [tokio::task::JoinHandle<()>; 2] {
+) -> anyhow::Result<[tokio::task::JoinHandle<()>; 2]> {
     let mcp = crate::mcp::http_service(
         ops.clone(),
         Some(
@@ -339,12 +370,17 @@ fn serve(
     );
     // Nesting at `/mcp` serves `/mcp/` too.
     let local_app = http::router(ops.clone()).nest_service("/mcp", mcp);
+    let guard = guard::Guard::new(
+        listen_addr(opts),
+        tcp.local_addr()?.port(),
+        token(opts),
+        ops.config().allowed_origins.clone(),
+    );
     let tcp_app = local_app
         .clone()
-        .layer(axum::middleware::from_fn_with_state(
-            guard::Guard::new(listen_addr(opts), token(opts)),
-            guard::guard,
-        ));
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
+        // The guard needs to know who is connecting.
+        .into_make_service_with_connect_info::<peer::Peer>();
     let local = {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -361,7 +397,7 @@ fn serve(
                 .await;
         })
     };
-    [local, tcp]
+    Ok([local, tcp])
 }
 
 /// Bind the local API's socket, readable and writable by its owner only. A socket file

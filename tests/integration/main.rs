@@ -9,6 +9,7 @@
 
 mod helpers;
 
+mod access;
 mod cli;
 mod daemon;
 mod mcp;

@@ -669,7 +669,7 @@ async fn foreign_origins_and_hosts_are_refused() {
         mcp::post(port, "Origin: http://localhost:5173\r\n", &body),
     )
     .await;
-    assert_eq!(r.code, 200, "a local page may: {r}");
+    assert_eq!(r.code, 403, "another local page, unless configured: {r}");
     // The JSON API is behind the same gate.
     let r = exchange_async(
         port,

@@ -198,7 +198,8 @@ impl Api {
                     &b.to_string(),
                 ),
             ),
-            None => exchange(self.port, &request("POST", path, "", "")),
+            // A custom header: the daemon refuses POSTs a web page could send.
+            None => exchange(self.port, &request("POST", path, "X-Bpm-Client: 1\r\n", "")),
         };
         (r.code, r.json())
     }
