@@ -330,6 +330,10 @@ pub struct StartResult {
     pub already_running: bool,
     pub status: Status,
     pub readiness: Option<Readiness>,
+    /// TCP ports its process group listens on.
+    pub ports: Vec<u16>,
+    /// The local URL its output announced, if any.
+    pub url: Option<String>,
 }
 
 /// What waiting for readiness found.
@@ -372,6 +376,20 @@ impl StartResult {
     /// What happened, in one sentence (then the evidence: the exit status, who holds
     /// the port, the last lines), for agents and people alike.
     pub fn message(&self, verb: &str) -> String {
+        let r = self;
+        let mut m = self.summary(verb);
+        if !r.readiness.as_ref().is_some_and(|x| x.failed()) {
+            if let Some(url) = &r.url {
+                m.push_str(&format!("; {url}"));
+            } else if !r.ports.is_empty() {
+                let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
+                m.push_str(&format!("; listening on {}", ports.join(", ")));
+            }
+        }
+        m
+    }
+
+    fn summary(&self, verb: &str) -> String {
         let r = self;
         let pid = r
             .status
@@ -475,6 +493,10 @@ pub struct ProcessReport {
     pub uptime_seconds: Option<f64>,
     pub run_instances: usize,
     pub build_instances: usize,
+    /// TCP ports its process group listens on (refreshed every few seconds).
+    pub ports: Vec<u16>,
+    /// The local URL its output announced (`http://localhost:5173/`), if any.
+    pub url: Option<String>,
     pub recent_events: Vec<EventReport>,
 }
 

@@ -174,7 +174,7 @@ fn print_report(o: &StatusOutput, offline: bool) -> anyhow::Result<()> {
         writeln!(out, "no processes; start one with `bpm run -- CMD...`")?;
         return Ok(());
     }
-    let rows: Vec<[String; 7]> = procs
+    let rows: Vec<[String; 8]> = procs
         .iter()
         .map(|p: &ProcessReport| {
             [
@@ -184,12 +184,21 @@ fn print_report(o: &StatusOutput, offline: bool) -> anyhow::Result<()> {
                 p.uptime_seconds.map_or("-".into(), human_duration),
                 p.status.restarts.to_string(),
                 p.run_instances.to_string(),
+                match (&p.url, p.ports.as_slice()) {
+                    (Some(url), _) => url.clone(),
+                    (None, []) => "-".into(),
+                    (None, ports) => ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                },
                 p.argv.join(" "),
             ]
         })
         .collect();
     let header = [
-        "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RUNS", "COMMAND",
+        "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RUNS", "LISTENS", "COMMAND",
     ];
     let mut widths = header.map(str::len);
     for r in &rows {

@@ -109,6 +109,7 @@ pub async fn run(
             cancel.child_token(),
             mode_timer(ops.clone()),
         )),
+        tokio::spawn(until_cancelled(cancel.child_token(), observer(ops.clone()))),
     ];
 
     shutdown.await;
@@ -507,6 +508,15 @@ async fn recover_and_autostart(
                 }
             });
         }
+    }
+}
+
+/// Where the processes listen (ports, printed URLs), looked at every few seconds so that
+/// status answers never wait for /proc.
+async fn observer(ops: Ops) {
+    loop {
+        ops.observe(None).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

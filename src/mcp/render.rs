@@ -234,6 +234,13 @@ fn process_line(p: &ProcessReport) -> String {
     if let Some(up) = p.uptime_seconds {
         let _ = write!(line, ", up {}", human_duration(up));
     }
+    if !p.ports.is_empty() {
+        let ports: Vec<String> = p.ports.iter().map(u16::to_string).collect();
+        let _ = write!(line, ", listening on {}", ports.join(", "));
+    }
+    if let Some(url) = &p.url {
+        let _ = write!(line, ", {url}");
+    }
     if s.restarts > 0 {
         let _ = write!(line, ", {} restarts", s.restarts);
     }

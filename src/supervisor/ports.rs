@@ -116,6 +116,82 @@ fn command_line(pid: u32) -> String {
 ///
 /// `None` also when the socket exists but its holder's descriptors cannot be read (another
 /// user's process) or it lives in another network namespace.
+/// Every listening TCP socket (IPv4 and IPv6): its inode and port. One read of the
+/// kernel's tables, which costs milliseconds on a busy machine: callers cache it.
+pub fn listening_sockets() -> std::collections::HashMap<u64, u16> {
+    let mut out = std::collections::HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(content) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for row in content.lines().skip(1) {
+            let fields: Vec<&str> = row.split_ascii_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == TCP_LISTEN
+                && let (Some(port), Ok(inode)) = (port, inode.parse::<u64>())
+                && inode != 0
+            {
+                out.insert(inode, port);
+            }
+        }
+    }
+    out
+}
+
+/// The TCP ports the processes of group `pgid` listen on, sorted, given
+/// [`listening_sockets`].
+pub fn group_ports(pgid: u32, listening: &std::collections::HashMap<u64, u16>) -> Vec<u16> {
+    let mut ports: Vec<u16> = Vec::new();
+    for pid in all_pids() {
+        if super::procgroup::read_stat(pid).is_none_or(|s| s.pgrp != pgid) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let port = std::fs::read_link(fd.path()).ok().and_then(|target| {
+                let digits = target
+                    .as_os_str()
+                    .as_bytes()
+                    .strip_prefix(b"socket:[")?
+                    .strip_suffix(b"]")?;
+                let inode: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+                listening.get(&inode).copied()
+            });
+            ports.extend(port);
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The first local URL a line prints, as dev servers announce where they listen
+/// (`➜  Local:   http://localhost:5173/`); ANSI colours are ignored.
+pub fn printed_url(line: &str) -> Option<String> {
+    static URL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"https?://(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1?\]|[A-Za-z0-9.-]+\.local):\d+[^\s\x1b\x22'<>(),]*",
+        )
+        .expect("a valid regex")
+    });
+    let plain = if line.contains('\x1b') {
+        strip_ansi_escapes::strip_str(line)
+    } else {
+        line.to_owned()
+    };
+    URL.find(&plain)
+        .map(|m| m.as_str().trim_end_matches(['.', ';', ':']).to_owned())
+}
+
 pub fn port_holder(port: u16) -> Option<PortHolder> {
     let inodes = listening_inodes(port);
     if inodes.is_empty() {
@@ -322,6 +398,25 @@ fn tuple_port(lower: &str) -> Option<u16> {
         let (digits, after) = rest.split_at(rest.find(|c: char| !c.is_ascii_digit())?);
         after.starts_with(')').then(|| parse_port(digits)).flatten()
     })
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::printed_url;
+
+    #[test]
+    fn urls_dev_servers_print() {
+        assert_eq!(
+            printed_url("  \x1b[32m➜\x1b[39m  \x1b[1mLocal\x1b[22m:   \x1b[36mhttp://localhost:\x1b[1m5173\x1b[22m/\x1b[39m").as_deref(),
+            Some("http://localhost:5173/")
+        );
+        assert_eq!(
+            printed_url("Serving HTTP on 0.0.0.0 port 8000 (http://0.0.0.0:8000/) ...").as_deref(),
+            Some("http://0.0.0.0:8000/")
+        );
+        assert_eq!(printed_url("no url here"), None);
+        assert_eq!(printed_url("see https://example.com/docs"), None);
+    }
 }
 
 #[cfg(test)]

@@ -182,3 +182,42 @@ fn a_configured_process_is_kept_running_after_exit_0() {
             .is_some_and(|r| r >= 1)
     });
 }
+
+#[test]
+fn a_server_says_where_it_listens_in_the_start_answer_and_status() {
+    let env = Env::new();
+    let r = run_json(
+        &env,
+        &[
+            "-d",
+            "--name",
+            "web",
+            "--ready-log",
+            "Serving HTTP",
+            "--",
+            "python3",
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+        ],
+    );
+    assert_eq!(r["readiness"]["outcome"], "ready", "{r}");
+    let port = r["ports"][0].as_u64().expect("a listening port") as u16;
+    assert_eq!(
+        r["url"].as_str(),
+        Some(format!("http://127.0.0.1:{port}/").as_str()),
+        "{r}"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let p = env.process("web");
+    assert_eq!(p["ports"][0], port, "{p}");
+    let table = env.ok(&["status"]);
+    assert!(
+        table.contains(&format!("http://127.0.0.1:{port}/")),
+        "{table}"
+    );
+    env.ok(&["stop", "web"]);
+}

@@ -133,6 +133,9 @@ struct Inner {
     mode: watch::Sender<Mode>,
     last_agent_activity: Mutex<Instant>,
     started: Instant,
+    /// Where running processes listen (see [`Ops::observe`]). A std lock: held only to
+    /// copy or replace the map.
+    observed: Mutex<status::Observed>,
     /// Cancelled when the daemon shuts down, so that open `follow` streams end (the HTTP
     /// server's graceful shutdown waits for them). A child of the daemon's token.
     closing: CancellationToken,
@@ -158,6 +161,7 @@ impl Ops {
                 last_agent_activity: Mutex::new(Instant::now()),
                 started: Instant::now(),
                 closing,
+                observed: Mutex::default(),
             }),
         }
     }
@@ -334,12 +338,17 @@ impl Ops {
         } else {
             self.await_ready(&name, &handle, wait).await
         };
+        self.observe(Some(&name)).await;
+        let status = handle.status_now();
+        let (ports, url) = self.observed().where_(&status);
         Ok(StartResult {
-            status: handle.status_now(),
+            status,
             cwd: self.cwd_of(&name),
             name,
             already_running: already,
             readiness,
+            ports,
+            url,
         })
     }
 
@@ -568,12 +577,17 @@ impl Ops {
         }
         handle.restart(by).await?;
         let readiness = self.await_ready(&name, &handle, wait).await;
+        self.observe(Some(&name)).await;
+        let status = handle.status_now();
+        let (ports, url) = self.observed().where_(&status);
         Ok(StartResult {
             cwd: self.cwd_of(&name),
             name,
             already_running: false,
-            status: handle.status_now(),
+            status,
             readiness,
+            ports,
+            url,
         })
     }
 

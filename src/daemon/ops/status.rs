@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::{OpError, Ops, RuntimeSpec};
 use crate::config::Config;
-use crate::logs::{ExitStatus, InstanceKind, Store, StoreError};
+use crate::logs::{ExitStatus, Filter, InstanceKind, Store, StoreError, Window};
 use crate::protocol::{EventReport, ProcessReport, StatusReport};
 use crate::supervisor::process::{ProcessHandle, ProcessSpec, State, Status};
 
@@ -29,11 +29,15 @@ impl Ops {
                 .collect()
         };
         let store = self.inner.store.clone();
+        let observed = self.observed();
         let processes = tokio::task::spawn_blocking(move || {
             selected
                 .into_iter()
                 .map(|(_, handle, spec, runtime)| {
-                    process_report(&store, handle.status_now(), spec.argv, spec.cwd, runtime)
+                    let mut r =
+                        process_report(&store, handle.status_now(), spec.argv, spec.cwd, runtime)?;
+                    (r.ports, r.url) = observed.where_(&r.status);
+                    Ok(r)
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
         })
@@ -75,6 +79,8 @@ fn process_report(
         runtime,
         run_instances: runs,
         build_instances: builds,
+        ports: Vec::new(),
+        url: None,
         recent_events: events.iter().map(EventReport::from).collect(),
     })
 }
@@ -146,4 +152,98 @@ pub fn offline_status(
         processes,
         ..StatusReport::empty()
     })
+}
+
+/// Where each running process listens: ports and the URL it printed, refreshed in the
+/// background ([`Ops::observe`]) so that status never waits for /proc.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Observed {
+    by_name: std::collections::HashMap<String, Seen>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    instance: u64,
+    ports: Vec<u16>,
+    url: Option<String>,
+}
+
+impl Observed {
+    /// What was seen of the running instance `status` describes.
+    pub(crate) fn where_(&self, status: &Status) -> (Vec<u16>, Option<String>) {
+        match self.by_name.get(&status.name) {
+            Some(s) if status.state.is_running() && Some(s.instance) == status.instance => {
+                (s.ports.clone(), s.url.clone())
+            }
+            _ => (Vec::new(), None),
+        }
+    }
+}
+
+/// How many of an instance's first lines are searched for the URL it announces.
+const URL_LINES: usize = 200;
+
+impl Ops {
+    pub(crate) fn observed(&self) -> Observed {
+        self.inner
+            .observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Look at where the running processes (or just `only`) listen, and remember it.
+    pub async fn observe(&self, only: Option<&str>) {
+        let running: Vec<(String, u32, u64)> = self
+            .handles()
+            .into_iter()
+            .filter(|(n, _)| only.is_none_or(|o| o == n))
+            .filter_map(|(n, h)| {
+                let s = h.status_now();
+                Some((n, s.pgid.filter(|_| s.state.is_running())?, s.instance?))
+            })
+            .collect();
+        let before = self.observed();
+        let store = self.inner.store.clone();
+        let seen = tokio::task::spawn_blocking(move || {
+            let listening = crate::supervisor::ports::listening_sockets();
+            running
+                .into_iter()
+                .map(|(name, pgid, instance)| {
+                    let known = before
+                        .by_name
+                        .get(&name)
+                        .filter(|s| s.instance == instance)
+                        .and_then(|s| s.url.clone());
+                    let url = known.or_else(|| {
+                        store
+                            .read(instance, Window::Head(URL_LINES), &Filter::default())
+                            .ok()?
+                            .iter()
+                            .find_map(|l| crate::supervisor::ports::printed_url(&l.text()))
+                    });
+                    let ports = crate::supervisor::ports::group_ports(pgid, &listening);
+                    (
+                        name,
+                        Seen {
+                            instance,
+                            ports,
+                            url,
+                        },
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut observed = self
+            .inner
+            .observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if only.is_none() {
+            observed.by_name.clear();
+        }
+        observed.by_name.extend(seen);
+    }
 }
