@@ -166,6 +166,15 @@ impl Ops {
         }
     }
 
+    /// The processes, read-locked (held only to look up or copy, never across an
+    /// `.await`).
+    fn procs(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Managed>> {
+        self.inner
+            .processes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
@@ -202,21 +211,13 @@ impl Ops {
     }
 
     fn names(&self) -> Vec<String> {
-        let procs = self
-            .inner
-            .processes
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let procs = self.procs();
         procs.keys().cloned().collect()
     }
 
     /// Find a process by name, or by the pid of its running instance.
     fn find(&self, name_or_pid: &str) -> Result<(String, ProcessHandle), OpError> {
-        let procs = self
-            .inner
-            .processes
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let procs = self.procs();
         if let Some(m) = procs.get(name_or_pid) {
             return Ok((name_or_pid.to_owned(), m.handle.clone()));
         }
@@ -262,11 +263,7 @@ impl Ops {
 
     /// Whether a process has a build step (rebuilt on a mode switch).
     pub fn has_build(&self, name: &str) -> bool {
-        let procs = self
-            .inner
-            .processes
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let procs = self.procs();
         procs.get(name).is_some_and(|m| m.spec.build.is_some())
     }
 
@@ -424,11 +421,7 @@ impl Ops {
     }
 
     fn spec_of(&self, name: &str) -> Option<ProcessSpec> {
-        let procs = self
-            .inner
-            .processes
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let procs = self.procs();
         procs.get(name).map(|m| m.spec.clone())
     }
 
@@ -438,11 +431,7 @@ impl Ops {
 
     /// The processes (runtime or configured) defined as `argv` in `cwd`.
     fn same_command(&self, argv: &[String], cwd: &std::path::Path) -> Vec<(String, ProcessHandle)> {
-        let procs = self
-            .inner
-            .processes
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let procs = self.procs();
         procs
             .iter()
             .filter(|(_, m)| m.spec.argv == argv && m.spec.cwd == cwd)
@@ -461,11 +450,7 @@ impl Ops {
                 )));
             }
             let existing = {
-                let procs = self
-                    .inner
-                    .processes
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner());
+                let procs = self.procs();
                 procs
                     .get(w)
                     .map(|m| (m.runtime, m.handle.status_now(), m.spec.argv.join(" ")))
@@ -522,11 +507,7 @@ impl Ops {
     pub async fn remove(&self, process: &str) -> Result<(), OpError> {
         let (name, handle) = self.find(process)?;
         let runtime = {
-            let procs = self
-                .inner
-                .processes
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
+            let procs = self.procs();
             procs.get(&name).is_some_and(|m| m.runtime)
         };
         if !runtime {
@@ -600,11 +581,7 @@ impl Ops {
     pub async fn shutdown_all(&self) {
         self.inner.closing.cancel();
         let handles: Vec<ProcessHandle> = {
-            let procs = self
-                .inner
-                .processes
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
+            let procs = self.procs();
             procs.values().map(|m| m.handle.clone()).collect()
         };
         let mut set = tokio::task::JoinSet::new();
@@ -616,11 +593,7 @@ impl Ops {
 
     /// Processes and whether they should start with the daemon.
     pub(crate) fn handles(&self) -> Vec<(String, ProcessHandle)> {
-        let procs = self
-            .inner
-            .processes
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let procs = self.procs();
         procs
             .iter()
             .map(|(n, m)| (n.clone(), m.handle.clone()))

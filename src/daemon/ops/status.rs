@@ -17,11 +17,7 @@ impl Ops {
             .transpose()?
             .map(|(name, _)| name);
         let selected: Vec<(String, ProcessHandle, ProcessSpec, bool)> = {
-            let procs = self
-                .inner
-                .processes
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
+            let procs = self.procs();
             procs
                 .iter()
                 .filter(|(n, _)| only.as_ref().is_none_or(|o| o == *n))
