@@ -165,7 +165,11 @@ fn main() -> ExitCode {
         Command::Status(a) => return status::main(a),
         Command::Logs(a) => return bpm::cli::logs::main(a),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut std::io::stdout());
+            // Generated into memory first: clap_complete panics on a write error, and a
+            // closed pipe (`bpm completions zsh | head`) is not an error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             return ExitCode::SUCCESS;
         }
     };

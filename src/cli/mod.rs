@@ -63,10 +63,14 @@ pub fn execute(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -
     match result {
         Ok(code) => code,
         Err(e) => {
-            if e.chain().any(|c| {
+            // A closed pipe (`bpm logs --json | head -1`) is how a reader says "enough".
+            let broken_pipe = |c: &(dyn std::error::Error + 'static)| {
                 c.downcast_ref::<std::io::Error>()
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+                    || c.downcast_ref::<serde_json::Error>()
+                        .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+            };
+            if e.chain().any(broken_pipe) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("bpm: {e:#}");

@@ -486,3 +486,29 @@ fn completions_are_generated() {
         "completions"
     );
 }
+
+/// A reader that closes the pipe early (`| head`) is not an error: exit 0, nothing on
+/// stderr, no panic.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let env = Env::new();
+    env.ok(&["run", "--name", "many", "--", "seq", "1", "20000"]);
+    for args in [
+        &["logs", "many", "--json"][..],
+        &["logs", "many"][..],
+        &["completions", "zsh"][..],
+    ] {
+        let mut child = env
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read a little, then close the pipe as `head -c 10` would.
+        let mut first = [0u8; 10];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
+    }
+}
