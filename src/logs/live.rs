@@ -4,7 +4,10 @@
 //! filled, and the ring of its newest sealed blocks. The capture task appends under a
 //! std `Mutex` (never held across an `.await`, and only for the copy of one read), so an
 //! append never waits for the disk: sealed blocks go to the writer over an unbounded
-//! channel whose queued bytes are capped; past the cap a block is dropped from the store
+//! channel. Capture waits for room between reads ([`InstanceWriter::wait_for_room`]), so a
+//! slow disk slows the child down instead of losing lines; the queue's hard cap (twice
+//! [`super::StoreOptions::queue_max_bytes`]) only bounds memory against callers that do not
+//! wait (a stalled writer, a failing store): past it a block is dropped from the store
 //! (never from the ring) and counted.
 
 use std::collections::VecDeque;
@@ -44,7 +47,11 @@ pub(crate) struct LiveState {
     ring_lines: usize,
     /// Lines that were dropped from the store and not yet reported as an event.
     pending_dropped: u64,
+    /// The streams ended: nothing more is appended.
     pub(crate) ended: bool,
+    /// The exit and end time, known from the moment the end is queued (before it is
+    /// durable), so that readers see the exit at once.
+    pub(crate) exit: Option<(ExitStatus, i64)>,
 }
 
 pub struct Live {
@@ -71,6 +78,7 @@ impl Live {
                 ring_lines: 0,
                 pending_dropped: 0,
                 ended: false,
+                exit: None,
             }),
             seq_tx: watch::channel(0).0,
         }
@@ -120,8 +128,9 @@ impl Live {
         self.seq_tx.send_replace(next);
     }
 
-    /// The streams ended: keep their final lines without newline, seal what is left.
-    pub(crate) fn finish_streams(&self, shared: &Shared, ts_us: i64) {
+    /// The streams ended: keep their final lines without newline, seal what is left, and
+    /// remember the exit. Returns the final sequence number.
+    pub(crate) fn finish_streams(&self, shared: &Shared, ts_us: i64, exit: ExitStatus) -> u64 {
         let next = {
             let mut st = self.lock();
             let LiveState {
@@ -137,9 +146,12 @@ impl Live {
             }
             self.seal(&mut st, shared);
             st.ended = true;
+            st.exit = Some((exit, ts_us));
             st.builder.first_seq()
         };
+        // Wakes followers even without new lines: they see the end.
         self.seq_tx.send_replace(next);
+        next
     }
 
     /// Seal the open block (if any), keep it in the ring, and queue it for the writer.
@@ -170,7 +182,7 @@ impl Live {
 
         let len = block.bytes.len();
         let queued = shared.queued_bytes.load(Ordering::Acquire);
-        if queued + len > shared.opts.queue_max_bytes {
+        if queued + len > shared.queue_hard_cap() {
             block.mark_dropped();
             st.pending_dropped += lines;
             shared.dropped_lines.fetch_add(lines, Ordering::Relaxed);
@@ -210,6 +222,14 @@ impl Live {
     pub(crate) fn after_commit(&self, shared: &Shared) {
         let mut st = self.lock();
         self.evict(&mut st, shared);
+    }
+
+    /// The first sequence number the ring holds (or the next one, when it holds none).
+    pub(crate) fn start_seq(&self) -> u64 {
+        let st = self.lock();
+        st.ring
+            .front()
+            .map_or(st.builder.first_seq(), |b| b.first_seq)
     }
 
     pub(crate) fn snapshot(&self) -> RingSnapshot {
@@ -273,12 +293,17 @@ impl InstanceWriter {
         self.live.append(&self.shared, stream, bytes, ts_us);
     }
 
-    /// Wait up to `max_wait` until the writer has room for more lines. Capture calls this
-    /// between reads: a child printing faster than the disk can write is slowed down as
-    /// if it wrote to a file, instead of losing lines. Past `max_wait` it returns false,
-    /// and what is appended next may be dropped from the store (never from the ring).
-    pub async fn wait_for_room(&self, max_wait: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + max_wait;
+    /// Wait until the writer has room for more lines. Capture calls this between reads: a
+    /// child printing faster than the disk writes is slowed down (its writes to the pipe
+    /// block) as if it wrote to a file, instead of losing lines, however slow the disk.
+    ///
+    /// Returns false without waiting (or as soon as it happens) while the store is failing
+    /// ([`super::StoreHealth::writable`] false: the writer keeps what it can in memory and
+    /// counts what it gives up), and after `stall_limit` without any progress of the writer
+    /// (a stalled disk): the caller then reads on, and what goes beyond the queue's hard cap
+    /// is dropped from the store (never from the ring) and counted.
+    pub async fn wait_for_room(&self, stall_limit: std::time::Duration) -> bool {
+        let mut deadline = tokio::time::Instant::now() + stall_limit;
         loop {
             let notified = self.shared.room_notify.notified();
             tokio::pin!(notified);
@@ -286,28 +311,44 @@ impl InstanceWriter {
             if self.shared.has_room() {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.shared.has_room();
+            if !self.shared.writable() {
+                return false;
+            }
+            match tokio::time::timeout_at(deadline, notified).await {
+                // The writer took something from the queue, or committed: progress.
+                Ok(()) => deadline = tokio::time::Instant::now() + stall_limit,
+                Err(_) => return self.shared.has_room(),
             }
         }
     }
 
     /// [`Self::wait_for_room`] for blocking callers.
-    pub fn wait_for_room_blocking(&self, max_wait: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + max_wait;
+    pub fn wait_for_room_blocking(&self, stall_limit: std::time::Duration) -> bool {
+        let mut deadline = std::time::Instant::now() + stall_limit;
         let (lock, cv) = &self.shared.room_cv;
         let mut guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         while !self.shared.has_room() {
+            if !self.shared.writable() {
+                return false;
+            }
             let now = std::time::Instant::now();
             if now >= deadline {
                 return false;
             }
-            guard = cv
+            let (g, timeout) = cv
                 .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+                .unwrap_or_else(|p| p.into_inner());
+            guard = g;
+            if !timeout.timed_out() {
+                deadline = std::time::Instant::now() + stall_limit;
+            }
         }
         true
+    }
+
+    /// The store's [`super::StoreOptions::stall_limit`], for [`Self::wait_for_room`].
+    pub fn stall_limit(&self) -> std::time::Duration {
+        self.shared.opts.stall_limit
     }
 
     /// Lines appended so far (the next sequence number).
@@ -324,34 +365,53 @@ impl InstanceWriter {
     /// End the instance: keep final lines without newline, record the exit, and return
     /// once all of it is durable. Blocking: call from a blocking context.
     pub fn finish(self, exit: ExitStatus) -> Result<(), StoreError> {
-        let rx = self.finish_send(exit)?;
-        rx.blocking_recv().map_err(|_| StoreError::WriterGone)?
+        self.end(exit)?.wait_blocking()
     }
 
     /// [`Self::finish`] for async callers.
     pub async fn finish_async(self, exit: ExitStatus) -> Result<(), StoreError> {
-        let rx = self.finish_send(exit)?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        self.end(exit)?.durable().await
     }
 
-    fn finish_send(
-        &self,
-        exit: ExitStatus,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+    /// End the instance without waiting for the disk: its final lines and exit are queued
+    /// behind everything appended before, and readers see the exit at once (followers get
+    /// the end once they have every line, from the ring meanwhile). The returned handle
+    /// says when the end is durable.
+    pub fn end(self, exit: ExitStatus) -> Result<EndPending, StoreError> {
         let ts = now_us();
-        self.live.finish_streams(&self.shared, ts);
+        let next_seq = self.live.finish_streams(&self.shared, ts, exit.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let dropped = std::mem::take(&mut self.live.lock().pending_dropped);
         if !self.shared.send(Msg::End {
             id: self.live.id,
             exit,
             ended_us: ts,
-            next_seq: *self.live.seq_tx.borrow(),
+            next_seq,
             dropped,
             done: tx,
         }) {
             return Err(StoreError::WriterGone);
         }
-        Ok(rx)
+        Ok(EndPending { rx })
+    }
+}
+
+/// An instance's end on its way to the disk. See [`InstanceWriter::end`].
+#[must_use = "say what happens if the end cannot be made durable"]
+pub struct EndPending {
+    rx: tokio::sync::oneshot::Receiver<Result<(), StoreError>>,
+}
+
+impl EndPending {
+    /// Wait until the end (and every line before it) is durable.
+    pub async fn durable(self) -> Result<(), StoreError> {
+        self.rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// [`Self::durable`] for blocking callers.
+    pub fn wait_blocking(self) -> Result<(), StoreError> {
+        self.rx
+            .blocking_recv()
+            .map_err(|_| StoreError::WriterGone)?
     }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable};
 
 pub use block::{BlockView, Line, Stream};
-pub use live::InstanceWriter;
+pub use live::{EndPending, InstanceWriter};
 pub use model::{
     Actor, Event, EventKind, ExitStatus, InstanceKind, InstanceMeta, SpawnInfo, now_us,
 };
@@ -74,15 +74,22 @@ pub struct StoreOptions {
     pub ring_max_bytes: usize,
     /// ...and at most this many lines (whichever bound is hit first).
     pub ring_max_lines: usize,
-    /// Bytes queued for the writer (not yet in its group) beyond which new blocks are
-    /// dropped from the store. Memory for lines in flight is bounded by this plus
-    /// `group_max_bytes` plus the rings.
+    /// Bytes queued for the writer (not yet in its group) beyond which capture stops
+    /// reading a child's pipes until the writer catches up (the child then blocks on its
+    /// writes, as it would on a slow file). Twice this is the hard cap, past which blocks
+    /// are dropped from the store (only appends that do not wait for room get there: a
+    /// stalled or failing store). Memory for lines in flight is bounded by the hard cap
+    /// plus `group_max_bytes` plus the rings.
     pub queue_max_bytes: usize,
     /// A group commits once it holds this many (uncompressed) bytes, without waiting for
     /// the interval.
     pub group_max_bytes: usize,
     /// A group commits at most this long after its first write.
     pub commit_interval: Duration,
+    /// How long capture waits for room while the writer makes no progress at all (a disk
+    /// that stopped answering without failing) before it reads on and lets lines drop
+    /// from the store. A slow disk that makes progress is waited for, however slow.
+    pub stall_limit: Duration,
     /// Quiet instances' unsealed lines are sealed this often.
     pub seal_interval: Duration,
     /// Lines longer than this are split into continuation lines.
@@ -93,6 +100,10 @@ pub struct StoreOptions {
     /// doubling up to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Unit tests only: the writer sleeps this long before each commit, a disk slower
+    /// than any capture (see `slow_writer_tests`).
+    #[cfg(test)]
+    pub(crate) commit_delay: Duration,
 }
 
 impl Default for StoreOptions {
@@ -105,11 +116,14 @@ impl Default for StoreOptions {
             queue_max_bytes: 16 << 20,
             group_max_bytes: 16 << 20,
             commit_interval: Duration::from_millis(100),
+            stall_limit: Duration::from_secs(60),
             seal_interval: Duration::from_millis(50),
             max_line: block::DEFAULT_MAX_LINE,
             cache_bytes: 16 << 20,
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
+            #[cfg(test)]
+            commit_delay: Duration::ZERO,
         }
     }
 }
@@ -298,6 +312,20 @@ impl Shared {
     pub(crate) fn has_room(&self) -> bool {
         self.queued_bytes.load(Ordering::Acquire) + 2 * block::BLOCK_TARGET_BYTES
             <= self.opts.queue_max_bytes
+    }
+    /// Queued bytes beyond which a new block is dropped from the store. Capture waits for
+    /// room below `queue_max_bytes` before each read, so it only gets here when the store
+    /// is failing or stalled; the margin covers concurrent appenders that found room at
+    /// once, and the rest of the pipes read at an exit.
+    pub(crate) fn queue_hard_cap(&self) -> usize {
+        self.opts.queue_max_bytes.saturating_mul(2)
+    }
+    /// Writes reach the disk (see [`StoreHealth::writable`]).
+    pub(crate) fn writable(&self) -> bool {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .writable
     }
     pub(crate) fn signal_room(&self) {
         let _guard = self.room_cv.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -901,6 +929,11 @@ impl Store {
         if let Some(live) = live {
             // The stored counters trail the live ones by up to a commit interval.
             meta.next_seq = meta.next_seq.max(*live.seq_tx.borrow());
+            // An end queued but not yet durable is known already.
+            if let Some((exit, ended_us)) = live.lock().exit.clone() {
+                meta.exit = Some(exit);
+                meta.ended_us = Some(ended_us);
+            }
         }
         Ok(meta)
     }
@@ -1142,12 +1175,15 @@ impl Follower {
     }
 
     /// The next lines (at most `max`), waiting for new ones while the instance is live.
-    /// `Ok(None)` once the instance has ended and every line was returned.
+    /// `Ok(None)` once the instance has ended and every line was returned: as soon as its
+    /// end is queued (the last lines come from the ring), not once it is durable.
     pub async fn next_batch(&mut self, max: usize) -> Result<Option<Vec<Line>>, StoreError> {
         loop {
             let live = self.store.shared.live(self.id);
             // Subscribe before reading: a line appended after the read wakes us up.
             let mut rx = live.as_ref().map(|l| l.seq_tx.subscribe());
+            // Ended before the read: the read sees every line there will ever be.
+            let ended = live.as_ref().is_some_and(|l| l.lock().ended);
             let from = self.next;
             let lines = match live.as_ref().and_then(|l| l.read_from(from, max)) {
                 Some(lines) => lines,
@@ -1166,6 +1202,17 @@ impl Follower {
             if let Some(last) = lines.last() {
                 self.next = last.seq + 1;
                 return Ok(Some(lines));
+            }
+            // Nothing stored from `from` up to the ring (lines dropped from the store):
+            // go on with the ring.
+            if let Some(start) = live.as_ref().map(|l| l.start_seq())
+                && start > from
+            {
+                self.next = start.min(from.saturating_add(max as u64));
+                continue;
+            }
+            if ended {
+                return Ok(None);
             }
             match &mut rx {
                 // Not live: everything it will ever have is in the store, and was read.
@@ -1423,4 +1470,88 @@ fn mark_open(db: &Database) -> Result<(bool, Vec<InstanceMeta>), StoreError> {
     }
     txn.commit()?;
     Ok((unclean, interrupted))
+}
+
+/// A writer slower than capture, simulated by [`StoreOptions::commit_delay`]: capture waits
+/// for room instead of dropping, nothing is lost, and an instance's end is seen at once.
+/// (`tests/integration/slow_disk.rs` does the same on a really throttled disk, where the
+/// machine allows it.)
+#[cfg(test)]
+mod slow_writer_tests {
+    use super::*;
+    use std::time::Instant;
+
+    const LINES: u64 = 100_000;
+
+    fn flood() -> Vec<u8> {
+        let mut text = Vec::with_capacity(LINES as usize * 100);
+        for i in 0..LINES {
+            text.extend_from_slice(format!("{i:>8} {}\n", "x".repeat(90)).as_bytes());
+        }
+        text
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_writer_slows_capture_down_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            // 10 MB through a 1 MiB queue and 1 MiB groups, 300 ms per commit: far more
+            // than a second of waiting in all, each wait longer than a commit.
+            queue_max_bytes: 1 << 20,
+            group_max_bytes: 1 << 20,
+            commit_delay: Duration::from_millis(300),
+            stall_limit: Duration::from_secs(30),
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir.path().join("s.redb"), opts).unwrap().store;
+        let w = store
+            .begin_instance("slow", InstanceKind::Run, SpawnInfo::default())
+            .unwrap();
+        let id = w.id();
+        let text = flood();
+        let started = Instant::now();
+        let mut waited = Duration::ZERO;
+        for chunk in text.chunks(64 * 1024) {
+            // What capture does between reads.
+            w.append(Stream::Stdout, chunk);
+            let t = Instant::now();
+            assert!(w.wait_for_room(Duration::from_secs(30)).await, "room");
+            waited += t.elapsed();
+        }
+        assert!(
+            waited > Duration::from_secs(1),
+            "capture waited {waited:?}: the writer was not slower than capture"
+        );
+        assert_eq!(store.dropped_lines(), 0);
+
+        // The end: known at once, durable later (behind a commit of at least 300 ms).
+        let mut follower = store.follow(id, LINES - 1000);
+        let pending = w.end(ExitStatus::Code(3)).unwrap();
+        let t = Instant::now();
+        let meta = store.instance(id).unwrap();
+        assert_eq!(meta.exit, Some(ExitStatus::Code(3)));
+        assert_eq!(meta.next_seq, LINES);
+        let mut followed = 0;
+        while let Some(lines) = follower.next_batch(4096).await.unwrap() {
+            followed += lines.len() as u64;
+        }
+        assert_eq!(followed, 1000);
+        let seen = t.elapsed();
+        assert!(
+            store.shared.live(id).is_some(),
+            "the follower saw the end only once it was durable ({seen:?})"
+        );
+        pending.durable().await.unwrap();
+        let durable = t.elapsed();
+        eprintln!(
+            "slow writer: ingest {:?} (capture waited {waited:?}); end seen by a follower after {seen:?}, durable after {durable:?}",
+            started.elapsed()
+        );
+        let meta = store.instance(id).unwrap();
+        assert_eq!((meta.next_seq, meta.dropped_lines), (LINES, 0));
+        assert_eq!(meta.exit, Some(ExitStatus::Code(3)));
+        let last = store.read(id, Window::Tail(1), &Filter::default()).unwrap();
+        assert!(last[0].text().starts_with(&format!("{:>8}", LINES - 1)));
+        store.close().unwrap();
+    }
 }

@@ -684,6 +684,8 @@ impl Writer {
             }
         }
         let txn = self.txn.take().expect("opened above");
+        #[cfg(test)]
+        std::thread::sleep(self.opts.commit_delay);
         txn.commit()?;
         self.dirty.clear();
         Ok(())
@@ -992,6 +994,10 @@ impl Writer {
             h.last_error = Some(e);
             h.last_error_us = Some(now_us());
         }
+        drop(h);
+        // Capture waiting for room reads on while the store fails (the writer counts
+        // what it gives up), and waits again once it heals.
+        shared.signal_room();
     }
 
     /// Retention, with its failures contained: a retention pass that fails is undone as a

@@ -15,6 +15,7 @@ mod daemon;
 mod mcp;
 mod migrations;
 mod orphans;
+mod slow_disk;
 mod start;
 mod store;
 mod store_crash;

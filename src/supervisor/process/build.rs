@@ -10,8 +10,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::ProcessError;
-use super::capture::{Recorded, SpawnFailure, capture, convert_status, drain, spawn_recorded};
-use crate::logs::{EventKind, ExitStatus, Filter, InstanceKind, Store, Stream, Window};
+use super::capture::{
+    Captures, Recorded, SpawnFailure, convert_status, end_in_background, spawn_recorded,
+};
+use crate::logs::{EventKind, ExitStatus, Filter, InstanceKind, Store, Window};
 use crate::supervisor::procgroup;
 
 /// Lines read back from a failed build to find its errors.
@@ -120,10 +122,7 @@ pub(super) async fn run_build(
     };
     let instance = writer.id();
     let prefix = ctx.passthrough.then(|| format!("{} build", ctx.name));
-    let captures = vec![
-        capture(stdout, Stream::Stdout, writer.clone(), prefix.clone()),
-        capture(stderr, Stream::Stderr, writer.clone(), prefix),
-    ];
+    let captures = Captures::start(stdout, stderr, &writer, prefix);
     let cancelled = tokio::select! {
         _ = child.wait() => None,
         force = cancel => Some(force.unwrap_or(false)),
@@ -134,10 +133,9 @@ pub(super) async fn run_build(
     };
     let out = procgroup::stop_group(&mut child, &scope, sig, grace).await;
     let status = out.status.map_or(ExitStatus::Unknown, convert_status);
-    drain(captures).await;
-    if let Err(e) = writer.finish_async(status.clone()).await {
-        tracing::warn!(process = %ctx.name, error = %e, "cannot finish build instance");
-    }
+    captures.drain().await;
+    // Known at once (the build's lines stay readable from the ring); durable behind it.
+    end_in_background(writer, status.clone(), &ctx.name);
     let ok = cancelled.is_none() && status.success();
     finished(ok);
     if cancelled.is_some() {

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::logs::{ExitStatus, InstanceKind, InstanceWriter, SpawnInfo, Store, Stream};
 use crate::supervisor::{cgroup, procgroup, scope};
@@ -24,9 +25,6 @@ const READ_BUF: usize = 64 * 1024;
 /// cgroup) and kept the pipe can hold them open that long; its output after that is not
 /// captured.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-
-/// How long capture waits for the store's writer before letting lines drop from the store.
-const ROOM_WAIT: Duration = Duration::from_secs(1);
 
 /// A process spawned into its own group, with its store instance begun.
 pub(super) struct Recorded {
@@ -125,16 +123,74 @@ pub(super) fn release(scope: &procgroup::Scope) {
     }
 }
 
+/// The capture of a process's two pipes.
+pub(super) struct Captures {
+    tasks: Vec<JoinHandle<()>>,
+    /// Cancelled once the process group is gone: read the rest without waiting for room.
+    draining: CancellationToken,
+}
+
+impl Captures {
+    /// Capture stdout and stderr into `writer` (and to the daemon's stdout with a prefix).
+    pub(super) fn start(
+        stdout: tokio::process::ChildStdout,
+        stderr: tokio::process::ChildStderr,
+        writer: &InstanceWriter,
+        prefix: Option<String>,
+    ) -> Captures {
+        let draining = CancellationToken::new();
+        let tasks = vec![
+            capture(
+                stdout,
+                Stream::Stdout,
+                writer.clone(),
+                prefix.clone(),
+                draining.clone(),
+            ),
+            capture(
+                stderr,
+                Stream::Stderr,
+                writer.clone(),
+                prefix,
+                draining.clone(),
+            ),
+        ];
+        Captures { tasks, draining }
+    }
+
+    /// Once the process group is gone: read what is left in the pipes until EOF, without
+    /// waiting for the store (what is left is at most a pipe's buffer per pipe, unless
+    /// something that escaped the group holds a pipe: see [`DRAIN_LIMIT`]).
+    pub(super) async fn drain(self) {
+        self.draining.cancel();
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!("output pipe still open after the process group is gone");
+                task.abort();
+            }
+        }
+    }
+}
+
 /// Copy one pipe into the instance until EOF.
-pub(super) fn capture<R>(
+///
+/// Between reads it waits for room in the store's queue: a child printing faster than the
+/// disk writes blocks on its pipe (as on a slow file) instead of losing lines. It reads on
+/// only when the store is failing or stalled (see [`InstanceWriter::wait_for_room`]), or
+/// once `draining` is cancelled. The wait never holds up the supervisor: stops signal the
+/// process group, then cancel `draining`.
+fn capture<R>(
     mut pipe: R,
     stream: Stream,
     writer: InstanceWriter,
     prefix: Option<String>,
+    draining: CancellationToken,
 ) -> JoinHandle<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
+    let stall_limit = writer.stall_limit();
     tokio::spawn(async move {
         let mut buf = vec![0u8; READ_BUF];
         let mut pass = prefix.map(Passthrough::new);
@@ -143,12 +199,14 @@ where
                 Ok(0) => break,
                 Ok(n) => {
                     writer.append(stream, &buf[..n]);
-                    // A child printing faster than the disk writes is slowed down (as a
-                    // file would slow it) rather than losing lines; after a second of a
-                    // stalled disk the store drops lines instead, and says so.
-                    writer.wait_for_room(ROOM_WAIT).await;
                     if let Some(p) = &mut pass {
                         p.feed(&buf[..n]);
+                    }
+                    if !draining.is_cancelled() {
+                        tokio::select! {
+                            _ = writer.wait_for_room(stall_limit) => {}
+                            _ = draining.cancelled() => {}
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -203,14 +261,20 @@ impl Passthrough {
     }
 }
 
-/// Wait for the capture tasks to reach EOF (bounded: see [`DRAIN_LIMIT`]).
-pub(super) async fn drain(captures: Vec<JoinHandle<()>>) {
-    let deadline = Instant::now() + DRAIN_LIMIT;
-    for mut task in captures {
-        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-            tracing::warn!("output pipe still open after the process group is gone");
-            task.abort();
+/// End `writer`'s instance with `status` without waiting for the disk: the exit is known
+/// to readers at once, and the end becomes durable behind the lines queued before it (a
+/// failure to make it durable is logged; the store's health says more).
+pub(super) fn end_in_background(writer: InstanceWriter, status: ExitStatus, name: &str) {
+    match writer.end(status) {
+        Ok(pending) => {
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = pending.durable().await {
+                    tracing::warn!(process = %name, error = %e, "cannot store the instance's end");
+                }
+            });
         }
+        Err(e) => tracing::warn!(process = %name, error = %e, "cannot finish instance"),
     }
 }
 

@@ -13,13 +13,13 @@ use tokio::time::Instant;
 
 use super::build::{BuildCtx, error_lines, read_tail, run_build};
 use super::capture::{
-    Recorded, SpawnFailure, capture, convert_status, drain, release, spawn_recorded,
+    Captures, Recorded, SpawnFailure, convert_status, end_in_background, release, spawn_recorded,
 };
 use super::{
     Cmd, ExitInfo, Mode, ProcessError, ProcessSpec, Published, Reply, State, Status, Timing, probe,
 };
 use crate::config::{Ready, ReadyCheck, RestartPolicy};
-use crate::logs::{Actor, EventKind, ExitStatus, InstanceKind, InstanceWriter, Store, Stream};
+use crate::logs::{Actor, EventKind, ExitStatus, InstanceKind, InstanceWriter, Store};
 use crate::supervisor::{ports, procgroup};
 
 /// Lines read back from an instance that exited, to find its errors and port conflicts.
@@ -68,7 +68,7 @@ struct Run {
     scope: procgroup::Scope,
     instance: u64,
     writer: InstanceWriter,
-    captures: Vec<JoinHandle<()>>,
+    captures: Captures,
     probe: Option<JoinHandle<()>>,
     started: Instant,
     started_at_ms: i64,
@@ -305,17 +305,15 @@ impl Supervisor {
 
     /// Stop the running instance, if any, on our own initiative: never a crash.
     async fn stop_run(&mut self, force: bool) {
-        self.stop_run_then(force, false).await;
+        self.stop_run_then(force).await;
     }
 
-    /// Stop the running instance to start a new one at once: its end becomes durable in
-    /// the background (its lines stay readable from the ring meanwhile), so the commit's
-    /// fsync does not add to the restart's downtime. Nothing acts on this exit.
+    /// Stop the running instance to start a new one at once. Nothing acts on this exit.
     async fn swap_out_run(&mut self) {
-        self.stop_run_then(false, true).await;
+        self.stop_run_then(false).await;
     }
 
-    async fn stop_run_then(&mut self, force: bool, defer_finish: bool) {
+    async fn stop_run_then(&mut self, force: bool) {
         let Some(mut run) = self.run.take() else {
             return;
         };
@@ -334,7 +332,7 @@ impl Supervisor {
         let out = procgroup::stop_group(&mut run.child, &run.scope, sig, grace).await;
         self.stopped(&run, &out.left);
         let status = out.status.map_or(ExitStatus::Unknown, convert_status);
-        self.end_run(run, status, false, defer_finish).await;
+        self.end_run(run, status, false).await;
     }
 
     /// After a run's stop: release its cgroup, and say what survived it (in the stop's
@@ -377,7 +375,7 @@ impl Supervisor {
         .await;
         self.stopped(&run, &out.left);
         let ran = run.started.elapsed();
-        self.end_run(run, status.clone(), true, false).await;
+        self.end_run(run, status.clone(), true).await;
 
         if ran >= self.timing.stable_run {
             self.crash_count = 0;
@@ -414,9 +412,14 @@ impl Supervisor {
         }
     }
 
-    /// After the run's group is gone: drain its output, make it durable, record the exit,
+    /// After the run's group is gone: drain its output, end its instance, record the exit,
     /// and look at its last lines.
-    async fn end_run(&mut self, run: Run, status: ExitStatus, by_itself: bool, defer_finish: bool) {
+    ///
+    /// The end is queued, not waited for: the exit is known at once to status, followers
+    /// and the restart policy (the instance's lines stay readable from the ring), and
+    /// becomes durable behind its last lines, however slow the disk. The store writes in
+    /// order, so a next instance's start is never durable before this end.
+    async fn end_run(&mut self, run: Run, status: ExitStatus, by_itself: bool) {
         let Run {
             instance,
             writer,
@@ -424,20 +427,8 @@ impl Supervisor {
             started,
             ..
         } = run;
-        drain(captures).await;
-        let finish = {
-            let (name, status) = (self.spec.name.clone(), status.clone());
-            async move {
-                if let Err(e) = writer.finish_async(status).await {
-                    tracing::warn!(process = %name, error = %e, "cannot finish instance");
-                }
-            }
-        };
-        if defer_finish {
-            tokio::spawn(finish);
-        } else {
-            finish.await;
-        }
+        captures.drain().await;
+        end_in_background(writer, status.clone(), &self.spec.name);
         self.record(
             Some(instance),
             EventKind::Exited {
@@ -563,10 +554,7 @@ impl Supervisor {
         let instance = writer.id();
         self.record(Some(instance), EventKind::Spawned { pid, argv, cwd });
         let prefix = self.spec.passthrough.then(|| self.spec.name.clone());
-        let captures = vec![
-            capture(stdout, Stream::Stdout, writer.clone(), prefix.clone()),
-            capture(stderr, Stream::Stderr, writer.clone(), prefix),
-        ];
+        let captures = Captures::start(stdout, stderr, &writer, prefix);
         let probe = self.spec.ready.as_ref().map(|ready| {
             let (check, store, tx) = (
                 ready.check.clone(),
