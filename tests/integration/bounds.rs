@@ -150,3 +150,158 @@ fn idle_connections_are_closed_but_quiet_answers_are_not() {
     );
     assert_eq!(api.get("/api/mode").0, 200);
 }
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
+}
+
+/// Start `seq 1 N` as the process `name` and wait until all its lines are stored.
+fn seq_process(api: &crate::helpers::api::Api, name: &str, n: u64) {
+    let (code, body) = api.post(
+        "/api/start",
+        Some(&json!({"name": name, "command": ["seq", "1", n.to_string()], "wait_seconds": 0})),
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_for(&format!("{name} to print {n} lines and end"), || {
+        let (code, s) = api.get(&format!("/api/status/{name}"));
+        code == 200 && s["processes"][0]["state"] != "running" && {
+            let (_, l) = api.get(&format!("/api/logs/{name}?tail=1"));
+            l["lines"][0]["text"].as_str() == Some(n.to_string().as_str())
+        }
+    });
+    crate::helpers::daemon::flushed(api);
+}
+
+/// Eight huge (60 KiB) patterns at once: each a 400 that names the limit and shows only the
+/// pattern's beginning, answered fast, and the daemon's memory stays flat.
+#[test]
+fn huge_patterns_are_refused_fast_without_echoing_them() {
+    let dirs = Dirs::new();
+    let daemon = Served::start(&dirs);
+    let api = daemon.api();
+    seq_process(&api, "numbers", 1000);
+    let rss_before = vm_kib(daemon.pid(), "VmRSS");
+    // Under hyper's limit on the length of a URI (64 KiB).
+    let pattern = "a".repeat(60 * 1024);
+    let started = Instant::now();
+    let replies: Vec<crate::helpers::api::Reply> = std::thread::scope(|s| {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    crate::helpers::api::exchange(
+                        api.port,
+                        &crate::helpers::api::request(
+                            "GET",
+                            &format!("/api/logs/numbers?pattern={pattern}"),
+                            "",
+                            "",
+                        ),
+                    )
+                })
+            })
+            .collect();
+        tasks.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let took = started.elapsed();
+    for r in &replies {
+        assert_eq!(r.code, 400, "{}", &r.body[..r.body.len().min(300)]);
+        let error = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("at most 4096"), "{error}");
+        assert!(
+            error.len() < 300,
+            "the error echoes the pattern: {} bytes",
+            error.len()
+        );
+    }
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let rss_after = vm_kib(daemon.pid(), "VmRSS");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // A pattern that compiles too big is refused too, naming the problem.
+    let (code, body) = api.get("/api/logs/numbers?pattern=%5Cw%7B1000%7D%5Cw%7B1000%7D");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("bad regex"),
+        "{body}"
+    );
+    assert_eq!(api.get("/api/mode").0, 200);
+}
+
+/// Negative, huge and non-numeric numbers anywhere in the API are a 400 naming the field
+/// and its range, never a panic; the daemon answers after.
+#[test]
+fn bad_numbers_are_400s_naming_the_field() {
+    let dirs = Dirs::new();
+    let daemon = InProcess::start(options(&dirs));
+    let api = daemon.api();
+    seq_process(&api, "numbers", 10);
+    for (query, field) in [
+        ("head=-1", "head"),
+        ("head=abc", "head"),
+        ("tail=1e99", "tail"),
+        ("tail=99999999999999999999999", "tail"),
+        ("tail=5000000", "tail"),
+        ("context=-3", "context"),
+        ("context=18446744073709551615", "context"),
+        ("around=5&context=18446744073709551615", "context"),
+        ("index=abc", "index"),
+        ("index=-9223372036854775808", "index"),
+        ("around=-1", "around"),
+        ("since_us=soon", "since_us"),
+        ("until_us=1e300", "until_us"),
+    ] {
+        let (code, body) = api.get(&format!("/api/logs/numbers?{query}"));
+        assert_eq!(code, 400, "{query}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains(field) && error.contains(" from "),
+            "{query}: {error}"
+        );
+    }
+    for (query, field) in [
+        ("tail=-1", "tail"),
+        ("index=x", "index"),
+        ("instance=-2", "instance"),
+    ] {
+        let (code, body) = api.get(&format!("/api/follow/numbers?{query}"));
+        assert_eq!(code, 400, "follow {query}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(field), "{body}");
+    }
+    for (start, field) in [
+        (
+            json!({"command": ["true"], "wait_seconds": -1}),
+            "wait_seconds",
+        ),
+        (
+            json!({"command": ["true"], "wait_seconds": "soon"}),
+            "wait_seconds",
+        ),
+        (
+            json!({"command": ["true"], "wait_seconds": [1]}),
+            "wait_seconds",
+        ),
+        (
+            json!({"command": ["true"], "ready_port": 70000}),
+            "ready_port",
+        ),
+        (json!({"command": ["true"], "ready_port": -1}), "ready_port"),
+    ] {
+        let (code, body) = api.post("/api/start", Some(&start));
+        assert_eq!(code, 400, "{start}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(field),
+            "{start}: {body}"
+        );
+    }
+    let (code, body) = api.get("/api/logs/numbers?head=3");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["lines"].as_array().unwrap().len(), 3);
+}
