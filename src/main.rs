@@ -132,6 +132,7 @@ fn main() -> ExitCode {
                 listen,
                 token,
                 mcp_session_idle: mcp_session_idle.map(std::time::Duration::from_secs_f64),
+                conn_idle: None,
             })
         }),
         Command::Mcp {

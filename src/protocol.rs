@@ -29,6 +29,149 @@ pub const DEFAULT_TAIL: usize = 200;
 pub const DEFAULT_FOLLOW_TAIL: u64 = 10;
 /// The longest readiness wait a start or restart may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// The longest search pattern, in bytes.
+pub const MAX_PATTERN: usize = 4096;
+/// The most lines a head or a tail may ask for.
+pub const MAX_LINES: usize = 1_000_000;
+/// The most context lines a read may ask for on each side.
+pub const MAX_CONTEXT: usize = 10_000;
+
+/// A pattern's beginning, for messages (never the whole of a huge one).
+pub fn pattern_excerpt(p: &str) -> String {
+    const SHOWN: usize = 40;
+    match p.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &p[..end]),
+        None => p.to_owned(),
+    }
+}
+
+/// A pattern short enough to compile: at most [`MAX_PATTERN`] bytes.
+pub fn check_pattern(field: &str, p: Option<&str>) -> Result<(), String> {
+    match p {
+        Some(p) if p.len() > MAX_PATTERN => Err(format!(
+            "{field} is {} bytes long; at most {MAX_PATTERN} are allowed (it begins `{}`)",
+            p.len(),
+            pattern_excerpt(p)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whole numbers of query strings, checked: a bad one is an error naming the field and
+/// the range allowed (`serde_urlencoded` alone would say "invalid digit found in string").
+mod num {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
+
+    pub fn bounded<'de, D: Deserializer<'de>>(
+        d: D,
+        field: &'static str,
+        min: i128,
+        max: i128,
+    ) -> Result<i128, D::Error> {
+        struct V {
+            field: &'static str,
+            min: i128,
+            max: i128,
+        }
+        impl V {
+            fn check<E: Error>(
+                &self,
+                n: Option<i128>,
+                shown: &dyn fmt::Display,
+            ) -> Result<i128, E> {
+                match n {
+                    Some(n) if (self.min..=self.max).contains(&n) => Ok(n),
+                    _ => Err(E::custom(format!(
+                        "{} must be a whole number from {} to {}, not `{shown}`",
+                        self.field, self.min, self.max
+                    ))),
+                }
+            }
+        }
+        impl Visitor<'_> for V {
+            type Value = i128;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    "{}: a whole number from {} to {}",
+                    self.field, self.min, self.max
+                )
+            }
+            fn visit_i64<E: Error>(self, n: i64) -> Result<i128, E> {
+                self.check(Some(n.into()), &n)
+            }
+            fn visit_u64<E: Error>(self, n: u64) -> Result<i128, E> {
+                self.check(Some(n.into()), &n)
+            }
+            fn visit_f64<E: Error>(self, n: f64) -> Result<i128, E> {
+                let whole = (n.fract() == 0.0 && n.abs() < 1e30).then_some(n as i128);
+                self.check(whole, &n)
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<i128, E> {
+                let shown: String = s.chars().take(40).collect();
+                self.check(s.trim().parse().ok(), &shown)
+            }
+        }
+        d.deserialize_any(V { field, min, max })
+    }
+}
+
+fn de_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    num::bounded(d, "ready_port", 1, 65535).map(|n| Some(n as u16))
+}
+
+/// `wait_seconds`: any number; its range is checked by [`wait_duration`].
+fn de_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => Ok(n.as_f64()),
+        serde_json::Value::Null => Ok(None),
+        other => Err(D::Error::custom(format!(
+            "wait_seconds must be a number of seconds from 0 to {}, not `{}`",
+            MAX_WAIT.as_secs(),
+            other.to_string().chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+fn de_head<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    num::bounded(d, "head", 0, MAX_LINES as i128).map(|n| Some(n as usize))
+}
+
+fn de_tail<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    num::bounded(d, "tail", 0, MAX_LINES as i128).map(|n| Some(n as usize))
+}
+
+fn de_follow_tail<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    num::bounded(d, "tail", 0, MAX_LINES as i128).map(|n| Some(n as u64))
+}
+
+fn de_context<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    num::bounded(d, "context", 0, MAX_CONTEXT as i128).map(|n| n as usize)
+}
+
+fn de_index<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    num::bounded(d, "index", -1_000_000_000, 1_000_000_000).map(|n| Some(n as i64))
+}
+
+fn de_instance<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    num::bounded(d, "instance", 0, i64::MAX.into()).map(|n| Some(n as u64))
+}
+
+fn de_around<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    num::bounded(d, "around", 0, i64::MAX.into()).map(|n| Some(n as u64))
+}
+
+fn de_since<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    num::bounded(d, "since_us", i64::MIN.into(), i64::MAX.into()).map(|n| Some(n as i64))
+}
+
+fn de_until<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    num::bounded(d, "until_us", i64::MIN.into(), i64::MAX.into()).map(|n| Some(n as i64))
+}
 
 /// Which streams a read wants: stdout, stderr, or both (the default).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
@@ -115,19 +258,35 @@ pub struct LogQuery {
     #[serde(default, skip_serializing_if = "is_false")]
     pub case_insensitive: bool,
     /// Lines of context around each match; with `around`, on each side of that line.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "de_context",
+        skip_serializing_if = "is_zero"
+    )]
     pub context: usize,
     /// Only the first N result lines.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_head",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub head: Option<usize>,
     /// Only the last N result lines.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_tail",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tail: Option<usize>,
     /// Every result line: neither a head nor the default tail.
     #[serde(default, skip_serializing_if = "is_false")]
     pub all: bool,
     /// -1 the newest instance (default), -2 the one before, 0 the oldest retained.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_index",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub index: Option<i64>,
     /// Every retained instance, oldest first.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -138,14 +297,26 @@ pub struct LogQuery {
     #[serde(default, skip_serializing_if = "StreamFilter::is_both")]
     pub stream: StreamFilter,
     /// Only lines read at or after this time (Unix microseconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_since",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub since_us: Option<i64>,
     /// Only lines read before this time (Unix microseconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_until",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub until_us: Option<i64>,
     /// Without a pattern: the lines around this sequence number (`context` on each side),
     /// the line itself marked as matched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_around",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub around: Option<u64>,
 }
 
@@ -167,6 +338,22 @@ impl LogQuery {
     /// Whether the combination makes sense; the error says what to pass instead. Every
     /// front end's query goes through here (the daemon calls it for each read).
     pub fn validate(&self) -> Result<(), String> {
+        check_pattern("the pattern", self.pattern.as_deref())?;
+        for (field, n) in [("head", self.head), ("tail", self.tail)] {
+            if let Some(n) = n
+                && n > MAX_LINES
+            {
+                return Err(format!(
+                    "{field} must be a whole number from 0 to {MAX_LINES}, not `{n}`"
+                ));
+            }
+        }
+        if self.context > MAX_CONTEXT {
+            return Err(format!(
+                "context must be a whole number from 0 to {MAX_CONTEXT}, not `{}`",
+                self.context
+            ));
+        }
         if self.head.is_some() && self.tail.is_some() {
             return Err("pass a head or a tail, not both".into());
         }
@@ -197,15 +384,27 @@ impl LogQuery {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FollowQuery {
     /// Begin with this instance (its stable number); else with `index`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_instance",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub instance: Option<u64>,
     /// -1 the newest instance (default), -2 the one before, 0 the oldest retained.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_index",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub index: Option<i64>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub build: bool,
     /// Lines of backlog before the live lines (the instance's last lines); none: all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_follow_tail",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tail: Option<u64>,
     #[serde(default, skip_serializing_if = "StreamFilter::is_both")]
     pub stream: StreamFilter,
@@ -214,6 +413,21 @@ pub struct FollowQuery {
     pub pattern: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub case_insensitive: bool,
+}
+
+impl FollowQuery {
+    /// Whether the query can be followed; the error says what to pass instead.
+    pub fn validate(&self) -> Result<(), String> {
+        check_pattern("the pattern", self.pattern.as_deref())?;
+        if let Some(t) = self.tail
+            && t > MAX_LINES as u64
+        {
+            return Err(format!(
+                "tail must be a whole number from 0 to {MAX_LINES}, not `{t}`"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A request to start a process (`POST /api/start`).
@@ -232,14 +446,22 @@ pub struct StartRequest {
     /// How long to wait before answering: for the readiness check, or, without one,
     /// for the process to stay up (the settle time). 0: answer at once. Default: 30 s
     /// with a readiness check, else 1 s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub wait_seconds: Option<f64>,
     /// For a new runtime process: when to restart it (default `never`, like a command in
     /// a terminal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartPolicy>,
     /// For a new runtime process: ready once 127.0.0.1:PORT accepts connections.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_port",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ready_port: Option<u16>,
     /// For a new runtime process: ready once a GET of this http:// URL answers 2xx/3xx.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,7 +492,8 @@ impl StartRequest {
                 ReadyCheck::Http { url: url.clone() }
             }
             (None, None, Some(re)) => {
-                regex::Regex::new(re)
+                check_pattern("ready_log", Some(re))?;
+                crate::search::compile(re, false)
                     .map_err(|e| format!("ready_log is not a valid regex: {e}"))?;
                 ReadyCheck::Log {
                     pattern: re.clone(),

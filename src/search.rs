@@ -52,23 +52,47 @@ pub struct SearchResult {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
+    /// `pattern` is the pattern's beginning only (see [`crate::protocol::pattern_excerpt`]).
     #[error(
         "bad regex `{pattern}`: {message}\n(fix the pattern, or escape special characters such as ( [ . * with a backslash)"
     )]
     BadRegex { pattern: String, message: String },
+    #[error("the pattern is {len} bytes long; at most {max} are allowed (it begins `{excerpt}`)", max = crate::protocol::MAX_PATTERN)]
+    TooLong { len: usize, excerpt: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Compile a pattern as search uses it: `^` and `$` match at line boundaries.
+/// The most memory a compiled pattern may take (the regex crate's default is 10 MiB).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// The most memory a pattern's lazy DFA may take per search (default 2 MiB).
+const DFA_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compile a pattern as search uses it: `^` and `$` match at line boundaries. At most
+/// [`crate::protocol::MAX_PATTERN`] bytes, compiled within small memory limits; errors
+/// show the pattern's beginning only.
 pub fn compile(pattern: &str, case_insensitive: bool) -> Result<Regex, SearchError> {
+    if pattern.len() > crate::protocol::MAX_PATTERN {
+        return Err(SearchError::TooLong {
+            len: pattern.len(),
+            excerpt: crate::protocol::pattern_excerpt(pattern),
+        });
+    }
     RegexBuilder::new(pattern)
         .case_insensitive(case_insensitive)
         .multi_line(true)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(DFA_SIZE_LIMIT)
         .build()
         .map_err(|e| SearchError::BadRegex {
-            pattern: pattern.to_owned(),
-            message: e.to_string(),
+            pattern: crate::protocol::pattern_excerpt(pattern),
+            message: match e {
+                regex::Error::Syntax(m) => m,
+                regex::Error::CompiledTooBig(limit) => {
+                    format!("it compiles to more than {limit} bytes; use a simpler pattern")
+                }
+                e => e.to_string(),
+            },
         })
 }
 

@@ -69,11 +69,12 @@ impl IntoResponse for OpError {
         let code = match &self {
             OpError::UnknownProcess { .. } => StatusCode::NOT_FOUND,
             OpError::BadRequest(_)
-            | OpError::Search(SearchError::BadRegex { .. })
+            | OpError::Search(SearchError::BadRegex { .. } | SearchError::TooLong { .. })
             | OpError::Store(StoreError::IndexOutOfRange { .. } | StoreError::NoInstances { .. }) => {
                 StatusCode::BAD_REQUEST
             }
             OpError::Process(_) => StatusCode::CONFLICT,
+            OpError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             OpError::Store(
                 StoreError::Unavailable(_) | StoreError::Disk(_) | StoreError::WriteFailed(_),
             ) => StatusCode::SERVICE_UNAVAILABLE,

@@ -2,6 +2,7 @@
 //! listeners, supervises the processes, and on shutdown stops them all and closes the
 //! store. `bpm serve` calls it; tests call it in-process.
 
+pub mod conn;
 pub mod files;
 pub mod guard;
 pub mod http;
@@ -49,6 +50,9 @@ pub struct Options {
     pub token: Option<String>,
     /// How long an idle MCP session lives (default [`crate::mcp::DEFAULT_SESSION_IDLE`]).
     pub mcp_session_idle: Option<Duration>,
+    /// How long a connection may wait before sending a request (default
+    /// [`conn::IDLE_TIMEOUT`]).
+    pub conn_idle: Option<Duration>,
 }
 
 /// Who a running daemon is, as written to `daemon.json`.
@@ -83,6 +87,8 @@ pub async fn run(
     let setup = Setup::load(&opts)?;
     let opened = open_store(&setup, &opts).await?;
     let store = opened.store.clone();
+    let nofile = conn::raise_nofile();
+    let limits = conn::Limits::for_nofile(nofile, opts.conn_idle.unwrap_or(conn::IDLE_TIMEOUT));
     let bound = bind(&setup, &opts).await?;
     let cancel = CancellationToken::new();
     store.record(
@@ -93,7 +99,7 @@ pub async fn run(
         },
     );
     let ops = register(&setup, &opts, store.clone(), cancel.child_token()).await?;
-    let servers = serve(&ops, &opts, bound.tcp, bound.unix, &cancel)?;
+    let servers = serve(&ops, &opts, limits, bound.tcp, bound.unix, &cancel)?;
 
     // Ready once the listeners are bound, never after the builds.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -352,10 +358,11 @@ async fn register(
 
 /// Serve the JSON API and MCP on both listeners until `cancel` fires (then shut down
 /// gracefully). The Unix socket serves the same app without the guard: its file mode is
-/// its access control.
+/// its access control. Each listener holds at most `limits` connections ([`conn`]).
 fn serve(
     ops: &Ops,
     opts: &Options,
+    limits: conn::Limits,
     tcp: TcpListener,
     unix: tokio::net::UnixListener,
     cancel: &CancellationToken,
@@ -377,27 +384,35 @@ fn serve(
         token(opts),
         ops.config().allowed_origins.clone(),
     );
+    // The guard needs to know who is connecting (`ConnectInfo<Peer>`, given by
+    // `conn::serve`).
     let tcp_app = local_app
         .clone()
-        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
-        // The guard needs to know who is connecting.
-        .into_make_service_with_connect_info::<peer::Peer>();
-    let local = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(unix, local_app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await;
-        })
-    };
-    let tcp = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(tcp, tcp_app)
-                .with_graceful_shutdown(cancel.cancelled_owned())
-                .await;
-        })
-    };
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard));
+    tracing::debug!(?limits, "connection limits");
+    let local = tokio::spawn(conn::serve(
+        unix,
+        local_app,
+        limits.unix,
+        limits.idle,
+        cancel.clone(),
+        |_, _| None,
+    ));
+    let tcp = tokio::spawn(conn::serve(
+        tcp,
+        tcp_app,
+        limits.tcp,
+        limits.idle,
+        cancel.clone(),
+        |io: &tokio::net::TcpStream, remote: &std::net::SocketAddr| {
+            // Without our own address the client's socket cannot be found: the uid is
+            // then unknown and the guard refuses what would need it.
+            let local = io
+                .local_addr()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            Some(peer::Peer::new(local, *remote))
+        },
+    ));
     Ok([local, tcp])
 }
 

@@ -14,13 +14,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
-use tokio::net::TcpListener;
-
 /// A TCP connection's two addresses (as the daemon sees them), and the uid owning the
-/// client's socket once it is known. Axum gives each request of the connection a clone
-/// (`ConnectInfo<Peer>`); the clones share the looked-up uid.
+/// client's socket once it is known. Each request of the connection gets a clone
+/// (`ConnectInfo<Peer>`, see [`super::conn::serve`]); the clones share the looked-up uid.
 #[derive(Clone, Debug)]
 pub struct Peer {
     /// The daemon's end.
@@ -28,19 +24,6 @@ pub struct Peer {
     /// The client's end.
     pub remote: SocketAddr,
     uid: Arc<OnceLock<Option<u32>>>,
-}
-
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Peer {
-        let remote = *stream.remote_addr();
-        // Without our own address the client's socket cannot be found: the uid is then
-        // unknown and the guard refuses what would need it.
-        let local = stream
-            .io()
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
-        Peer::new(local, remote)
-    }
 }
 
 impl Peer {
@@ -274,7 +257,7 @@ mod tests {
     /// Both ends of a real loopback connection are ours.
     #[tokio::test]
     async fn a_loopback_client_is_this_user() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
@@ -293,7 +276,7 @@ mod tests {
         drop(client);
 
         // IPv6, where the machine has it.
-        let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
             eprintln!("skipped the IPv6 part: cannot listen on ::1");
             return;
         };

@@ -10,6 +10,7 @@
 mod helpers;
 
 mod access;
+mod bounds;
 mod cli;
 mod daemon;
 mod mcp;

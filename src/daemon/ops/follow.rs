@@ -19,6 +19,7 @@ impl Ops {
         process: &str,
         req: FollowQuery,
     ) -> Result<impl futures_util::Stream<Item = Vec<FollowRecord>> + Send + 'static, OpError> {
+        req.validate().map_err(OpError::BadRequest)?;
         // A process only the store knows is followed to the end of its last instance.
         let (name, handle) = self.find_or_stored(process).await?;
         let re = match &req.pattern {

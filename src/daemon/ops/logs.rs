@@ -1,15 +1,37 @@
 //! Reads and searches of a process's logs.
 
+use std::time::Duration;
+
 use super::{OpError, Ops};
 use crate::logs::{Filter, InstanceKind, InstanceMeta, Line, Store, Window};
 use crate::protocol::{InstanceSummary, LogLine, LogQuery, LogResult};
 use crate::search::{self, Query};
 
+/// Searches (reads with a pattern) that run at once; more wait their turn.
+pub const MAX_SEARCHES: usize = 4;
+/// How long a search waits for its turn before it is refused.
+const SEARCH_WAIT: Duration = Duration::from_secs(30);
+
 impl Ops {
-    /// Read or search a process's logs (a name, or the pid of its running instance).
+    /// Read or search a process's logs (a name, or the pid of its running instance). At
+    /// most [`MAX_SEARCHES`] searches run at once.
     pub async fn logs(&self, process: &str, query: LogQuery) -> Result<LogResult, OpError> {
         query.validate().map_err(OpError::BadRequest)?;
         let (name, _) = self.find_or_stored(process).await?;
+        let _turn = match query.pattern() {
+            Some(_) => Some(
+                tokio::time::timeout(SEARCH_WAIT, self.inner.searches.clone().acquire_owned())
+                    .await
+                    .map_err(|_| {
+                        OpError::Busy(format!(
+                            "{MAX_SEARCHES} searches are running and this one waited {}s for its turn; try again",
+                            SEARCH_WAIT.as_secs()
+                        ))
+                    })?
+                    .map_err(|e| OpError::Busy(e.to_string()))?,
+            ),
+            None => None,
+        };
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || read_logs(&store, &name, &query))
             .await

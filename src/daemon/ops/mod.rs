@@ -46,6 +46,9 @@ pub enum OpError {
     Search(#[from] SearchError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// Too many requests of this kind at once; try again later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// A process as the daemon manages it.
@@ -139,6 +142,8 @@ struct Inner {
     /// Cancelled when the daemon shuts down, so that open `follow` streams end (the HTTP
     /// server's graceful shutdown waits for them). A child of the daemon's token.
     closing: CancellationToken,
+    /// Searches running at once (see `logs.rs`).
+    searches: Arc<tokio::sync::Semaphore>,
 }
 
 impl Ops {
@@ -162,6 +167,7 @@ impl Ops {
                 started: Instant::now(),
                 closing,
                 observed: Mutex::default(),
+                searches: Arc::new(tokio::sync::Semaphore::new(logs::MAX_SEARCHES)),
             }),
         }
     }

@@ -70,6 +70,12 @@ impl Dirs {
 /// that finds no other data directory stays inside the test's directories.
 pub fn bpm_command(dirs: &Dirs) -> Command {
     let mut c = Command::new(BPM);
+    bpm_env(&mut c, dirs);
+    c
+}
+
+/// The environment of [`bpm_command`], for a command that runs `bpm` in the end.
+fn bpm_env(c: &mut Command, dirs: &Dirs) {
     for var in [
         "BPM_HOME",
         "BPM_PORT",
@@ -86,7 +92,6 @@ pub fn bpm_command(dirs: &Dirs) -> Command {
         .env("NO_COLOR", "1")
         .env("XDG_STATE_HOME", dirs.root.path().join("state"))
         .stdin(Stdio::null());
-    c
 }
 
 /// `bpm serve` of a project (the real binary), a child of the test. SIGTERMed on drop,
@@ -107,6 +112,24 @@ impl Served {
         let mut cmd = bpm_command(dirs);
         cmd.envs(env.iter().copied());
         cmd.args(["serve", "--port", "0", "--no-prefix", "--data-dir"])
+            .arg(&dirs.data)
+            .arg(&dirs.project);
+        Served {
+            proc: Spawned::new(&mut cmd, Signal::SIGTERM),
+            data: dirs.data.clone(),
+        }
+    }
+
+    /// [`Self::start`] with a limit on open files (`ulimit -n`): `soft` and `hard`.
+    pub fn start_with_nofile(dirs: &Dirs, soft: u64, hard: u64) -> Served {
+        let mut cmd = Command::new("sh");
+        bpm_env(&mut cmd, dirs);
+        cmd.arg("-c")
+            .arg(format!(
+                "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""
+            ))
+            .arg(BPM)
+            .args(["serve", "--port", "0", "--no-prefix", "--data-dir"])
             .arg(&dirs.data)
             .arg(&dirs.project);
         Served {
