@@ -17,3 +17,4 @@ mod store;
 mod store_crash;
 mod store_model;
 mod supervisor;
+mod tui;
