@@ -220,6 +220,8 @@ pub struct Output {
     pub instance: Option<u64>,
     /// The instance shown is the newest of its kind, fed by the follow stream.
     pub live: bool,
+    /// A follow stream was asked for and has not ended.
+    pub streaming: bool,
     /// Sequence numbers of the instance's lines: `first..end`.
     pub first: u64,
     pub end: u64,
@@ -369,6 +371,9 @@ pub struct App {
     pub busy: Option<String>,
     /// A stop waiting for `y`.
     pub confirm: Option<String>,
+    /// The output switched to the builds by itself for a restart under way (and goes
+    /// back to the runs when it succeeds).
+    pub auto_build: bool,
     /// The search being typed.
     pub prompt: Option<String>,
     pub help: bool,
@@ -392,6 +397,7 @@ impl App {
             notice: None,
             busy: None,
             confirm: None,
+            auto_build: false,
             prompt: None,
             help: false,
             timestamps: false,
@@ -459,6 +465,7 @@ impl App {
             epoch,
         }];
         cmds.extend(self.recount());
+        self.out.streaming = self.conn.online();
         if self.conn.online() {
             cmds.push(Cmd::Follow {
                 name,
@@ -497,6 +504,7 @@ impl App {
         };
         self.out.reset();
         self.out.live = false;
+        self.out.streaming = false;
         self.out.instance = Some(s.id);
         self.out.ended = s.exit.clone();
         let mut cmds = vec![Cmd::Unfollow, self.tail_cmd(s.id)];
@@ -572,13 +580,32 @@ impl App {
                         self.selected = None;
                     }
                 } else if let Some((_, p)) = self.current() {
+                    let building = p.status.building || p.status.state == State::Building;
+                    let has_run = p.status.instance.is_some();
                     // A new run the follow stream has not announced yet (or offline):
                     // refresh the instance lists.
                     let newest = self.out.runs.last().map(|s| s.id);
-                    if p.status.instance.is_some()
-                        && p.status.instance != newest
-                        && let Some(name) = self.out.process.clone()
-                    {
+                    let stale = has_run && p.status.instance != newest;
+                    // A restart that builds: show the build as it happens.
+                    let to_build = self
+                        .busy
+                        .as_deref()
+                        .is_some_and(|b| b.starts_with("restarting"))
+                        && building
+                        && !self.out.build;
+                    // Nothing followed (no run yet, or a build that ended): follow again
+                    // once there is something new.
+                    let refollow = self.conn.online()
+                        && self.out.live
+                        && !self.out.streaming
+                        && if self.out.build { building } else { has_run };
+                    if to_build {
+                        self.auto_build = true;
+                        self.out.build = true;
+                        cmds.extend(self.show_newest());
+                    } else if refollow {
+                        cmds.extend(self.show_newest());
+                    } else if stale && let Some(name) = self.out.process.clone() {
                         cmds.push(Cmd::Instances {
                             name,
                             epoch: self.out.epoch,
@@ -684,7 +711,7 @@ impl App {
             }
             Msg::FollowEnded { epoch } => {
                 if epoch == self.out.epoch {
-                    self.out.live = false;
+                    self.out.streaming = false;
                 }
             }
             Msg::Lines {
@@ -770,6 +797,12 @@ impl App {
                 self.busy = None;
                 self.say(text, error);
                 cmds.push(Cmd::Status);
+                // Built and restarted: back to the runs (a failed build stays in view,
+                // its errors on screen).
+                if std::mem::take(&mut self.auto_build) && !error && self.out.build {
+                    self.out.build = false;
+                    cmds.extend(self.show_newest());
+                }
             }
             Msg::Error(e) => {
                 self.out.wanted = None;
@@ -1440,6 +1473,40 @@ mod tests {
             cmds.iter()
                 .any(|c| matches!(c, Cmd::Follow { build: true, .. }))
         );
+    }
+
+    #[test]
+    fn a_restart_that_builds_shows_the_build_and_then_the_new_run() {
+        let mut app = online_app();
+        app.update(Msg::Status(report(vec![proc("api", State::Running)])));
+        app.key(key('r'));
+        let mut p = proc("api", State::Running);
+        p.status.building = true;
+        let cmds = app.update(Msg::Status(report(vec![p])));
+        assert!(app.out.build && app.auto_build);
+        assert!(
+            cmds.iter()
+                .any(|c| matches!(c, Cmd::Follow { build: true, .. }))
+        );
+        let cmds = app.update(Msg::Done {
+            text: "restarted api".into(),
+            error: false,
+        });
+        assert!(!app.out.build);
+        assert!(
+            cmds.iter()
+                .any(|c| matches!(c, Cmd::Follow { build: false, .. }))
+        );
+        // A failed build stays in view.
+        app.key(key('r'));
+        let mut p = proc("api", State::Building);
+        p.status.building = true;
+        app.update(Msg::Status(report(vec![p])));
+        app.update(Msg::Done {
+            text: "the build of api failed".into(),
+            error: true,
+        });
+        assert!(app.out.build);
     }
 
     #[test]
