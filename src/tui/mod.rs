@@ -11,8 +11,9 @@
 //! - [`ui`]: drawing the state with ratatui.
 //! - [`ansi`]: process output's SGR colours as ratatui styles.
 //! - this module: the terminal (raw mode, alternate screen, restored on exit, on panic
-//!   and on SIGTERM), the event loop (at most ~30 frames a second, every answer that
-//!   arrived in between taken in at once) and the commands' calls.
+//!   and on SIGTERM), the event loop (what answers a key is drawn at once; the follow
+//!   stream's lines at most ~30 frames a second, every record that arrived in between
+//!   taken in at once) and the commands' calls.
 
 pub mod ansi;
 pub mod app;
@@ -153,9 +154,15 @@ async fn run(source: Source) -> anyhow::Result<()> {
     loop {
         let mut cmds: Vec<Cmd> = Vec::new();
         let next_draw = last_draw.map_or_else(Instant::now, |t| t + FRAME);
+        // Drawn at once: what answers a key (and the first lines of an empty panel).
+        // Only the follow stream's flow of lines waits for the next frame.
+        let mut urgent = false;
         tokio::select! {
             ev = ev_rx.recv() => match ev {
-                Some(Event::Key(k)) => cmds.extend(app.key(k)),
+                Some(Event::Key(k)) => {
+                    urgent = true;
+                    cmds.extend(app.key(k));
+                }
                 Some(Event::Mouse(m)) => cmds.extend(app.mouse(m)),
                 Some(Event::Resize(w, h)) => {
                     app.height = ui::output_height(w, h);
@@ -166,10 +173,12 @@ async fn run(source: Source) -> anyhow::Result<()> {
             },
             msg = rx.recv() => {
                 if let Some(m) = msg {
+                    urgent |= !matches!(m, Msg::Follow { .. }) || app.out.lines.is_empty();
                     cmds.extend(app.update(m));
                     // Everything else that arrived meanwhile, in one go (one frame).
                     let mut n = 0;
                     while let Ok(m) = rx.try_recv() {
+                        urgent |= !matches!(m, Msg::Follow { .. }) || app.out.lines.is_empty();
                         cmds.extend(app.update(m));
                         n += 1;
                         if n > 10_000 {
@@ -197,7 +206,7 @@ async fn run(source: Source) -> anyhow::Result<()> {
             exec.run(c, &app);
         }
         dirty = true;
-        if last_draw.is_none_or(|t| t.elapsed() >= FRAME) {
+        if urgent || last_draw.is_none_or(|t| t.elapsed() >= FRAME) {
             app.now_ms = chrono::Utc::now().timestamp_millis();
             terminal.draw(|f| ui::draw(f, &app))?;
             last_draw = Some(Instant::now());
