@@ -216,16 +216,94 @@ fn query<T: serde::Serialize>(q: &T) -> Result<String, ClientError> {
 }
 
 /// The typed client of one daemon's local API. Cheap to clone; each call opens its own
-/// connection to the socket.
+/// connection: to the socket, or over TCP to a daemon elsewhere ([`Client::remote`]).
 #[derive(Clone, Debug)]
 pub struct Client {
     target: Target,
+    remote: Option<Remote>,
+}
+
+/// A daemon reached over TCP: `HOST:PORT`, and the bearer token its guard wants.
+#[derive(Clone, Debug)]
+struct Remote {
+    authority: String,
+    token: Option<String>,
 }
 
 impl Client {
     /// A client of the daemon at `target` (whether one runs is found out by the calls).
     pub fn new(target: Target) -> Client {
-        Client { target }
+        Client {
+            target,
+            remote: None,
+        }
+    }
+
+    /// A client of the daemon at `url` (`http://HOST:PORT`, any path ignored) over TCP,
+    /// sending `token` as a bearer token when given. Its [`Client::target`] has no data
+    /// directory (the daemon's files are on its machine).
+    pub fn remote(url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let bad = |why: &str| {
+            ClientError::Http(format!(
+                "`{url}` is not a daemon's address ({why}); e.g. http://127.0.0.1:8947"
+            ))
+        };
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("only http:// is spoken"))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let uri: hyper::Uri = format!("http://{authority}/")
+            .parse()
+            .map_err(|_| bad("no HOST:PORT"))?;
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(bad("no host"));
+        }
+        let authority = match uri.port_u16() {
+            Some(_) => authority.to_owned(),
+            None => format!("{authority}:80"),
+        };
+        Ok(Client {
+            target: Target {
+                data_dir: PathBuf::new(),
+                project_dir: None,
+            },
+            remote: Some(Remote { authority, token }),
+        })
+    }
+
+    /// Where the daemon is, for people: its socket, or its URL.
+    pub fn address(&self) -> String {
+        match &self.remote {
+            Some(r) => format!("http://{}", r.authority),
+            None => self.target.socket().display().to_string(),
+        }
+    }
+
+    /// One request to this client's daemon, over its transport.
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Response, ClientError> {
+        let Some(r) = &self.remote else {
+            return request(&self.target.socket(), method, path, headers, body).await;
+        };
+        let stream = tokio::net::TcpStream::connect(&r.authority)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+                    data_dir: PathBuf::from(format!("http://{}", r.authority)),
+                },
+                _ => ClientError::Http(format!("cannot connect to {}: {e}", r.authority)),
+            })?;
+        let auth = r.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(a) = &auth {
+            all.push(("authorization", a));
+        }
+        exchange(stream, &r.authority, method, path, &all, body).await
     }
 
     /// The daemon for `opts`, started when none runs and `opts.autostart` is set.
@@ -239,7 +317,7 @@ impl Client {
 
     /// Whether the daemon answers.
     pub async fn answers(&self) -> bool {
-        answers(&self.target.socket()).await
+        matches!(self.request("GET", "/api/mode", &[], Vec::new()).await, Ok(r) if r.status == 200)
     }
 
     /// Send a request and return the response head, or the daemon's error answer.
@@ -256,14 +334,9 @@ impl Client {
         } else {
             &[client]
         };
-        let resp = request(
-            &self.target.socket(),
-            method,
-            path,
-            headers,
-            body.unwrap_or_default(),
-        )
-        .await?;
+        let resp = self
+            .request(method, path, headers, body.unwrap_or_default())
+            .await?;
         if resp.status == 200 {
             return Ok(resp);
         }
@@ -479,6 +552,22 @@ pub async fn request(
             });
         }
     };
+    exchange(stream, "localhost", method, path, headers, body).await
+}
+
+/// One HTTP/1.1 exchange over a connected stream (the socket's or a TCP one), answered
+/// as soon as the response head arrives.
+async fn exchange<S>(
+    stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Response, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let http = |e: hyper::Error| ClientError::Http(e.to_string());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -489,7 +578,7 @@ pub async fn request(
     let mut builder = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, "localhost");
+        .header(hyper::header::HOST, host);
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }

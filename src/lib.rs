@@ -24,7 +24,7 @@
 //!   types for both directions; [`client`] is its typed client, for every front end.
 //! - Front ends, which hold no logic and never import one another: [`cli`] (the
 //!   command line), [`mcp`] (the MCP tools, served by the daemon, and `bpm mcp`, the
-//!   stdio bridge).
+//!   stdio bridge), [`tui`] (`bpm tui`, the terminal dashboard).
 //! - [`timespec`] reads times such as `10m` or an ISO time, for every front end.
 //!
 //! `main.rs` only parses arguments, dispatches and maps errors to exit codes.
@@ -39,3 +39,4 @@ pub mod protocol;
 pub mod search;
 pub mod supervisor;
 pub mod timespec;
+pub mod tui;

@@ -81,6 +81,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Read, search or follow a process's output, also of earlier runs and without a daemon.
     Logs(LogsArgs),
+    /// A live dashboard of the daemon and its processes in the terminal (with no daemon
+    /// running: the store, read-only, for post-crash investigation).
+    Tui(bpm::tui::TuiArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -101,10 +104,11 @@ fn main() -> ExitCode {
         }
     };
     // Logs go to stderr: stdout carries process output (and the MCP protocol in `bpm mcp`).
-    let default_level = if matches!(cli.command, Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        // The terminal is the TUI's screen: a log line would tear it.
+        Command::Tui(_) => "off",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
         Command::Mode(a) => return status::mode(a),
         Command::Status(a) => return status::main(a),
         Command::Logs(a) => return bpm::cli::logs::main(a),
+        Command::Tui(a) => return bpm::tui::main(a),
         Command::Completions { shell } => {
             // Generated into memory first: clap_complete panics on a write error, and a
             // closed pipe (`bpm completions zsh | head`) is not an error.

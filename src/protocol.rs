@@ -318,6 +318,17 @@ pub struct LogQuery {
         skip_serializing_if = "Option::is_none"
     )]
     pub around: Option<u64>,
+    /// One instance by its stable number (`#37`) instead of an index; it must be one of
+    /// this process's instances of the kind asked for (runs, or builds with `build`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u64>,
+    /// Only lines whose sequence number is at least this (reads and searches of one
+    /// range of a long instance, without reading the rest); head and tail apply within.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_seq: Option<u64>,
+    /// Only lines whose sequence number is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_seq: Option<u64>,
 }
 
 impl LogQuery {
@@ -366,6 +377,19 @@ impl LogQuery {
             return Err(
                 "pass an index (one instance) or all_instances (every kept one), not both".into(),
             );
+        }
+        if self.instance.is_some() && (self.index.is_some() || self.all_instances) {
+            return Err(
+                "pass an instance number, an index or all_instances, only one of them".into(),
+            );
+        }
+        if self.around.is_some() && (self.from_seq.is_some() || self.to_seq.is_some()) {
+            return Err("`around` reads the lines around one line; it cannot be combined with from_seq/to_seq".into());
+        }
+        if let (Some(f), Some(t)) = (self.from_seq, self.to_seq)
+            && f > t
+        {
+            return Err("`from_seq` is after `to_seq`: nothing can match; swap them".into());
         }
         if self.around.is_some() && self.pattern().is_some() {
             return Err("reading the lines around one line cannot be combined with a pattern; drop one (context lines around matches come with a pattern and a context)".into());

@@ -6,7 +6,7 @@
 //! newline is re-checked on its own line, so the answer is exactly "the lines that match".
 
 use std::collections::VecDeque;
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
 
 use regex::bytes::{Regex, RegexBuilder};
 
@@ -99,6 +99,30 @@ pub fn compile(pattern: &str, case_insensitive: bool) -> Result<Regex, SearchErr
 /// Search `instances` (in the order given) and return the result lines in that order.
 /// Context never crosses from one instance into another.
 pub fn search(store: &Store, instances: &[u64], q: &Query) -> Result<SearchResult, SearchError> {
+    search_in(store, instances, q, 0..u64::MAX, false)
+}
+
+/// [`search`] over the lines whose sequence numbers are in `seqs` only: the blocks before
+/// the range are not read, nor those after it. Lines outside the range are neither
+/// matched nor context. With a head, the search stops once the head is complete (the
+/// next match after a line is found without reading to the end), so `matched`, `total`
+/// and `omitted` count up to there only.
+pub fn search_seqs(
+    store: &Store,
+    instances: &[u64],
+    q: &Query,
+    seqs: Range<u64>,
+) -> Result<SearchResult, SearchError> {
+    search_in(store, instances, q, seqs, true)
+}
+
+fn search_in(
+    store: &Store,
+    instances: &[u64],
+    q: &Query,
+    seqs: Range<u64>,
+    stop_at_head: bool,
+) -> Result<SearchResult, SearchError> {
     let re = compile(&q.pattern, q.case_insensitive)?;
     let mut out = Collector::new(q.head, q.tail);
     let mut unreadable_lines = 0;
@@ -107,13 +131,21 @@ pub fn search(store: &Store, instances: &[u64], q: &Query) -> Result<SearchResul
             re: &re,
             q,
             id,
+            seqs: seqs.clone(),
             prev_tail: VecDeque::new(),
             last_emitted: None,
             after_left: 0,
             out: &mut out,
         };
-        unreadable_lines += store.scan_blocks(id, 0, &mut |view| {
+        unreadable_lines += store.scan_blocks(id, seqs.start, &mut |view| {
+            if view.first_seq >= seqs.end {
+                return ControlFlow::Break(());
+            }
             s.block(view);
+            // A head already filled (with no context owed) needs no further block.
+            if stop_at_head && !s.out.wants() && s.after_left == 0 {
+                return ControlFlow::Break(());
+            }
             ControlFlow::Continue(())
         })?;
     }
@@ -182,6 +214,8 @@ struct Searcher<'a> {
     re: &'a Regex,
     q: &'a Query,
     id: u64,
+    /// Only lines with these sequence numbers count.
+    seqs: Range<u64>,
     /// The last `context` accepted lines of the previous blocks, for before-context.
     prev_tail: VecDeque<Line>,
     last_emitted: Option<u64>,
@@ -194,7 +228,10 @@ impl Searcher<'_> {
     fn block(&mut self, view: BlockView<'_>) {
         let starts = candidate_lines(self.re, view.data);
         let ctx = self.q.context;
-        let trivial_filter = self.q.filter == Filter::default();
+        let in_range = self.seqs.start <= view.first_seq
+            && view.first_seq + view.count as u64 <= self.seqs.end;
+        let trivial_filter = self.q.filter == Filter::default() && in_range;
+        let seqs = self.seqs.clone();
         if starts.is_empty() && self.after_left == 0 && (ctx == 0 || view.count == 0) {
             return;
         }
@@ -204,11 +241,13 @@ impl Searcher<'_> {
             .map(|&off| metas.partition_point(|m| (m.offset as usize) <= off) - 1)
             .collect();
         matches.dedup();
-        if !trivial_filter {
-            matches.retain(|&i| self.q.filter.accepts(&metas[i]));
-        }
-        let accepted = |i: usize| trivial_filter || self.q.filter.accepts(&metas[i]);
         let seq_of = |i: usize| view.first_seq + i as u64;
+        let accepted = |i: usize| {
+            trivial_filter || (seqs.contains(&seq_of(i)) && self.q.filter.accepts(&metas[i]))
+        };
+        if !trivial_filter {
+            matches.retain(|&i| accepted(i));
+        }
 
         let mut i = 0usize; // next line index not yet considered for after-context
         let mut mi = 0usize; // next match

@@ -105,6 +105,7 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         since_us,
         until_us,
         around: None,
+        ..Default::default()
     };
     query.validate().map_err(UsageError)?;
     let result = match &source {

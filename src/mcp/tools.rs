@@ -320,6 +320,7 @@ impl BpmTools {
             since_us,
             until_us,
             around,
+            ..Default::default()
         };
         let result = self
             .ops

@@ -23,3 +23,4 @@ mod store_crash;
 mod store_faults;
 mod store_model;
 mod supervisor;
+mod tui;

@@ -57,9 +57,20 @@ pub fn read_logs(store: &Store, name: &str, req: &LogQuery) -> Result<LogResult,
         } else {
             all
         }
+    } else if let Some(id) = req.instance {
+        let meta = store.instance(id)?;
+        if meta.process != name || meta.kind != kind {
+            return Err(OpError::BadRequest(format!(
+                "instance #{id} is not one of {name}'s {}; list them with `bpm status {name}`",
+                if req.build { "builds" } else { "runs" }
+            )));
+        }
+        vec![meta]
     } else {
         vec![store.resolve(name, kind, req.index.unwrap_or(-1))?]
     };
+    let seqs = req.from_seq.unwrap_or(0)..req.to_seq.unwrap_or(u64::MAX);
+    let ranged = req.from_seq.is_some() || req.to_seq.is_some();
     let filter = Filter {
         stream: req.stream.only(),
         since_us: req.since_us,
@@ -68,18 +79,19 @@ pub fn read_logs(store: &Store, name: &str, req: &LogQuery) -> Result<LogResult,
     let ids: Vec<u64> = metas.iter().map(|m| m.id).collect();
     let (lines, matched, omitted) = match req.pattern() {
         Some(p) => {
-            let r = search::search(
-                store,
-                &ids,
-                &Query {
-                    pattern: p.to_owned(),
-                    case_insensitive: req.case_insensitive,
-                    context: req.context,
-                    head,
-                    tail,
-                    filter,
-                },
-            )?;
+            let q = Query {
+                pattern: p.to_owned(),
+                case_insensitive: req.case_insensitive,
+                context: req.context,
+                head,
+                tail,
+                filter,
+            };
+            let r = if ranged {
+                search::search_seqs(store, &ids, &q, seqs)?
+            } else {
+                search::search(store, &ids, &q)?
+            };
             let lines = r
                 .hits
                 .into_iter()
@@ -87,7 +99,25 @@ pub fn read_logs(store: &Store, name: &str, req: &LogQuery) -> Result<LogResult,
                 .collect();
             (lines, r.matched, r.omitted)
         }
-        _ => {
+        None if ranged => {
+            // A range of lines: read in chunks from the end the head or tail is taken at,
+            // so a short read of a long instance never reads the rest.
+            let mut out: Vec<Line> = Vec::new();
+            for m in &metas {
+                out.extend(read_range(store, m, seqs.clone(), head, tail, &filter)?);
+            }
+            if let Some(h) = head {
+                out.truncate(h);
+            } else if let Some(t) = tail
+                && out.len() > t
+            {
+                out.drain(..out.len() - t);
+            }
+            let n = out.len() as u64;
+            let lines = out.into_iter().map(|l| LogLine::new(l, false)).collect();
+            (lines, n, 0)
+        }
+        None => {
             // No pattern: the tail (or head) of the instance(s), or the lines around one.
             let mut out: Vec<Line> = Vec::new();
             let mut total = 0u64;
@@ -134,4 +164,56 @@ pub fn read_logs(store: &Store, name: &str, req: &LogQuery) -> Result<LogResult,
         matched,
         omitted,
     })
+}
+
+/// The lines of one instance with sequence numbers in `seqs`, oldest first: the first
+/// `head` of them, else the last `tail`, else all. Reads chunk by chunk from the end the
+/// limit is taken at, and stops once it has enough.
+fn read_range(
+    store: &Store,
+    meta: &InstanceMeta,
+    seqs: std::ops::Range<u64>,
+    head: Option<usize>,
+    tail: Option<usize>,
+    filter: &Filter,
+) -> Result<Vec<Line>, OpError> {
+    let from = seqs.start.max(meta.first_seq);
+    let to = seqs.end.min(meta.next_seq);
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    let read = |from: u64, to: u64| store.read(meta.id, Window::Seqs { from, to }, filter);
+    match (head, tail) {
+        (Some(h), _) => {
+            let mut out = Vec::new();
+            let mut at = from;
+            let chunk = (h as u64).clamp(256, 1 << 16);
+            while at < to && out.len() < h {
+                let end = at.saturating_add(chunk).min(to);
+                out.extend(read(at, end)?);
+                at = end;
+            }
+            out.truncate(h);
+            Ok(out)
+        }
+        (None, Some(t)) => {
+            let mut parts: Vec<Vec<Line>> = Vec::new();
+            let mut got = 0;
+            let mut at = to;
+            let chunk = (t as u64).clamp(256, 1 << 16);
+            while at > from && got < t {
+                let start = at.saturating_sub(chunk).max(from);
+                let part = read(start, at)?;
+                got += part.len();
+                parts.push(part);
+                at = start;
+            }
+            let mut out: Vec<Line> = parts.into_iter().rev().flatten().collect();
+            if out.len() > t {
+                out.drain(..out.len() - t);
+            }
+            Ok(out)
+        }
+        (None, None) => Ok(read(from, to)?),
+    }
 }
