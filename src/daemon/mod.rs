@@ -405,6 +405,8 @@ fn serve(
         limits.idle,
         cancel.clone(),
         |io: &tokio::net::TcpStream, remote: &std::net::SocketAddr| {
+            // Small answers go out at once (no Nagle wait for the client's ACK).
+            let _ = io.set_nodelay(true);
             // Without our own address the client's socket cannot be found: the uid is
             // then unknown and the guard refuses what would need it.
             let local = io
