@@ -594,16 +594,7 @@ impl Exec {
             }
             Cmd::Restart(name) => {
                 tokio::spawn(async move {
-                    send(match src.client.restart(&name).await {
-                        Ok(r) => Msg::Done {
-                            error: r.readiness.as_ref().is_some_and(|x| x.failed()),
-                            text: r.message("restarted"),
-                        },
-                        Err(e) => Msg::Done {
-                            text: e.to_string(),
-                            error: true,
-                        },
-                    });
+                    send(started(src.client.restart(&name).await, "restarted"));
                 });
             }
             Cmd::Start(name) => {
@@ -612,16 +603,7 @@ impl Exec {
                         name: Some(name),
                         ..Default::default()
                     };
-                    send(match src.client.start(&req).await {
-                        Ok(r) => Msg::Done {
-                            error: r.readiness.as_ref().is_some_and(|x| x.failed()),
-                            text: r.message("started"),
-                        },
-                        Err(e) => Msg::Done {
-                            text: e.to_string(),
-                            error: true,
-                        },
-                    });
+                    send(started(src.client.start(&req).await, "started"));
                 });
             }
             Cmd::Stop(name) => {
@@ -639,5 +621,20 @@ impl Exec {
                 });
             }
         }
+    }
+}
+
+/// What a start or restart's answer says in the status panel (an error when the process
+/// did not come up).
+fn started(r: Result<crate::protocol::StartResult, crate::client::ClientError>, verb: &str) -> Msg {
+    match r {
+        Ok(r) => Msg::Done {
+            error: r.readiness.as_ref().is_some_and(|x| x.failed()),
+            text: r.message(verb),
+        },
+        Err(e) => Msg::Done {
+            text: e.to_string(),
+            error: true,
+        },
     }
 }
