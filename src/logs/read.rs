@@ -3,6 +3,28 @@
 
 use super::*;
 
+/// An instance as the snapshot `metas` has it, with what its live state (if any) knows
+/// already: counters that trail by up to a commit interval, an end not yet durable.
+fn meta_of(
+    metas: &redb::ReadOnlyTable<u64, &[u8]>,
+    id: u64,
+    live: Option<&Arc<live::Live>>,
+) -> Result<InstanceMeta, StoreError> {
+    let mut meta: InstanceMeta = match (metas.get(id)?, live) {
+        (Some(v), _) => schema::decode("instance", v.value())?,
+        (None, Some(live)) => live.meta.clone(),
+        (None, None) => return Err(StoreError::NoSuchInstance(id)),
+    };
+    if let Some(live) = live {
+        meta.next_seq = meta.next_seq.max(*live.seq_tx.borrow());
+        if let Some((exit, ended_us)) = live.lock().exit.clone() {
+            meta.exit = Some(exit);
+            meta.ended_us = Some(ended_us);
+        }
+    }
+    Ok(meta)
+}
+
 impl Store {
     /// Persisted process specs, by name.
     pub fn processes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -74,6 +96,16 @@ impl Store {
         process: &str,
         kind: InstanceKind,
     ) -> Result<Vec<InstanceMeta>, StoreError> {
+        // The live instances first, then the snapshot: an instance whose end is committed
+        // (and which leaves the live set) in between is then in the snapshot, and one that
+        // is not committed yet is described from the live state taken here. The other
+        // order loses an instance that ends during the call.
+        let lives: Vec<_> = self
+            .shared
+            .lives()
+            .into_iter()
+            .filter(|l| l.meta.process == process && l.meta.kind == kind)
+            .collect();
         let txn = self.shared.db()?.begin_read()?;
         let idx = txn.open_table(PROCESS_INSTANCES)?;
         let metas = txn.open_table(INSTANCES)?;
@@ -84,9 +116,9 @@ impl Store {
         }
         // An instance that has just begun is live before its start is committed.
         let known: BTreeSet<u64> = out.iter().map(|m| m.id).collect();
-        for live in self.shared.lives() {
-            if live.meta.process == process && live.meta.kind == kind && !known.contains(&live.id) {
-                out.push(self.meta_in(&metas, live.id)?);
+        for live in lives {
+            if !known.contains(&live.id) {
+                out.push(meta_of(&metas, live.id, Some(&live))?);
             }
         }
         out.sort_by_key(|m| m.id);
@@ -98,22 +130,7 @@ impl Store {
         metas: &redb::ReadOnlyTable<u64, &[u8]>,
         id: u64,
     ) -> Result<InstanceMeta, StoreError> {
-        let live = self.shared.live(id);
-        let mut meta: InstanceMeta = match (metas.get(id)?, &live) {
-            (Some(v), _) => schema::decode("instance", v.value())?,
-            (None, Some(live)) => live.meta.clone(),
-            (None, None) => return Err(StoreError::NoSuchInstance(id)),
-        };
-        if let Some(live) = live {
-            // The stored counters trail the live ones by up to a commit interval.
-            meta.next_seq = meta.next_seq.max(*live.seq_tx.borrow());
-            // An end queued but not yet durable is known already.
-            if let Some((exit, ended_us)) = live.lock().exit.clone() {
-                meta.exit = Some(exit);
-                meta.ended_us = Some(ended_us);
-            }
-        }
-        Ok(meta)
+        meta_of(metas, id, self.shared.live(id).as_ref())
     }
 
     /// One instance by its stable number. An instance that has just begun may not be
