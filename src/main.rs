@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bpm::cli::{logs::LogsArgs, run::RunArgs, status};
+use bpm::cli::{help, logs::LogsArgs, run::RunArgs, status};
 use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "bpm",
     version,
-    about = "A process manager for the age of AI coding agents: supervised processes whose output survives the process, the daemon and a reboot."
+    about = "A process manager for the age of AI coding agents: supervised processes whose output survives the process, the daemon and a reboot.",
+    after_help = help::TOP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -20,6 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: supervise the processes of DIR's .mcp-run and record their output.
+    #[command(after_help = help::SERVE)]
     Serve {
         /// The project directory (its .mcp-run is loaded when present).
         #[arg(default_value = ".")]
@@ -47,6 +49,7 @@ enum Command {
     },
     /// Serve the MCP tools over stdio (for clients that launch a command), bridged to the
     /// running daemon, which is started when none runs. Logs go to stderr only.
+    #[command(after_help = help::MCP)]
     Mcp {
         /// The daemon's data directory (default: $BPM_HOME, the nearest project's .bpm,
         /// else ~/.local/state/bpm).
@@ -66,23 +69,33 @@ enum Command {
         port: Option<u16>,
     },
     /// Run a command through the daemon and follow it (or attach if it already runs here).
+    #[command(after_help = help::RUN)]
     Run(RunArgs),
     /// Start a process by name.
-    Start(status::NameArgs),
+    #[command(after_help = help::START)]
+    Start(status::ManyArgs),
     /// Stop a process (its whole process group).
+    #[command(after_help = help::STOP)]
     Stop(status::StopArgs),
     /// Restart a process (rebuild first if it has a build step).
-    Restart(status::NameArgs),
+    #[command(after_help = help::RESTART)]
+    Restart(status::ManyArgs),
     /// Remove a stopped process started with a command from the list (its logs stay).
+    #[command(after_help = help::RM)]
     Rm(status::NameArgs),
     /// Print or switch the daemon's mode.
+    #[command(after_help = help::MODE)]
     Mode(status::ModeArgs),
-    /// The processes and their state; with NAME, its instances and recent events.
+    /// The processes and their state; with NAME, its instances, recent events and last
+    /// lines.
+    #[command(visible_aliases = ["ls", "ps"], after_help = help::STATUS)]
     Status(status::StatusArgs),
     /// Read, search or follow a process's output, also of earlier runs and without a daemon.
+    #[command(after_help = help::LOGS)]
     Logs(LogsArgs),
     /// A live dashboard of the daemon and its processes in the terminal (with no daemon
     /// running: the store, read-only, for post-crash investigation).
+    #[command(after_help = help::TUI)]
     Tui(bpm::tui::TuiArgs),
     /// Print a shell completion script.
     Completions {
@@ -92,7 +105,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse().or_else(expand_shorthand) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -110,10 +123,13 @@ fn main() -> ExitCode {
         Command::Tui(_) => "off",
         _ => "warn",
     };
+    // Escape codes only for a terminal: not in daemon.log, journald or a pipe.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BPM_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
@@ -186,6 +202,37 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `bpm npm run dev` as `bpm run -- npm run dev`, `bpm DIR` as `bpm serve DIR`. Any
+/// other unknown first word keeps clap's error, with its "did you mean" suggestion.
+fn expand_shorthand(e: clap::Error) -> Result<Cli, clap::Error> {
+    if e.kind() != clap::error::ErrorKind::InvalidSubcommand {
+        return Err(e);
+    }
+    let words: Vec<_> = std::env::args_os().skip(1).collect();
+    if let Some(argv) = bpm::cli::shorthand::expand(&words) {
+        return Cli::try_parse_from(argv);
+    }
+    let mut e = e;
+    let mut tips = match e.get(clap::error::ContextKind::Suggested) {
+        Some(clap::error::ContextValue::StyledStrs(t)) => t.clone(),
+        _ => Vec::new(),
+    };
+    tips.push(
+        format!(
+            "it is not a program on PATH or a directory either; to run a command: bpm run -- {}",
+            words
+                .first()
+                .map_or(String::new(), |w| w.to_string_lossy().into_owned())
+        )
+        .into(),
+    );
+    e.insert(
+        clap::error::ContextKind::Suggested,
+        clap::error::ContextValue::StyledStrs(tips),
+    );
+    Err(e)
 }
 
 /// The bearer token: from `--token-file`, else `BPM_TOKEN`.

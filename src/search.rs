@@ -333,8 +333,53 @@ impl Searcher<'_> {
     }
 }
 
-/// Offsets of the starts of the lines in `data` that match `re` on their own.
+/// Offsets of the starts of the lines in `data` that match `re` on their own, as the
+/// line reads on a terminal: a line with escape codes (colours, cursor moves) is matched
+/// without them, so `Local:.*5173` finds vite's coloured `➜  Local:   http://...:5173/`.
 fn candidate_lines(re: &Regex, data: &[u8]) -> Vec<usize> {
+    let raw = raw_candidate_lines(re, data);
+    if memchr::memchr(ESC, data).is_none() {
+        return raw;
+    }
+    // Lines with escape codes are decided on their stripped text instead.
+    let mut coloured = Vec::new();
+    let mut searched_to = 0;
+    for esc in memchr::memchr_iter(ESC, data) {
+        if esc < searched_to {
+            continue;
+        }
+        let ls = memchr::memrchr(b'\n', &data[..esc]).map_or(0, |p| p + 1);
+        let le = memchr::memchr(b'\n', &data[esc..]).map_or(data.len(), |p| esc + p);
+        coloured.push(ls);
+        searched_to = le + 1;
+    }
+    let mut out: Vec<usize> = raw
+        .into_iter()
+        .filter(|ls| coloured.binary_search(ls).is_err())
+        .collect();
+    for &ls in &coloured {
+        let le = memchr::memchr(b'\n', &data[ls..]).map_or(data.len(), |p| ls + p);
+        if re.is_match(&strip_ansi_escapes::strip(&data[ls..le])) {
+            out.push(ls);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+const ESC: u8 = 0x1b;
+
+/// Whether one line matches `re` as it reads on a terminal (see [`candidate_lines`]).
+pub fn line_matches(re: &Regex, line: &[u8]) -> bool {
+    if memchr::memchr(ESC, line).is_some() {
+        re.is_match(&strip_ansi_escapes::strip(line))
+    } else {
+        re.is_match(line)
+    }
+}
+
+/// [`candidate_lines`] on the raw bytes.
+fn raw_candidate_lines(re: &Regex, data: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < data.len() {
@@ -351,4 +396,29 @@ fn candidate_lines(re: &Regex, data: &[u8]) -> Vec<usize> {
         pos = le + 1;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(re: &str, data: &[u8]) -> Vec<usize> {
+        candidate_lines(&compile(re, false).unwrap(), data)
+    }
+
+    #[test]
+    fn coloured_lines_match_as_they_read_on_a_terminal() {
+        let data = b"plain Local: 1\n\x1b[32m\xe2\x9e\x9c\x1b[39m  \x1b[1mLocal\x1b[22m:   http://localhost:\x1b[1m48996\x1b[22m/\nLocal: 48996 plain\n";
+        let second = data.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let third = second + data[second..].iter().position(|&b| b == b'\n').unwrap() + 1;
+        assert_eq!(lines_of("Local:.*48996", data), vec![second, third]);
+        assert_eq!(lines_of("Local", data), vec![0, second, third]);
+        // The escape codes themselves are not text.
+        assert_eq!(lines_of("32m", data), Vec::<usize>::new());
+        assert_eq!(lines_of("plain", data), vec![0, third]);
+        assert!(line_matches(
+            &compile("Local:.*48996", false).unwrap(),
+            &data[second..third - 1]
+        ));
+    }
 }

@@ -46,11 +46,12 @@ pub struct LogsArgs {
     /// Only one stream: stdout, stderr (or both, the default).
     #[arg(long, value_name = "STREAM", default_value_t)]
     pub stream: StreamFilter,
-    /// Lines from this time on: 10m, 2h, 1d (back from now) or an ISO time.
-    #[arg(long, value_name = "T")]
+    /// Lines from this time on: 10m, 1h30m, -2h, 1d (back from now), today, yesterday,
+    /// @UNIX_SECONDS or an ISO time.
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
     pub since: Option<String>,
     /// Lines up to this time (same forms as --since).
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
     pub until: Option<String>,
     /// Prefix each line with its time (UTC).
     #[arg(long, short = 't')]
@@ -80,7 +81,7 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     };
     let render = Render {
         timestamps: args.timestamps,
-        color: super::color_stdout(),
+        color: args.common.color(),
         highlight,
         json: args.common.json,
     };
@@ -128,6 +129,12 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if args.common.json {
+        let mut result = result;
+        if !render.color {
+            for l in &mut result.lines {
+                l.text = Render::plain(&l.text).into_owned();
+            }
+        }
         print_json(&result)?;
     } else {
         render_result(&result, &args, &render)?;
@@ -144,6 +151,8 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 /// How lines are shown.
 pub struct Render {
     pub timestamps: bool,
+    /// Colour: the process's own escape codes pass through and matches are marked.
+    /// Without it, escape codes are taken out of the text (also in JSON).
     pub color: bool,
     /// Marks the matches (in colour) when set and `color` is on.
     pub highlight: Option<regex::bytes::Regex>,
@@ -156,6 +165,15 @@ const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
 impl Render {
+    /// `text` without its escape codes.
+    fn plain(text: &str) -> std::borrow::Cow<'_, str> {
+        if text.contains('\x1b') {
+            strip_ansi_escapes::strip_str(text).into()
+        } else {
+            text.into()
+        }
+    }
+
     /// One line of text as shown (timestamp, marked matches), with its newline.
     fn line(
         &self,
@@ -164,6 +182,13 @@ impl Render {
         text: &str,
         matched: bool,
     ) -> std::io::Result<()> {
+        if !self.color {
+            return if self.timestamps {
+                writeln!(out, "{ts} {}", Self::plain(text))
+            } else {
+                writeln!(out, "{}", Self::plain(text))
+            };
+        }
         if self.timestamps {
             if self.color {
                 write!(out, "{DIM}{ts}{RESET} ")?;
@@ -278,7 +303,14 @@ impl Render {
         let mut err = stderr.lock();
         for rec in batch {
             if self.json {
-                serde_json::to_writer(&mut out, rec)?;
+                match rec {
+                    FollowRecord::Line(l) if !self.color && l.text.contains('\x1b') => {
+                        let mut l = l.clone();
+                        l.text = Self::plain(&l.text).into_owned();
+                        serde_json::to_writer(&mut out, &FollowRecord::Line(l))?;
+                    }
+                    _ => serde_json::to_writer(&mut out, rec)?,
+                }
                 writeln!(out)?;
                 continue;
             }

@@ -6,10 +6,14 @@
 //! - [`run`]: `bpm run`: start or attach, follow, the Ctrl+C prompt.
 //! - [`logs`]: `bpm logs`, and the follow stream's rendering shared with `run`.
 //! - [`status`]: `bpm status`, and `start`/`stop`/`restart`/`mode`.
+//! - [`shorthand`]: `bpm npm run dev`, `bpm DIR`.
+//! - [`help`]: the environment variables and examples each command's `--help` ends with.
 //! - `--since`/`--until` values are read by [`crate::timespec`].
 
+pub mod help;
 pub mod logs;
 pub mod run;
+pub mod shorthand;
 pub mod status;
 
 use std::io::{IsTerminal as _, Write as _};
@@ -30,9 +34,22 @@ pub struct Common {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Colour and the processes' own escape codes: auto (on a terminal, unless NO_COLOR
+    /// is set), always, or never (escape codes are taken out, also of JSON).
+    #[arg(long, value_name = "WHEN", default_value_t = clap::ColorChoice::Auto)]
+    pub color: clap::ColorChoice,
 }
 
 impl Common {
+    /// Whether to colour stdout (see `--color`).
+    pub fn color(&self) -> bool {
+        match self.color {
+            clap::ColorChoice::Always => true,
+            clap::ColorChoice::Never => false,
+            clap::ColorChoice::Auto => color_stdout(),
+        }
+    }
+
     fn daemon_options(&self) -> DaemonOptions {
         DaemonOptions::new(self.data_dir.clone(), !self.no_autostart)
     }

@@ -145,7 +145,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let render = Render {
         timestamps: args.timestamps,
-        color: super::color_stdout(),
+        color: args.common.color(),
         highlight: None,
         json: args.common.json,
     };
@@ -171,11 +171,13 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             _ = sigint.recv() => {
                 let question = format!(
-                    "Stop {name}{}? [y/N] ",
-                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                    "Stop `{}` ({name}{})? [y/N] ",
+                    shell_words(&args.command),
+                    pid.map(|p| format!(", pid {p}")).unwrap_or_default()
                 );
+                // y, or a second Ctrl+C (as `npm run dev` and `docker compose up` stop).
                 let answer = tokio::task::spawn_blocking(move || ask(&question)).await?;
-                if answer == Some(true) {
+                if matches!(answer, Some(Answer::Yes | Answer::Interrupt)) {
                     client.stop(&name, false).await.map_err(api_error)?;
                     note(&args, &format!("stopped {name}"));
                     return Ok(ExitCode::from(130));
@@ -232,9 +234,18 @@ fn exit_code(status: &ExitStatus) -> u8 {
     }
 }
 
-/// Ask on the terminal and read one keypress (raw mode, no Enter needed). `Some(true)`
-/// for y/Y; `None` without a terminal.
-fn ask(question: &str) -> Option<bool> {
+/// The key pressed at the Ctrl+C question.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Yes,
+    No,
+    /// Ctrl+C again: raw mode reads it as a byte rather than a signal.
+    Interrupt,
+}
+
+/// Ask on the terminal and read one keypress (raw mode, no Enter needed); `None`
+/// without a terminal.
+fn ask(question: &str) -> Option<Answer> {
     use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
     let mut tty = std::fs::OpenOptions::new()
         .read(true)
@@ -250,7 +261,36 @@ fn ask(question: &str) -> Option<bool> {
     let mut key = [0u8; 1];
     let read = tty.read(&mut key);
     let _ = tcsetattr(&tty, SetArg::TCSANOW, &saved);
-    let yes = matches!(read, Ok(1)) && (key[0] == b'y' || key[0] == b'Y');
-    let _ = writeln!(tty, "{}", if yes { "y" } else { "n" });
-    Some(yes)
+    let answer = match (read, key[0]) {
+        (Ok(1), b'y' | b'Y') => Answer::Yes,
+        (Ok(1), 0x03) => Answer::Interrupt,
+        _ => Answer::No,
+    };
+    let _ = writeln!(
+        tty,
+        "{}",
+        match answer {
+            Answer::Yes => "y",
+            Answer::Interrupt => "^C",
+            Answer::No => "n",
+        }
+    );
+    Some(answer)
+}
+
+/// A command line as a person would type it: words with spaces or quotes quoted.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

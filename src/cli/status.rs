@@ -8,7 +8,8 @@ use serde::Serialize;
 use super::{Common, Source, api_error, connect, print_json, read_source};
 use crate::daemon::ops;
 use crate::protocol::{
-    InstanceSummary, LogQuery, Mode, ProcessReport, State, Status, StatusReport, human_duration,
+    InstanceSummary, LogLine, LogQuery, Mode, ProcessReport, State, Status, StatusReport,
+    human_duration,
 };
 
 #[derive(clap::Args, Debug)]
@@ -27,10 +28,28 @@ pub struct NameArgs {
     pub common: Common,
 }
 
+/// `start` and `restart`: one process, or `--all`.
+#[derive(clap::Args, Debug)]
+pub struct ManyArgs {
+    /// The process: its name, or the pid of its running instance.
+    #[arg(required_unless_present = "all")]
+    pub name: Option<String>,
+    /// Every process (start: each configured one that does not run; restart: each one
+    /// that runs).
+    #[arg(long, conflicts_with = "name")]
+    pub all: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct StopArgs {
     /// The process: its name, or the pid of its running instance.
-    pub name: String,
+    #[arg(required_unless_present = "all")]
+    pub name: Option<String>,
+    /// Every process that runs (or is starting, building or waiting to restart).
+    #[arg(long, conflicts_with = "name")]
+    pub all: bool,
     /// Kill at once (SIGKILL to the whole group), without the grace period.
     #[arg(long)]
     pub force: bool,
@@ -58,7 +77,13 @@ struct StatusOutput {
     report: StatusReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     instances: Option<Vec<InstanceSummary>>,
+    /// With a name: the last lines of its newest run, as `systemctl status` ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_lines: Option<Vec<LogLine>>,
 }
+
+/// How many lines `bpm status NAME` ends with.
+const LAST_LINES: usize = 10;
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let source = read_source(&args.common).await?;
@@ -74,11 +99,12 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let empty = StatusOutput {
             report: StatusReport::empty(),
             instances: None,
+            last_lines: None,
         };
         if args.common.json {
             print_json(&empty)?;
         } else {
-            print_report(&empty, true)?;
+            print_report(&empty, true, args.common.color())?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -103,32 +129,49 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut out = StatusOutput {
         report,
         instances: None,
+        last_lines: None,
     };
     if args.name.is_some()
         && let Some(name) = out.report.processes.first().map(|p| p.status.name.clone())
     {
-        let query = LogQuery {
+        let instances = LogQuery {
             all_instances: true,
             tail: Some(0),
             ..Default::default()
         };
-        let result = match &source {
-            Source::Daemon(c) => c.logs(&name, &query).await.ok(),
+        let last = LogQuery {
+            tail: Some(LAST_LINES),
+            ..Default::default()
+        };
+        let (instances, last) = match &source {
+            Source::Daemon(c) => (
+                c.logs(&name, &instances).await.ok(),
+                c.logs(&name, &last).await.ok(),
+            ),
             Source::Store(_, store) => {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || ops::read_logs(&store, &name, &query))
-                    .await?
-                    .ok()
+                tokio::task::spawn_blocking(move || {
+                    (
+                        ops::read_logs(&store, &name, &instances).ok(),
+                        ops::read_logs(&store, &name, &last).ok(),
+                    )
+                })
+                .await?
             }
-            Source::Empty(_) => None,
+            Source::Empty(_) => (None, None),
         };
-        out.instances = Some(result.map(|r| r.instances).unwrap_or_default());
+        out.instances = Some(instances.map(|r| r.instances).unwrap_or_default());
+        out.last_lines = Some(last.map(|r| r.lines).unwrap_or_default());
     }
     if args.common.json {
         print_json(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    print_report(&out, matches!(source, Source::Store(..)))?;
+    print_report(
+        &out,
+        matches!(source, Source::Store(..)),
+        args.common.color(),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -156,8 +199,7 @@ fn state_text(s: &State) -> (String, &'static str) {
     }
 }
 
-fn print_report(o: &StatusOutput, offline: bool) -> anyhow::Result<()> {
-    let color = super::color_stdout();
+fn print_report(o: &StatusOutput, offline: bool, color: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let report = &o.report;
     let procs = &report.processes;
@@ -263,6 +305,17 @@ fn print_report(o: &StatusOutput, offline: bool) -> anyhow::Result<()> {
         for e in &p.recent_events {
             writeln!(out, "  {}  {}", e.at, e.what)?;
         }
+        if let Some(lines) = o.last_lines.as_ref().filter(|l| !l.is_empty()) {
+            writeln!(out, "\nlast lines:")?;
+            for l in lines {
+                let text = if color || !l.text.contains('\x1b') {
+                    l.text.clone()
+                } else {
+                    strip_ansi_escapes::strip_str(&l.text)
+                };
+                writeln!(out, "  {}  {text}", l.ts)?;
+            }
+        }
     }
     Ok(())
 }
@@ -275,23 +328,64 @@ fn pid(status: &Status) -> String {
         .unwrap_or_default()
 }
 
-pub fn start(args: NameArgs) -> ExitCode {
+pub fn start(args: ManyArgs) -> ExitCode {
     super::execute(async move {
         let client = connect(&args.common).await?;
-        let req = crate::protocol::StartRequest {
-            name: Some(args.name.clone()),
-            ..Default::default()
-        };
-        let r = client.start(&req).await.map_err(api_error)?;
-        if args.common.json {
-            print_json(&r)?;
-        } else if r.already_running {
-            eprintln!("bpm: {} already runs{}", r.name, pid(&r.status));
-        } else {
-            eprintln!("bpm: {}", r.message("started"));
+        let names = targets(&client, args.name.as_deref(), |p| {
+            !p.runtime && !live(&p.status.state)
+        })
+        .await?;
+        let mut code = ExitCode::SUCCESS;
+        for name in names {
+            let req = crate::protocol::StartRequest {
+                name: Some(name),
+                ..Default::default()
+            };
+            let r = client.start(&req).await.map_err(api_error)?;
+            if args.common.json {
+                print_json(&r)?;
+            } else if r.already_running {
+                eprintln!("bpm: {} already runs{}", r.name, pid(&r.status));
+            } else {
+                eprintln!("bpm: {}", r.message("started"));
+            }
+            if outcome(&r) != ExitCode::SUCCESS {
+                code = ExitCode::FAILURE;
+            }
         }
-        Ok(outcome(&r))
+        Ok(code)
     })
+}
+
+/// Whether a process is up or on its way (not stopped, exited or failed).
+fn live(state: &State) -> bool {
+    !matches!(
+        state,
+        State::Stopped | State::Exited { .. } | State::Failed { .. }
+    )
+}
+
+/// The processes a verb acts on: `name`, or with `--all` (`name` is `None`) every
+/// process `pick` accepts, in the status's order (said on stderr when there is none).
+async fn targets(
+    client: &crate::client::Client,
+    name: Option<&str>,
+    pick: impl Fn(&ProcessReport) -> bool,
+) -> anyhow::Result<Vec<String>> {
+    if let Some(n) = name {
+        return Ok(vec![n.to_owned()]);
+    }
+    let report = client.status(None).await.map_err(api_error)?;
+    let names: Vec<String> = report
+        .processes
+        .iter()
+        .filter(|p| pick(p))
+        .map(|p| p.status.name.clone())
+        .collect();
+    if names.is_empty() {
+        eprintln!("bpm: --all: no process to act on");
+    }
+    Ok(names)
 }
 
 /// 1 when the process did not come up (it exited during the wait), else 0.
@@ -319,29 +413,38 @@ pub fn remove(args: NameArgs) -> ExitCode {
 pub fn stop(args: StopArgs) -> ExitCode {
     super::execute(async move {
         let client = connect(&args.common).await?;
-        let s = client
-            .stop(&args.name, args.force)
-            .await
-            .map_err(api_error)?;
-        if args.common.json {
-            print_json(&s)?;
-        } else {
-            eprintln!("bpm: stopped {}", s.name);
+        let names = targets(&client, args.name.as_deref(), |p| live(&p.status.state)).await?;
+        // Concurrently: each stop may wait out a grace period.
+        let stops = names.iter().map(|n| client.stop(n, args.force));
+        for s in futures_util::future::join_all(stops).await {
+            let s = s.map_err(api_error)?;
+            if args.common.json {
+                print_json(&s)?;
+            } else {
+                eprintln!("bpm: stopped {}", s.name);
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
 }
 
-pub fn restart(args: NameArgs) -> ExitCode {
+pub fn restart(args: ManyArgs) -> ExitCode {
     super::execute(async move {
         let client = connect(&args.common).await?;
-        let r = client.restart(&args.name).await.map_err(api_error)?;
-        if args.common.json {
-            print_json(&r)?;
-        } else {
-            eprintln!("bpm: {}", r.message("restarted"));
+        let names = targets(&client, args.name.as_deref(), |p| live(&p.status.state)).await?;
+        let mut code = ExitCode::SUCCESS;
+        for name in names {
+            let r = client.restart(&name).await.map_err(api_error)?;
+            if args.common.json {
+                print_json(&r)?;
+            } else {
+                eprintln!("bpm: {}", r.message("restarted"));
+            }
+            if outcome(&r) != ExitCode::SUCCESS {
+                code = ExitCode::FAILURE;
+            }
         }
-        Ok(outcome(&r))
+        Ok(code)
     })
 }
 

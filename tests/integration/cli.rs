@@ -323,7 +323,9 @@ fn ctrl_c_on_a_terminal_asks_whether_to_stop() {
     pty.press(b"\x03");
     pty.wait_seen(
         "the question",
-        &format!("Stop echo-up-exec-sleep-300 (pid {pid})? [y/N]"),
+        &format!(
+            "Stop `sh -c 'echo up; exec sleep 300'` (echo-up-exec-sleep-300, pid {pid})? [y/N]"
+        ),
     );
     pty.press(b"n");
     let st = wait_for("bpm to detach", || pty.child.try_wait().unwrap());
@@ -340,6 +342,23 @@ fn ctrl_c_on_a_terminal_asks_whether_to_stop() {
     pty.press(b"\x03");
     pty.wait_seen("the question", "? [y/N]");
     pty.press(b"y");
+    let st = wait_for("bpm to stop it", || pty.child.try_wait().unwrap());
+    assert_eq!(st.code(), Some(130));
+    assert!(!alive(pid), "stopped and gone before bpm returned");
+    assert_eq!(env.process("echo-up-exec-sleep-300")["state"], "stopped");
+}
+
+#[test]
+fn a_second_ctrl_c_at_the_question_stops_the_process() {
+    let env = Env::new();
+    let mut pty = Pty::run(&env, &["sh", "-c", "echo up; exec sleep 300"]);
+    pty.wait_seen("the output", "up\r\n");
+    let pid = env.process("echo-up-exec-sleep-300")["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    pty.press(b"\x03");
+    pty.wait_seen("the question", "? [y/N]");
+    pty.press(b"\x03");
     let st = wait_for("bpm to stop it", || pty.child.try_wait().unwrap());
     assert_eq!(st.code(), Some(130));
     assert!(!alive(pid), "stopped and gone before bpm returned");

@@ -129,7 +129,7 @@ impl Follow {
                                 continue;
                             }
                             if let Some(re) = &self.re
-                                && !re.is_match(&l.bytes)
+                                && !search::line_matches(re, &l.bytes)
                             {
                                 continue;
                             }

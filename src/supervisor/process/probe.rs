@@ -43,7 +43,7 @@ pub(super) async fn passes(check: ReadyCheck, store: Store, instance: u64) -> bo
 
 /// Whether a line of the instance matches `pattern`; false if the instance ends first.
 async fn log_matches(store: &Store, instance: u64, pattern: &str) -> bool {
-    let re = match regex::Regex::new(pattern) {
+    let re = match regex::bytes::Regex::new(pattern) {
         Ok(re) => re,
         Err(e) => {
             tracing::warn!(pattern, error = %e, "invalid readiness regex");
@@ -54,7 +54,11 @@ async fn log_matches(store: &Store, instance: u64, pattern: &str) -> bool {
     loop {
         match follower.next_batch(1024).await {
             Ok(Some(lines)) => {
-                if lines.iter().any(|l| re.is_match(&l.text())) {
+                // As the line reads on a terminal: vite colours its "ready" line.
+                if lines
+                    .iter()
+                    .any(|l| crate::search::line_matches(&re, &l.bytes))
+                {
                     return true;
                 }
             }
