@@ -97,7 +97,8 @@ enum Command {
     /// running: the store, read-only, for post-crash investigation).
     #[command(after_help = help::TUI)]
     Tui(bpm::tui::TuiArgs),
-    /// Print a shell completion script.
+    /// Print a shell completion script (it completes commands, options and process
+    /// names); e.g. `bpm completions bash >> ~/.bashrc`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -105,6 +106,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `COMPLETE=bash bpm ...`: the shell asks for completions (see `bpm completions`).
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = match Cli::try_parse().or_else(expand_shorthand) {
         Ok(c) => c,
         Err(e) => {
@@ -187,10 +190,14 @@ fn main() -> ExitCode {
         Command::Logs(a) => return bpm::cli::logs::main(a),
         Command::Tui(a) => return bpm::tui::main(a),
         Command::Completions { shell } => {
-            // Generated into memory first: clap_complete panics on a write error, and a
-            // closed pipe (`bpm completions zsh | head`) is not an error.
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut script);
+            // Generated into memory first: a closed pipe (`bpm completions zsh | head`) is
+            // not an error.
+            let script =
+                bpm::cli::complete::registration(&shell.to_string()).unwrap_or_else(|| {
+                    let mut script = Vec::new();
+                    clap_complete::generate(shell, &mut Cli::command(), "bpm", &mut script);
+                    script
+                });
             let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             return ExitCode::SUCCESS;
         }

@@ -15,6 +15,7 @@ use crate::protocol::{
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
     /// The process: its name, or the pid of its running instance.
+    #[arg(add = super::complete::process_names())]
     pub name: String,
     /// Which instance: -1 the newest (default), -2 the one before; 0 the oldest retained, 1 the next.
     #[arg(long, allow_negative_numbers = true, value_name = "I")]

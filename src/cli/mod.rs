@@ -7,9 +7,11 @@
 //! - [`logs`]: `bpm logs`, and the follow stream's rendering shared with `run`.
 //! - [`status`]: `bpm status`, and `start`/`stop`/`restart`/`mode`.
 //! - [`shorthand`]: `bpm npm run dev`, `bpm DIR`.
+//! - [`complete`]: shell completion, process names included.
 //! - [`help`]: the environment variables and examples each command's `--help` ends with.
 //! - `--since`/`--until` values are read by [`crate::timespec`].
 
+pub mod complete;
 pub mod help;
 pub mod logs;
 pub mod run;

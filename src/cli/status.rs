@@ -14,7 +14,8 @@ use crate::protocol::{
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// One process: with its instances and recent events.
+    /// One process: with its instances, recent events and last lines.
+    #[arg(add = super::complete::process_names())]
     pub name: Option<String>,
     #[command(flatten)]
     pub common: Common,
@@ -23,6 +24,7 @@ pub struct StatusArgs {
 #[derive(clap::Args, Debug)]
 pub struct NameArgs {
     /// The process: its name, or the pid of its running instance.
+    #[arg(add = super::complete::process_names())]
     pub name: String,
     #[command(flatten)]
     pub common: Common,
@@ -32,7 +34,7 @@ pub struct NameArgs {
 #[derive(clap::Args, Debug)]
 pub struct ManyArgs {
     /// The process: its name, or the pid of its running instance.
-    #[arg(required_unless_present = "all")]
+    #[arg(required_unless_present = "all", add = super::complete::process_names())]
     pub name: Option<String>,
     /// Every process (start: each configured one that does not run; restart: each one
     /// that runs).
@@ -45,7 +47,7 @@ pub struct ManyArgs {
 #[derive(clap::Args, Debug)]
 pub struct StopArgs {
     /// The process: its name, or the pid of its running instance.
-    #[arg(required_unless_present = "all")]
+    #[arg(required_unless_present = "all", add = super::complete::process_names())]
     pub name: Option<String>,
     /// Every process that runs (or is starting, building or waiting to restart).
     #[arg(long, conflicts_with = "name")]

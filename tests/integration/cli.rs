@@ -497,13 +497,29 @@ fn errors_say_what_works_and_exit_1_for_a_failure_2_for_bad_input() {
 }
 
 #[test]
-fn completions_are_generated() {
+fn completions_complete_commands_and_process_names() {
     let env = Env::new();
-    let comp = env.ok(&["completions", "bash"]);
+    let script = env.ok(&["completions", "bash"]);
     assert!(
-        comp.contains("_bpm()") && comp.contains("logs"),
-        "completions"
+        script.contains("_clap_complete_bpm") && script.contains("COMPLETE"),
+        "{script}"
     );
+    env.ok(&["run", "--name", "webserver", "--", "true"]);
+    // What the registered script runs when the user presses Tab.
+    let complete = |words: &[&str]| {
+        let mut cmd = env.cmd(&["--", "bpm"]);
+        cmd.args(words).env("COMPLETE", "fish");
+        String::from_utf8(process::output(&mut cmd).stdout).unwrap()
+    };
+    assert!(
+        complete(&["lo"]).starts_with("logs\t"),
+        "{}",
+        complete(&["lo"])
+    );
+    for verb in ["logs", "stop", "status", "rm"] {
+        let got = complete(&[verb, "web"]);
+        assert!(got.starts_with("webserver\t"), "{verb}: {got:?}");
+    }
 }
 
 /// A reader that closes the pipe early (`| head`) is not an error: exit 0, nothing on
