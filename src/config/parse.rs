@@ -33,6 +33,9 @@ struct RawProcess {
     args: Option<Vec<String>>,
     cwd: Option<String>,
     env: Option<BTreeMap<String, String>>,
+    /// Colour even though the output is a pipe: sets `FORCE_COLOR=1` and
+    /// `CLICOLOR_FORCE=1`, which most tools that colour only terminals honour.
+    color: Option<bool>,
     build: Option<Spanned<Vec<String>>>,
     restart: Option<RestartPolicy>,
     stop_signal: Option<Spanned<String>>,
@@ -383,7 +386,15 @@ fn resolve_process(
         command,
         args: raw.args.unwrap_or_default(),
         cwd,
-        env: raw.env.unwrap_or_default(),
+        env: {
+            let mut env = raw.env.unwrap_or_default();
+            if raw.color == Some(true) {
+                for k in ["FORCE_COLOR", "CLICOLOR_FORCE"] {
+                    env.entry(k.to_owned()).or_insert_with(|| "1".to_owned());
+                }
+            }
+            env
+        },
         build,
         restart: raw.restart.unwrap_or_default(),
         stop_signal,

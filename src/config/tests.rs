@@ -569,3 +569,15 @@ fn find_project_dir_walks_up() {
     std::fs::create_dir_all(other.join(CONFIG_FILE)).unwrap();
     assert_eq!(find_project_dir(&other), None);
 }
+
+#[test]
+fn color_forces_colour_through_the_usual_variables_unless_set() {
+    let c =
+        parse("[process.web]\ncommand = [\"vite\"]\ncolor = true\nenv = { FORCE_COLOR = \"3\" }\n")
+            .unwrap();
+    let env = &c.processes["web"].env;
+    assert_eq!(env.get("FORCE_COLOR").map(String::as_str), Some("3"));
+    assert_eq!(env.get("CLICOLOR_FORCE").map(String::as_str), Some("1"));
+    let c = parse("[process.web]\ncommand = [\"vite\"]\n").unwrap();
+    assert!(c.processes["web"].env.is_empty());
+}

@@ -224,3 +224,15 @@ fn the_daemon_log_has_no_escape_codes_and_rust_log_is_read() {
 fn process_output(cmd: &mut std::process::Command) -> Output {
     crate::helpers::process::output(cmd)
 }
+
+#[test]
+fn color_true_tells_the_process_to_colour_its_pipe() {
+    let mut env = Env::new();
+    env.write_config(
+        "[process.c]\ncommand = [\"sh\", \"-c\", \"echo force=$FORCE_COLOR clicolor=$CLICOLOR_FORCE; exec sleep 300\"]\ncolor = true\n",
+    );
+    env.serve();
+    wait_for("the variables in its output", || {
+        env.ok(&["logs", "c"]) == "force=1 clicolor=1\n"
+    });
+}
