@@ -42,15 +42,26 @@ impl std::fmt::Display for Restricted {
 }
 
 /// Create `dir` with mode 0700 (its missing parents as the umask says); an existing
-/// directory is left as it is (see [`restrict`]).
+/// directory is left as it is (see [`restrict`]). A project's `.bpm` gets a `.gitignore`
+/// of `*`, so that it never shows up in `git status`.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)?;
     }
     match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        other => other,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        other => other?,
     }
+    if dir.file_name().is_some_and(|n| n == ".bpm") {
+        let ignore = dir.join(".gitignore");
+        if !ignore.exists() {
+            write_private(
+                &ignore,
+                b"# bpm's data (its log store, socket and state): never commit it.\n*\n",
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Open `path` for appending, creating it with mode 0600.
@@ -169,6 +180,19 @@ mod tests {
         assert_eq!(mode(&private), 0o600);
         assert_eq!(mode(&outside), 0o644, "the symlink was followed");
         assert!(restrict(&dir).unwrap().is_empty(), "nothing left to fix");
+    }
+
+    #[test]
+    fn a_project_data_dir_ignores_itself_for_git() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("project").join(".bpm");
+        create_private_dir(&dir).unwrap();
+        let ignore = fs::read_to_string(dir.join(".gitignore")).unwrap();
+        assert_eq!(ignore.lines().last(), Some("*"));
+        assert_eq!(mode(&dir.join(".gitignore")), 0o600);
+        let other = t.path().join("state");
+        create_private_dir(&other).unwrap();
+        assert!(!other.join(".gitignore").exists());
     }
 
     #[test]
