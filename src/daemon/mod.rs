@@ -367,7 +367,7 @@ fn serve(
     unix: tokio::net::UnixListener,
     cancel: &CancellationToken,
 ) -> anyhow::Result<[tokio::task::JoinHandle<()>; 2]> {
-    let mcp = crate::mcp::http_service(
+    let mcp = crate::mcp::http_app(
         ops.clone(),
         Some(
             opts.mcp_session_idle

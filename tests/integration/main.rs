@@ -14,6 +14,7 @@ mod bounds;
 mod cli;
 mod daemon;
 mod mcp;
+mod mcp_compat;
 mod migrations;
 mod orphans;
 mod slow_disk;
