@@ -17,6 +17,7 @@ mod mcp;
 mod mcp_compat;
 mod migrations;
 mod orphans;
+mod setup;
 mod slow_disk;
 mod start;
 mod store;
