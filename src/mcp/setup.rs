@@ -172,9 +172,11 @@ async fn find(data_dir: Option<&Path>) -> Found {
 
 /// The port a daemon started now would take.
 fn default_port() -> u16 {
+    // 0 (any free port) names no port a client could use.
     if let Some(p) = std::env::var("BPM_PORT")
         .ok()
         .and_then(|p| p.trim().parse().ok())
+        .filter(|p| *p != 0)
     {
         return p;
     }
