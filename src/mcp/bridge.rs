@@ -21,8 +21,9 @@ use rmcp::model::{
     PaginatedRequestParams, ProgressNotificationParam, ProgressToken, Request, ResultType,
     ServerConfig, ServerResult,
 };
-use rmcp::service::ServiceError;
-use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RunningService};
+use rmcp::service::{
+    NotificationContext, PeerRequestOptions, RequestContext, RunningService, ServiceError,
+};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use tokio::sync::Mutex as AsyncMutex;

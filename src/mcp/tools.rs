@@ -144,7 +144,6 @@ impl ServerHandler for BpmTools {
         // protocol errors (which clients tend to hide from the model). An unknown tool is
         // the protocol error the spec asks for.
         if !tool_list().iter().any(|t| t.name == request.name) {
-            self.ops.agent_activity();
             return Err(unknown_tool(&request.name));
         }
         let args = request.arguments;
