@@ -59,15 +59,10 @@ enum Command {
         #[arg(long)]
         no_autostart: bool,
     },
-    /// Print how to connect an agent (claude, cursor, vscode, codex, gemini) to bpm.
-    Setup {
-        /// The client; all of them when omitted.
-        #[arg(value_enum)]
-        client: Option<bpm::mcp::setup::Client>,
-        /// The daemon's port (default: the config's mcp_port, else 8947).
-        #[arg(long)]
-        port: Option<u16>,
-    },
+    /// Print how to connect an agent (claude, cursor, vscode, codex, gemini) to the running
+    /// daemon (its port and token, from its data directory); --apply adds it to each
+    /// client whose command is on PATH.
+    Setup(bpm::mcp::setup::SetupArgs),
     /// Run a command through the daemon and follow it (or attach if it already runs here).
     #[command(after_help = help::RUN)]
     Run(RunArgs),
@@ -146,6 +141,7 @@ fn main() -> ExitCode {
             token_file,
             mcp_session_idle,
         } => read_token(token_file.as_deref()).and_then(|token| {
+            let token_file = token_file.filter(|_| token.is_some());
             serve(bpm::daemon::Options {
                 dir,
                 data_dir,
@@ -154,6 +150,7 @@ fn main() -> ExitCode {
                 store: Default::default(),
                 listen,
                 token,
+                token_file,
                 mcp_session_idle: mcp_session_idle.map(std::time::Duration::from_secs_f64),
                 conn_idle: None,
             })
@@ -170,16 +167,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(bpm::mcp::bridge::serve_stdio(opts)))
         }
-        Command::Setup { client, port } => {
-            let port = port.unwrap_or_else(|| {
-                std::env::current_dir()
-                    .ok()
-                    .and_then(|d| bpm::config::Config::load(&d).ok().flatten())
-                    .map_or(bpm::config::DEFAULT_MCP_PORT, |c| c.mcp_port)
-            });
-            print!("{}", bpm::mcp::setup::instructions(client, port));
-            Ok(())
-        }
+        Command::Setup(a) => return bpm::mcp::setup::main(a),
         Command::Run(a) => return bpm::cli::run::main(a),
         Command::Start(a) => return status::start(a),
         Command::Stop(a) => return status::stop(a),

@@ -48,6 +48,9 @@ pub struct Options {
     pub listen: Option<std::net::IpAddr>,
     /// The bearer token every TCP request must carry (`--token-file`, `BPM_TOKEN`).
     pub token: Option<String>,
+    /// The file `token` was read from, if any: named in `daemon.json` so that `bpm setup`
+    /// can tell where it is (the token itself is never written there).
+    pub token_file: Option<PathBuf>,
     /// How long an idle MCP session lives (default [`crate::mcp::DEFAULT_SESSION_IDLE`]).
     pub mcp_session_idle: Option<Duration>,
     /// How long a connection may wait before sending a request (default
@@ -62,6 +65,12 @@ pub struct DaemonInfo {
     pub port: u16,
     pub data_dir: PathBuf,
     pub project_dir: PathBuf,
+    /// Whether TCP requests need a bearer token (`--token-file`, `BPM_TOKEN`).
+    #[serde(default)]
+    pub token: bool,
+    /// The file the token was read from, if it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Read a running daemon's `daemon.json`.
@@ -292,6 +301,8 @@ async fn bind(setup: &Setup, opts: &Options) -> anyhow::Result<Bound> {
         port: tcp.local_addr()?.port(),
         data_dir: setup.data_dir.clone(),
         project_dir: setup.dir.clone(),
+        token: token(opts).is_some(),
+        token_file: token(opts).and(opts.token_file.clone()),
     };
     files::write_private(
         &setup.data_dir.join(DAEMON_FILE),
@@ -367,7 +378,7 @@ fn serve(
     unix: tokio::net::UnixListener,
     cancel: &CancellationToken,
 ) -> anyhow::Result<[tokio::task::JoinHandle<()>; 2]> {
-    let mcp = crate::mcp::http_service(
+    let mcp = crate::mcp::http_app(
         ops.clone(),
         Some(
             opts.mcp_session_idle

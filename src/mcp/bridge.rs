@@ -6,6 +6,10 @@
 //! A call is sent once: a daemon that went away is noticed before the call is sent (it
 //! does not answer on its socket), never by retrying a call that may have run, so a
 //! `restart` whose answer was lost is not run twice.
+//!
+//! The session with the daemon and the client's session may speak different protocol
+//! versions: what comes back from the daemon is in the shape of the upstream session's
+//! version, and is reshaped for the client's here (see [`for_the_client`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,10 +18,12 @@ use std::sync::{Arc, Mutex};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelledNotificationParam,
     ClientCapabilities, ClientConfig, ClientRequest, ContentBlock, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, Request, ServerConfig,
-    ServerResult,
+    PaginatedRequestParams, ProgressNotificationParam, ProgressToken, Request, ResultType,
+    ServerConfig, ServerResult,
 };
-use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RunningService};
+use rmcp::service::{
+    NotificationContext, PeerRequestOptions, RequestContext, RunningService, ServiceError,
+};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use tokio::sync::Mutex as AsyncMutex;
@@ -121,14 +127,14 @@ impl Bridge {
         peer: Peer<RoleClient>,
         request: CallToolRequestParams,
         context: &RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, String> {
+    ) -> Result<CallToolResponse, Forwarded> {
         let handle = peer
             .send_cancellable_request(
                 ClientRequest::CallToolRequest(Request::new(request)),
                 PeerRequestOptions::no_options(),
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Forwarded::Lost(e.to_string()))?;
         let downstream = context.meta.get_progress_token();
         if let Some(token) = downstream {
             self.progress
@@ -139,7 +145,11 @@ impl Bridge {
         let upstream_token = handle.progress_token.clone();
         let id = handle.id.clone();
         let result = tokio::select! {
-            r = handle.await_response() => r.map_err(|e| e.to_string()),
+            r = handle.await_response() => r.map_err(|e| match e {
+                // The daemon answered with a JSON-RPC error: the client gets it as is.
+                ServiceError::McpError(e) => Forwarded::Error(e),
+                e => Forwarded::Lost(e.to_string()),
+            }),
             _ = context.ct.cancelled() => {
                 let _ = peer
                     .notify_cancelled(CancelledNotificationParam::new(
@@ -147,7 +157,7 @@ impl Bridge {
                         Some("cancelled by the client".into()),
                     ))
                     .await;
-                Err("cancelled".to_owned())
+                Err(Forwarded::Lost("cancelled".to_owned()))
             }
         };
         self.progress
@@ -155,10 +165,30 @@ impl Bridge {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&upstream_token);
         match result? {
-            ServerResult::CallToolResult(r) => Ok(r.into()),
-            other => Err(format!("unexpected answer from the daemon: {other:?}")),
+            ServerResult::CallToolResult(r) => Ok(for_the_client(r).into()),
+            other => Err(Forwarded::Lost(format!(
+                "unexpected answer from the daemon: {other:?}"
+            ))),
         }
     }
+}
+
+/// How a forwarded call failed.
+enum Forwarded {
+    /// The daemon answered with a JSON-RPC error (e.g. an unknown tool).
+    Error(ErrorData),
+    /// No answer: the daemon went away, or the client cancelled.
+    Lost(String),
+}
+
+/// A daemon's result, valid for whichever protocol version the client negotiated. The
+/// daemon answered in the upstream session's version, which may omit what a newer
+/// client requires (`resultType`, since 2026-07-28): the result is stamped as a 2026-07-28
+/// result, and rmcp's server side takes off what the client's version does not know
+/// before it is sent.
+fn for_the_client(mut result: CallToolResult) -> CallToolResult {
+    result.result_type.get_or_insert(ResultType::COMPLETE);
+    result
 }
 
 impl Bridge {
@@ -208,6 +238,12 @@ impl ServerHandler for Bridge {
         mut request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if !super::tools::tool_list()
+            .iter()
+            .any(|t| t.name == request.name)
+        {
+            return Err(super::tools::unknown_tool(&request.name));
+        }
         if request.name == "start" {
             self.start_defaults(&mut request, &context.peer).await;
         }
@@ -222,12 +258,13 @@ impl ServerHandler for Bridge {
         };
         // Sent once (see the module docs): an error here may come after the daemon ran
         // the call, so it is reported, not retried.
-        let result = self.forward(peer, request, &context).await;
-        Ok(result.unwrap_or_else(|e| {
-            CallToolResult::error(vec![ContentBlock::text(format!(
+        match self.forward(peer, request, &context).await {
+            Ok(r) => Ok(r),
+            Err(Forwarded::Error(e)) => Err(e),
+            Err(Forwarded::Lost(e)) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
                 "bpm mcp lost the daemon during the call ({e}); the call may or may not have taken effect: check with get_status before repeating it"
             ))])
-            .into()
-        }))
+            .into()),
+        }
     }
 }

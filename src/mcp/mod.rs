@@ -3,7 +3,9 @@
 
 pub mod bridge;
 pub mod params;
+pub mod priming;
 pub mod render;
+pub mod schema;
 pub mod setup;
 pub mod tools;
 
@@ -47,8 +49,19 @@ pub async fn client_root(peer: &rmcp::Peer<rmcp::RoleServer>) -> Option<std::pat
     })
 }
 
-/// The streamable HTTP service, to be nested at `/mcp`. `session_idle` None: never
-/// expire. Host and Origin checks are done by the daemon's guard for the whole listener,
+/// The streamable HTTP service behind the layer that spares clients older than
+/// 2025-11-25 the priming events they cannot parse ([`priming`]), to be nested at `/mcp`.
+pub fn http_app(
+    ops: Ops,
+    session_idle: Option<Duration>,
+    cancel: CancellationToken,
+) -> axum::Router {
+    axum::Router::new()
+        .fallback_service(http_service(ops, session_idle, cancel))
+        .layer(axum::middleware::from_fn(priming::legacy_without_priming))
+}
+
+/// The streamable HTTP service. `session_idle` None: never expire. Host and Origin checks are done by the daemon's guard for the whole listener,
 /// so rmcp's own are off here.
 pub fn http_service(
     ops: Ops,

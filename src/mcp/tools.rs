@@ -51,13 +51,17 @@ fn build_tools() -> Vec<Tool> {
         description: &'static str,
         annotations: ToolAnnotations,
     ) -> Tool {
+        let input = schema_for_input::<P>().expect("tool parameters are objects");
+        let output = schema_for_output::<O>();
         Tool::new(
             name,
             description,
-            schema_for_input::<P>().expect("tool parameters are objects"),
+            super::schema::portable_input((*input).clone()),
         )
         .with_title(title)
-        .with_raw_output_schema(schema_for_output::<O>())
+        .with_raw_output_schema(std::sync::Arc::new(super::schema::portable_output(
+            (*output).clone(),
+        )))
         .annotate(annotations.open_world(false))
     }
     let read_only = || ToolAnnotations::new().read_only(true).idempotent(true);
@@ -137,7 +141,11 @@ impl ServerHandler for BpmTools {
     ) -> Result<CallToolResponse, ErrorData> {
         self.ops.agent_activity();
         // Bad arguments are answered as `isError` results the agent can act on, not as
-        // protocol errors (which clients tend to hide from the model).
+        // protocol errors (which clients tend to hide from the model). An unknown tool is
+        // the protocol error the spec asks for.
+        if !tool_list().iter().any(|t| t.name == request.name) {
+            return Err(unknown_tool(&request.name));
+        }
         let args = request.arguments;
         let result = match request.name.as_ref() {
             "get_status" => self.get_status(params::parse("get_status", args)).await,
@@ -152,9 +160,7 @@ impl ServerHandler for BpmTools {
                 self.search(params::parse("search_build_log", args), InstanceKind::Build)
                     .await
             }
-            other => Err(format!(
-                "no tool named `{other}`; the tools are get_status, start, stop, restart, search_logs and search_build_log"
-            )),
+            other => return Err(unknown_tool(other)),
         };
         // The agent was active until it got its answer (a start may wait for readiness).
         self.ops.agent_activity();
@@ -164,6 +170,15 @@ impl ServerHandler for BpmTools {
         }
         .into())
     }
+}
+
+/// The JSON-RPC error (-32602, invalid params) for a call of a tool that does not exist.
+pub fn unknown_tool(name: &str) -> ErrorData {
+    let names: Vec<&str> = tool_list().iter().map(|t| t.name.as_ref()).collect();
+    ErrorData::invalid_params(
+        format!("no tool named `{name}`; the tools are {}", names.join(", ")),
+        None,
+    )
 }
 
 type ToolResult = Result<CallToolResult, String>;

@@ -456,8 +456,16 @@ async fn failures_say_what_would_work() {
     assert!(e.contains("build"), "{e}");
     let e = err(s, "start", json!({})).await;
     assert!(e.contains("`name`") && e.contains("`command`"), "{e}");
-    let e = err(s, "launch", json!({})).await;
-    assert!(e.contains("get_status, start"), "{e}");
+    // An unknown tool is a protocol error (-32602) that names the tools.
+    let e = s
+        .call_tool(CallToolRequestParams::new("launch"))
+        .await
+        .expect_err("an unknown tool is an error");
+    let rmcp::service::ServiceError::McpError(e) = e else {
+        panic!("a JSON-RPC error: {e:?}")
+    };
+    assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{e:?}");
+    assert!(e.message.contains("get_status, start"), "{e:?}");
 
     n.finish().await;
 }
