@@ -441,7 +441,7 @@ async fn failures_say_what_would_work() {
     let e = err(
         s,
         "search_logs",
-        json!({"process": name, "since": "yesterday"}),
+        json!({"process": name, "since": "the day before"}),
     )
     .await;
     assert!(e.contains("10m") && e.contains("ISO 8601"), "{e}");
