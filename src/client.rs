@@ -121,8 +121,8 @@ impl DaemonOptions {
 }
 
 /// The daemon for `opts`, answering on its socket. When none answers and
-/// `opts.autostart` is set, starts `bpm serve` in the background: detached in its own
-/// process group (a Ctrl+C in the terminal does not reach it), its output appended to
+/// `opts.autostart` is set, starts `bpm serve` in the background: detached in a session
+/// of its own (no controlling terminal: a Ctrl+C or a closed terminal does not reach it), its output appended to
 /// `DATA_DIR/daemon.log`, serving the project directory (else the home directory), with
 /// `--port $BPM_PORT` when that variable is set. Returns once the socket answers.
 pub async fn ensure_daemon(opts: &DaemonOptions) -> Result<Target, ClientError> {
@@ -162,7 +162,11 @@ pub async fn ensure_daemon(opts: &DaemonOptions) -> Result<Target, ClientError> 
     if let Some(port) = std::env::var_os("BPM_PORT") {
         cmd.arg("--port").arg(port);
     }
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // daemon.log holds the daemon's own messages, warnings and worse unless asked.
+    if std::env::var_os("BPM_LOG").is_none() && std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("BPM_LOG", "warn");
+    }
+    new_session(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
     let deadline = Instant::now() + opts.timeout;
     let mut exited_at: Option<Instant> = None;
@@ -196,6 +200,20 @@ pub async fn ensure_daemon(opts: &DaemonOptions) -> Result<Target, ClientError> 
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Run `cmd` in a new session (`setsid`), as a daemon should: no controlling terminal,
+/// its own process group.
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut std::process::Command) {
+    // SAFETY: setsid is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
     }
 }
 

@@ -32,6 +32,10 @@ enum Command {
         /// Where the store lives (default: $BPM_HOME, DIR/.bpm for a project, else ~/.local/state/bpm).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Copy process output to stdout with [name] prefixes even when stdout is not a
+        /// terminal or the journal (the default there: only the daemon's own messages).
+        #[arg(long, conflicts_with = "no_prefix")]
+        prefix: bool,
         /// Do not copy process output to stdout with [name] prefixes.
         #[arg(long)]
         no_prefix: bool,
@@ -136,17 +140,27 @@ fn main() -> ExitCode {
             dir,
             port,
             data_dir,
+            prefix,
             no_prefix,
             listen,
             token_file,
             mcp_session_idle,
         } => read_token(token_file.as_deref()).and_then(|token| {
+            // Before anything else opens a descriptor.
+            bpm::daemon::hygiene::close_inherited_fds();
+            let passthrough = if prefix {
+                Some(true)
+            } else if no_prefix || !bpm::daemon::hygiene::stdout_is_read() {
+                Some(false)
+            } else {
+                None // the config's prefix_output
+            };
             let token_file = token_file.filter(|_| token.is_some());
             serve(bpm::daemon::Options {
                 dir,
                 data_dir,
                 port,
-                passthrough: no_prefix.then_some(false),
+                passthrough,
                 store: Default::default(),
                 listen,
                 token,
@@ -270,6 +284,13 @@ fn serve(opts: bpm::daemon::Options) -> anyhow::Result<()> {
         // Reaps until the runtime ends, so also while the processes are stopped.
         let _reaper = bpm::daemon::take_over_process_tree();
         bpm::daemon::run(opts, shutdown, |info| {
+            let cap = std::env::var("BPM_LOG_MAX_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(bpm::daemon::hygiene::OWN_LOG_MAX_BYTES);
+            if let Some(log) = bpm::daemon::hygiene::OwnLog::of(&info.data_dir, cap) {
+                log.watch(std::time::Duration::from_secs(1));
+            }
             eprintln!(
                 "bpm: daemon pid {} listening on http://{host}:{} (data in {})\n{}",
                 info.pid,

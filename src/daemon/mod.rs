@@ -6,6 +6,7 @@ pub mod conn;
 pub mod files;
 pub mod guard;
 pub mod http;
+pub mod hygiene;
 pub mod ops;
 pub mod peer;
 
