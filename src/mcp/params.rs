@@ -119,8 +119,11 @@ pub struct RestartParams {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchLogsParams {
-    /// The process: its name (see get_status), or the pid of its running instance.
-    pub process: String,
+    /// The process: its name (see get_status), or the pid of its running instance. Omit
+    /// it (or pass "*") to search every process at once: lines interleaved by time, each
+    /// naming its process.
+    #[serde(default)]
+    pub process: Option<String>,
     /// A regular expression (Rust regex syntax, like `grep -E`), matched per line. Omit
     /// it to get the last lines instead.
     #[serde(default)]

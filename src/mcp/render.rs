@@ -140,15 +140,22 @@ pub fn logs_text(o: &LogsOutput, pattern: Option<&str>) -> String {
     let _ = writeln!(out, "{} {}: {what}", o.process, o.kind.noun());
     let mut current = None;
     for l in &o.lines {
-        if current != Some(l.instance) {
-            current = Some(l.instance);
-            if let Some(i) = o.instances.iter().find(|i| i.id == l.instance) {
-                let _ = writeln!(out, "--- {}", instance_line(i));
+        // Several processes interleaved: each line names its process instead of headers.
+        let name = match &l.process {
+            Some(p) => format!("[{p}] "),
+            None => {
+                if current != Some(l.instance) {
+                    current = Some(l.instance);
+                    if let Some(i) = o.instances.iter().find(|i| i.id == l.instance) {
+                        let _ = writeln!(out, "--- {}", instance_line(i));
+                    }
+                }
+                String::new()
             }
-        }
+        };
         let _ = writeln!(
             out,
-            "{}{:>6}{} {}{}",
+            "{}{:>6}{} {name}{}{}",
             if l.matched { ">" } else { " " },
             l.seq,
             if l.continuation { "+" } else { " " },
@@ -290,6 +297,7 @@ mod tests {
 
     fn line(seq: u64, text: &str) -> LogLine {
         LogLine {
+            process: None,
             instance: 1,
             seq,
             ts: String::new(),

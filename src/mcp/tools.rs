@@ -102,7 +102,7 @@ fn build_tools() -> Vec<Tool> {
         tool::<SearchLogsParams, LogsOutput>(
             "search_logs",
             "Read or search process output",
-            "Read or search what a process printed (stdout and stderr, kept across restarts, crashes and reboots). Without `pattern`: the last lines. With `pattern` (regex): the matching lines, `context_lines` around each. `index` picks the run: -1 the current one (default), -2 the one before (e.g. the run that crashed). Answers are capped (default the last 200 lines, about 32 KB); the answer says what was left out and how to see it. Each line has its `seq` number: pass it as `around_line` to see what surrounds it.",
+            "Read or search what a process printed (stdout and stderr, kept across restarts, crashes and reboots). Without `pattern`: the last lines. With `pattern` (regex): the matching lines, `context_lines` around each. `index` picks the run: -1 the current one (default), -2 the one before (e.g. the run that crashed). Omit `process` to search every process at once (which process printed this panic?). Answers are capped (default the last 200 lines, about 32 KB); the answer says what was left out and how to see it. Each line has its `seq` number: pass it as `around_line` to see what surrounds it.",
             read_only(),
         ),
         tool::<SearchLogsParams, LogsOutput>(
@@ -337,11 +337,11 @@ impl BpmTools {
             around,
             ..Default::default()
         };
-        let result = self
-            .ops
-            .logs(&p.process, query)
-            .await
-            .map_err(|e| format!("{tool}: {e}"))?;
+        let result = match p.process.as_deref() {
+            None | Some("*" | "") => self.ops.logs_many(&[], query).await,
+            Some(one) => self.ops.logs(one, query).await,
+        }
+        .map_err(|e| format!("{tool}: {e}"))?;
         let out = render::logs_output(
             result,
             kind,

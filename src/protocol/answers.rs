@@ -206,6 +206,9 @@ impl From<&crate::logs::Event> for EventReport {
 /// One line of output, as reported.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {
+    /// The process that printed it, in an answer about several processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
     pub instance: u64,
     pub seq: u64,
     /// When it was read (ISO 8601, UTC).
@@ -219,6 +222,7 @@ pub struct LogLine {
 impl LogLine {
     pub fn new(l: crate::logs::Line, matched: bool) -> LogLine {
         LogLine {
+            process: None,
             instance: l.instance,
             seq: l.seq,
             ts: format_ts(l.ts_us),

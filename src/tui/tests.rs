@@ -83,6 +83,7 @@ fn summary(id: u64, exit: Option<ExitStatus>, lines: u64) -> InstanceSummary {
 
 fn line(seq: u64, stream: Stream, text: &str) -> LogLine {
     LogLine {
+        process: None,
         instance: 7,
         seq,
         ts: format!("2026-01-01T11:57:{:02}.{:03}Z", seq % 60, seq % 1000),

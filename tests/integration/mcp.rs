@@ -927,3 +927,56 @@ async fn the_stdio_bridge_starts_the_daemon_and_survives_its_restart() {
     s.cancel().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_logs_without_a_process_searches_every_process() {
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
+    let s = connect(&d).await;
+    for (name, script) in [
+        (
+            "api",
+            "echo api boot; sleep 3; echo 'thread main panicked at api.rs'; exec sleep 300",
+        ),
+        (
+            "worker",
+            "echo worker boot; echo 'worker panicked: queue gone'; exec sleep 300",
+        ),
+        ("quiet", "echo nothing to see; exec sleep 300"),
+    ] {
+        ok(
+            &s,
+            "start",
+            json!({"name": name, "command": ["sh", "-c", script]}),
+        )
+        .await;
+    }
+    let found = wait_for_async("both panics, through one search", async || {
+        let r = ok(&s, "search_logs", json!({"pattern": "panicked"})).await;
+        (r["matched"] == json!(2)).then_some(r)
+    })
+    .await;
+    let lines = found["lines"].as_array().unwrap();
+    let who: Vec<&str> = lines
+        .iter()
+        .map(|l| l["process"].as_str().unwrap())
+        .collect();
+    // In time order: the worker printed first.
+    assert_eq!(who, ["worker", "api"], "{found}");
+    assert_eq!(found["process"], json!("*"));
+    let r = call(
+        &s,
+        "search_logs",
+        json!({"process": "*", "pattern": "boot", "tail": 1}),
+    )
+    .await;
+    let t = text(&r);
+    assert!(t.contains("[api]") || t.contains("[worker]"), "{t}");
+    let one = r.structured_content.unwrap();
+    assert_eq!(
+        (one["matched"].clone(), one["omitted_by_limit"].clone()),
+        (json!(2), json!(1))
+    );
+    s.cancel().await.unwrap();
+    d.shutdown().await;
+}

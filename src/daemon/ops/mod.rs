@@ -11,6 +11,7 @@
 
 mod follow;
 mod logs;
+mod many;
 mod status;
 
 pub use logs::read_logs;

@@ -858,6 +858,7 @@ mod tests {
 
     fn line(seq: u64) -> LogLine {
         LogLine {
+            process: None,
             instance: 1,
             seq,
             ts: "2026-01-01T00:00:00.000Z".into(),
