@@ -334,7 +334,7 @@ pub fn start(args: ManyArgs) -> ExitCode {
     super::execute(async move {
         let client = connect(&args.common).await?;
         let names = targets(&client, args.name.as_deref(), |p| {
-            !p.runtime && !live(&p.status.state)
+            !p.runtime && !p.status.state.is_live()
         })
         .await?;
         let mut code = ExitCode::SUCCESS;
@@ -357,14 +357,6 @@ pub fn start(args: ManyArgs) -> ExitCode {
         }
         Ok(code)
     })
-}
-
-/// Whether a process is up or on its way (not stopped, exited or failed).
-fn live(state: &State) -> bool {
-    !matches!(
-        state,
-        State::Stopped | State::Exited { .. } | State::Failed { .. }
-    )
 }
 
 /// The processes a verb acts on: `name`, or with `--all` (`name` is `None`) every
@@ -415,7 +407,7 @@ pub fn remove(args: NameArgs) -> ExitCode {
 pub fn stop(args: StopArgs) -> ExitCode {
     super::execute(async move {
         let client = connect(&args.common).await?;
-        let names = targets(&client, args.name.as_deref(), |p| live(&p.status.state)).await?;
+        let names = targets(&client, args.name.as_deref(), |p| p.status.state.is_live()).await?;
         // Concurrently: each stop may wait out a grace period.
         let stops = names.iter().map(|n| client.stop(n, args.force));
         for s in futures_util::future::join_all(stops).await {
@@ -433,7 +425,7 @@ pub fn stop(args: StopArgs) -> ExitCode {
 pub fn restart(args: ManyArgs) -> ExitCode {
     super::execute(async move {
         let client = connect(&args.common).await?;
-        let names = targets(&client, args.name.as_deref(), |p| live(&p.status.state)).await?;
+        let names = targets(&client, args.name.as_deref(), |p| p.status.state.is_live()).await?;
         let mut code = ExitCode::SUCCESS;
         for name in names {
             let r = client.restart(&name).await.map_err(api_error)?;

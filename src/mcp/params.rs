@@ -47,7 +47,7 @@ impl CommandParam {
 #[serde(deny_unknown_fields)]
 pub struct StartParams {
     /// A process to start: a name from get_status (configured in .mcp-run, or started
-    /// earlier with a command). With `command`, the name to give the new process
+    /// earlier with a command); "*" starts every configured process that does not run. With `command`, the name to give the new process
     /// (default: derived from the command, e.g. `npm-run-dev`).
     #[serde(default)]
     pub name: Option<String>,
@@ -90,7 +90,8 @@ pub struct StartParams {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopParams {
-    /// The process to stop: its name, or the pid of its running instance.
+    /// The process to stop: its name, or the pid of its running instance; "*" stops
+    /// every process that runs.
     pub process: String,
     /// Kill at once (SIGKILL to the whole process group) instead of the stop signal and
     /// its grace period. Default false.
@@ -107,7 +108,8 @@ pub struct StopParams {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartParams {
-    /// The process to restart: its name, or the pid of its running instance.
+    /// The process to restart: its name, or the pid of its running instance; "*"
+    /// restarts every process that runs.
     pub process: String,
     /// Wait up to this many seconds for readiness after the restart. Default 30 for a
     /// process with a readiness check, else 0.

@@ -274,6 +274,9 @@ pub struct StartOutput {
     pub message: String,
     #[serde(flatten)]
     pub result: StartResult,
+    /// With `"*"`: the other processes acted on (the fields above are the first one's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<StartResult>,
 }
 
 /// What `stop` returns.
@@ -281,6 +284,9 @@ pub struct StartOutput {
 pub struct StopOutput {
     pub message: String,
     pub status: Status,
+    /// With `"*"`: the other processes stopped (`status` is the first one's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Status>,
 }
 
 pub fn stop_message(s: &Status, was_pid: Option<u32>) -> String {

@@ -19,7 +19,7 @@ use super::params::{
 use super::render::{self, LogsOutput, StartOutput, StopOutput};
 use crate::daemon::ops::{OpError, Ops};
 use crate::logs::{Actor, InstanceKind};
-use crate::protocol::{LogQuery, StartRequest, StatusReport};
+use crate::protocol::{LogQuery, StartRequest, StartResult, StatusReport};
 
 /// How often `restart` and `start` report progress while a build runs.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -232,41 +232,89 @@ impl BpmTools {
             ready_url: p.ready_url,
             ready_log: p.ready_log,
         };
+        if req.command.is_none() && req.name.as_deref() == Some("*") {
+            // Every configured process that does not run.
+            let names = self
+                .each(
+                    "*",
+                    |s, runtime| !runtime && !s.state.is_live(),
+                    "is configured and stopped",
+                )
+                .await?;
+            let mut results = Vec::new();
+            for name in names {
+                let one = StartRequest {
+                    name: Some(name.clone()),
+                    ..req.clone()
+                };
+                results.push(
+                    with_progress(&self.ops, &name, ctx, self.ops.start(one, Actor::Mcp)).await?,
+                );
+            }
+            return started_output(results, "started");
+        }
         let label = p.name.unwrap_or_else(|| "the process".into());
         let r = with_progress(&self.ops, &label, ctx, self.ops.start(req, Actor::Mcp)).await?;
-        let message = r.message("started");
-        if r.readiness.as_ref().is_some_and(|x| x.failed()) {
-            return Err(message);
+        started_output(vec![r], "started")
+    }
+
+    async fn stop(&self, p: Result<StopParams, String>) -> ToolResult {
+        let p = p?;
+        let names = self
+            .each(&p.process, |s, _| s.state.is_live(), "runs")
+            .await?;
+        let mut messages = Vec::new();
+        let mut stopped = Vec::new();
+        for name in &names {
+            let was_pid = self.ops.status_now(name).map_err(op_err)?.pid;
+            let status = self
+                .ops
+                .stop(name, p.force.unwrap_or(false), Actor::Mcp)
+                .await
+                .map_err(op_err)?;
+            let mut message = render::stop_message(&status, was_pid);
+            if p.remove == Some(true) {
+                self.ops.remove(&status.name).await.map_err(op_err)?;
+                message.push_str("; removed from the list (its logs stay searchable)");
+            }
+            messages.push(message);
+            stopped.push(status);
         }
+        let message = messages.join("; ");
+        let status = stopped.remove(0);
         ok(
-            &StartOutput {
+            &StopOutput {
                 message: message.clone(),
-                result: r,
+                status,
+                also: stopped,
             },
             message,
         )
     }
 
-    async fn stop(&self, p: Result<StopParams, String>) -> ToolResult {
-        let p = p?;
-        let was_pid = self.ops.status_now(&p.process).map_err(op_err)?.pid;
-        let status = self
-            .ops
-            .stop(&p.process, p.force.unwrap_or(false), Actor::Mcp)
-            .await
-            .map_err(op_err)?;
-        let mut message = render::stop_message(&status, was_pid);
-        if p.remove == Some(true) {
-            self.ops.remove(&status.name).await.map_err(op_err)?;
-            message.push_str("; removed from the list (its logs stay searchable)");
+    /// The processes a verb acts on: `process` itself, or with `"*"` every process
+    /// `pick` accepts (given its status and whether it was started with a command); an
+    /// error naming `what` when `"*"` finds none.
+    async fn each(
+        &self,
+        process: &str,
+        pick: impl Fn(&crate::protocol::Status, bool) -> bool,
+        what: &str,
+    ) -> Result<Vec<String>, String> {
+        if process != "*" {
+            return Ok(vec![process.to_owned()]);
         }
-        ok(
-            &StopOutput {
-                message: message.clone(),
-                status,
-            },
-            message,
-        )
+        let report = self.ops.status(None).await.map_err(op_err)?;
+        let names: Vec<String> = report
+            .processes
+            .iter()
+            .filter(|p| pick(&p.status, p.runtime))
+            .map(|p| p.status.name.clone())
+            .collect();
+        if names.is_empty() {
+            return Err(format!("\"*\": no process {what}; see get_status"));
+        }
+        Ok(names)
     }
 
     async fn restart(
@@ -276,24 +324,21 @@ impl BpmTools {
     ) -> ToolResult {
         let p = p?;
         let wait = crate::protocol::wait_duration(p.wait_seconds)?;
-        let r = with_progress(
-            &self.ops,
-            &p.process,
-            ctx,
-            self.ops.restart(&p.process, Actor::Mcp, wait),
-        )
-        .await?;
-        let message = r.message("restarted");
-        if r.readiness.as_ref().is_some_and(|x| x.failed()) {
-            return Err(message);
+        let names = self
+            .each(&p.process, |s, _| s.state.is_live(), "runs")
+            .await?;
+        let mut results = Vec::new();
+        for name in &names {
+            let r = with_progress(
+                &self.ops,
+                name,
+                ctx,
+                self.ops.restart(name, Actor::Mcp, wait),
+            )
+            .await?;
+            results.push(r);
         }
-        ok(
-            &StartOutput {
-                message: message.clone(),
-                result: r,
-            },
-            message,
-        )
+        started_output(results, "restarted")
     }
 
     async fn search(&self, p: Result<SearchLogsParams, String>, kind: InstanceKind) -> ToolResult {
@@ -352,6 +397,28 @@ impl BpmTools {
         let text = render::logs_text(&out, pattern.as_deref());
         ok(&out, text)
     }
+}
+
+/// The answer of a start or restart of one or more processes: an error when any of them
+/// did not come up.
+fn started_output(mut results: Vec<StartResult>, verb: &str) -> ToolResult {
+    let messages: Vec<String> = results.iter().map(|r| r.message(verb)).collect();
+    let message = messages.join("; ");
+    if results
+        .iter()
+        .any(|r| r.readiness.as_ref().is_some_and(|x| x.failed()))
+    {
+        return Err(message);
+    }
+    let result = results.remove(0);
+    ok(
+        &StartOutput {
+            message: message.clone(),
+            result,
+            also: results,
+        },
+        message,
+    )
 }
 
 /// Run a start or restart, sending progress notifications while it is under way when

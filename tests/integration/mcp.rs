@@ -980,3 +980,47 @@ async fn search_logs_without_a_process_searches_every_process() {
     s.cancel().await.unwrap();
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_star_starts_restarts_and_stops_every_process() {
+    let dirs = Dirs::new();
+    dirs.write_config(
+        "[process.a]\ncommand = [\"sleep\", \"300\"]\nautostart = false\n[process.b]\ncommand = [\"sleep\", \"301\"]\nautostart = false\n",
+    );
+    let d = start(&dirs, None);
+    let s = connect(&d).await;
+    let e = err(&s, "stop", json!({"process": "*"})).await;
+    assert!(e.contains("no process runs"), "{e}");
+    let started = ok(&s, "start", json!({"name": "*", "wait_seconds": 0})).await;
+    let pids: Vec<u64> = std::iter::once(&started["status"])
+        .chain(
+            started["also"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| &r["status"]),
+        )
+        .map(|st| st["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{started}");
+    let restarted = ok(&s, "restart", json!({"process": "*"})).await;
+    let new_pid = restarted["status"]["pid"].as_u64().unwrap();
+    assert!(!pids.contains(&new_pid), "{restarted}");
+    assert_eq!(
+        restarted["also"].as_array().unwrap().len(),
+        1,
+        "{restarted}"
+    );
+    let stopped = ok(&s, "stop", json!({"process": "*"})).await;
+    assert!(
+        stopped["message"].as_str().unwrap().contains("stopped a")
+            && stopped["message"].as_str().unwrap().contains("stopped b"),
+        "{stopped}"
+    );
+    let st = ok(&s, "get_status", json!({})).await;
+    for p in st["processes"].as_array().unwrap() {
+        assert_eq!(p["state"], json!("stopped"), "{st}");
+    }
+    s.cancel().await.unwrap();
+    d.shutdown().await;
+}

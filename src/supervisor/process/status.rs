@@ -77,6 +77,15 @@ impl State {
     pub fn is_running(&self) -> bool {
         matches!(self, State::Starting | State::Running | State::Ready)
     }
+
+    /// Whether it is up or on its way (running, building, exiting, waiting to restart):
+    /// what `stop --all` stops and `restart --all` restarts.
+    pub fn is_live(&self) -> bool {
+        !matches!(
+            self,
+            State::Stopped | State::Exited { .. } | State::Failed { .. }
+        )
+    }
 }
 
 /// The state in a few words: `running`, `exited (exit code 1)`, `crashed, restarting
