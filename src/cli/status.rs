@@ -153,6 +153,7 @@ fn state_text(s: &State) -> (String, &'static str) {
             if status.success() { "" } else { RED },
         ),
         State::Failed { .. } => ("failed".into(), RED),
+        State::Unhealthy { .. } => ("unhealthy".into(), RED),
     }
 }
 
@@ -232,6 +233,12 @@ fn print_report(o: &StatusOutput, offline: bool) -> anyhow::Result<()> {
     }
     for (p, r) in procs.iter().zip(&rows) {
         writeln!(out, "{}", line(r, Some(state_text(&p.status.state).1)))?;
+    }
+    // The evidence of a failing health check.
+    for p in procs {
+        if let State::Unhealthy { .. } = &p.status.state {
+            writeln!(out, "{}: {}", p.status.name, p.status.state)?;
+        }
     }
     if let (Some(p), Some(inst)) = (procs.first(), &o.instances) {
         if let Some(e) = &p.status.last_error {

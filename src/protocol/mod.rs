@@ -399,10 +399,7 @@ impl StartRequest {
             }
             _ => return Err("pass one readiness check: ready_port, ready_url or ready_log".into()),
         };
-        Ok(Some(Ready {
-            check,
-            timeout: Duration::from_secs(30),
-        }))
+        Ok(Some(Ready::new(check)))
     }
 }
 

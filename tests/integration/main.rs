@@ -13,6 +13,7 @@ mod access;
 mod bounds;
 mod cli;
 mod daemon;
+mod health;
 mod mcp;
 mod migrations;
 mod orphans;
