@@ -221,3 +221,61 @@ fn a_server_says_where_it_listens_in_the_start_answer_and_status() {
     );
     env.ok(&["stop", "web"]);
 }
+
+/// The state's name in a status (`"ready"`, `{"failed": ...}` -> `failed`).
+fn state_word(p: &serde_json::Value) -> String {
+    match &p["state"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn a_crash_restart_in_dev_mode_rebuilds_and_a_failed_build_leaves_it_failed_with_the_errors() {
+    let mut env = Env::new();
+    let p = &env.dirs.project;
+    // The build turns the source into what the process runs; it fails on a "broken" one.
+    std::fs::write(
+        p.join("build.sh"),
+        "if grep -q broken src.txt; then echo 'compiling...'; echo 'error: src.txt is broken' >&2; exit 1; fi\n\
+         cp src.txt built.txt\n",
+    )
+    .unwrap();
+    std::fs::write(p.join("src.txt"), "v1\n").unwrap();
+    env.write_config(
+        "dev_crash_wait_seconds = 0.2\n\
+         [process.app]\n\
+         command = [\"sh\", \"-c\", \"echo running $(cat built.txt); sleep 0.2; exit 1\"]\n\
+         build = [\"sh\", \"build.sh\"]\n\
+         restart = \"on-failure\"\n",
+    );
+    env.serve();
+    let last_line = |env: &Env| {
+        String::from_utf8_lossy(&env.bpm(&["logs", "app", "--tail", "1"]).stdout).into_owned()
+    };
+    wait_for("the first run", || last_line(&env).contains("running v1"));
+    env.ok(&["mode", "dev"]);
+
+    // The fix the developer just made is picked up by the next crash restart.
+    std::fs::write(env.dirs.project.join("src.txt"), "v2\n").unwrap();
+    wait_for("a run of the rebuilt version", || {
+        last_line(&env).contains("running v2")
+    });
+    let builds = env.process("app")["build_instances"].as_u64().unwrap();
+    assert!(builds >= 2, "the crash restart built: {builds} builds");
+
+    // A broken source: the crash restart's build fails, and it stays down with the errors.
+    std::fs::write(env.dirs.project.join("src.txt"), "broken\n").unwrap();
+    let failed = wait_for("the failed build", || {
+        let p = env.process("app");
+        (state_word(&p) == "failed").then_some(p)
+    });
+    let error = failed["state"]["failed"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("build of app failed") && error.contains("error: src.txt is broken"),
+        "{failed}"
+    );
+    assert_eq!(failed["pid"], serde_json::Value::Null, "{failed}");
+    env.ok(&["stop", "app"]);
+}

@@ -89,6 +89,8 @@ struct PendingBuild {
     waiters: Vec<Reply>,
     /// A restart asked for it (as opposed to a start of a stopped process).
     restart: bool,
+    /// The crash policy's restart asked for it (dev mode): the crash count stays.
+    crash: bool,
 }
 
 enum Internal {
@@ -234,12 +236,14 @@ impl Supervisor {
                 if self.run.is_some() {
                     self.reply(reply, Ok(self.status()));
                 } else if let Some(build) = &mut self.build {
+                    // A start asked for it too: a manual start resets the crash count.
+                    build.crash = false;
                     build.waiters.push(reply);
                 } else {
                     self.backoff = None;
                     self.crash_count = 0;
                     if self.spec.build.is_some() {
-                        self.begin_build(reply, false);
+                        self.begin_build(Some(reply), false);
                     } else {
                         let result = self.spawn_run().await.map(|()| self.status());
                         self.reply(reply, result);
@@ -253,9 +257,10 @@ impl Supervisor {
                 );
                 if let Some(build) = &mut self.build {
                     build.restart = true;
+                    build.crash = false;
                     build.waiters.push(reply);
                 } else if self.spec.build.is_some() {
-                    self.begin_build(reply, true);
+                    self.begin_build(Some(reply), true);
                 } else {
                     self.backoff = None;
                     self.crash_count = 0;
@@ -619,13 +624,22 @@ impl Supervisor {
         if self.run.is_some() {
             return;
         }
-        self.restarts += 1;
         self.record(
             self.last_instance,
             EventKind::RestartRequested {
                 by: Actor::CrashPolicy,
             },
         );
+        // In dev mode the crash may be fixed in the source by now: build first (a failed
+        // build leaves it failed with the build's first errors, as a failed restart does).
+        if *self.mode.borrow() == Mode::Dev && self.spec.build_argv(Mode::Dev).is_some() {
+            self.begin_build(None, true);
+            if let Some(b) = &mut self.build {
+                b.crash = true;
+            }
+            return;
+        }
+        self.restarts += 1;
         if let Err(e) = self.spawn_run().await {
             tracing::warn!(error = %e, "crash restart failed");
         }
@@ -719,7 +733,7 @@ impl Supervisor {
         }
     }
 
-    fn begin_build(&mut self, reply: Reply, restart: bool) {
+    fn begin_build(&mut self, reply: Option<Reply>, restart: bool) {
         let Some(argv) = self.spec.build_argv(*self.mode.borrow()) else {
             return;
         };
@@ -745,8 +759,9 @@ impl Supervisor {
             id,
             cancel: Some(cancel_tx),
             task,
-            waiters: vec![reply],
+            waiters: reply.into_iter().collect(),
             restart,
+            crash: false,
         });
         if self.run.is_none() && self.backoff.is_none() {
             self.state = State::Building;
@@ -763,7 +778,9 @@ impl Supervisor {
         let reply = match result {
             Ok(()) => {
                 self.backoff = None;
-                self.crash_count = 0;
+                if !build.crash {
+                    self.crash_count = 0;
+                }
                 let had_run = self.run.is_some();
                 self.swap_out_run().await;
                 if had_run || build.restart {
