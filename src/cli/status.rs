@@ -259,7 +259,7 @@ fn print_report(o: &StatusOutput, offline: bool) -> anyhow::Result<()> {
                 out,
                 "  {:>3}  #{:<5} pid {:<8} {}  {} lines  {}",
                 i as i64 - n,
-                m.id,
+                m.number,
                 m.pid.map_or("-".into(), |x| x.to_string()),
                 m.started,
                 m.lines,

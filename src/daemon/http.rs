@@ -70,9 +70,11 @@ impl IntoResponse for OpError {
             OpError::UnknownProcess { .. } => StatusCode::NOT_FOUND,
             OpError::BadRequest(_)
             | OpError::Search(SearchError::BadRegex { .. } | SearchError::TooLong { .. })
-            | OpError::Store(StoreError::IndexOutOfRange { .. } | StoreError::NoInstances { .. }) => {
-                StatusCode::BAD_REQUEST
-            }
+            | OpError::Store(
+                StoreError::IndexOutOfRange { .. }
+                | StoreError::NoSuchNumber { .. }
+                | StoreError::NoInstances { .. },
+            ) => StatusCode::BAD_REQUEST,
             OpError::Process(_) => StatusCode::CONFLICT,
             OpError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             OpError::Store(

@@ -14,7 +14,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde::Serialize;
 
 use super::params::{
-    self, GetStatusParams, RestartParams, SearchLogsParams, StartParams, StopParams,
+    self, GetStatusParams, Index, RestartParams, SearchLogsParams, StartParams, StopParams,
 };
 use super::render::{self, LogsOutput, StartOutput, StopOutput};
 use crate::daemon::ops::{OpError, Ops};
@@ -313,7 +313,14 @@ impl BpmTools {
             head: p.head,
             tail: p.tail,
             all: false,
-            index: p.index,
+            index: match p.index {
+                Some(Index::Relative(i)) => Some(i),
+                _ => None,
+            },
+            number: match p.index {
+                Some(Index::Number(n)) => Some(n),
+                _ => None,
+            },
             all_instances: p.all_instances.unwrap_or(false),
             build: kind == InstanceKind::Build,
             stream: p.stream.unwrap_or_default(),

@@ -367,7 +367,7 @@ fn output_title(app: &App) -> String {
     };
     format!(
         " {name} · {kind} #{} ({}/{n}) · started {} · {ended} ",
-        s.id,
+        s.number,
         pos + 1,
         clock(&s.started)
     )

@@ -463,7 +463,7 @@ async fn failures_say_what_would_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_gives_a_new_pid_and_keeps_the_previous_run_as_index_minus_2() {
+async fn restart_gives_a_new_pid_and_keeps_the_previous_run_as_index_minus_2_and_number_1() {
     let n = noisy().await;
     let (s, name) = (&n.s, &n.name);
     let r = ok(s, "restart", json!({"process": name})).await;
@@ -479,6 +479,18 @@ async fn restart_gives_a_new_pid_and_keeps_the_previous_run_as_index_minus_2() {
     assert_eq!(prev["instances"][0]["pid"].as_u64(), Some(n.pid));
     let st = ok(s, "get_status", json!({"process": name})).await;
     assert_eq!(st["processes"][0]["run_instances"], json!(2));
+    // The same run by its number: the process's first run is "#1", the new one "#2".
+    let first = ok(
+        s,
+        "search_logs",
+        json!({"process": name, "index": "#1", "pattern": "oops"}),
+    )
+    .await;
+    assert_eq!(first["instances"][0]["pid"].as_u64(), Some(n.pid));
+    assert_eq!(first["instances"][0]["number"], json!(1));
+    assert_eq!(st["processes"][0]["run_number"], json!(2));
+    let e = err(s, "search_logs", json!({"process": name, "index": "#0"})).await;
+    assert!(e.contains("\"#3\""), "{e}");
     n.finish().await;
 }
 

@@ -279,3 +279,43 @@ fn a_crash_restart_in_dev_mode_rebuilds_and_a_failed_build_leaves_it_failed_with
     assert_eq!(failed["pid"], serde_json::Value::Null, "{failed}");
     env.ok(&["stop", "app"]);
 }
+
+#[test]
+fn each_process_numbers_its_own_runs_and_instance_takes_a_number() {
+    let env = Env::new();
+    // Each run of `a` says which it is; runs of `b` come in between.
+    let a = [
+        "sh",
+        "-c",
+        "echo x >> a-runs; echo a run $(wc -l < a-runs | tr -d ' ')",
+    ];
+    for _ in 0..3 {
+        env.ok(&[&["run", "--name", "a", "--"][..], &a[..]].concat());
+        env.ok(&["run", "--name", "b", "--", "sh", "-c", "echo b"]);
+    }
+    let second = env.ok(&["logs", "a", "--instance", "#2"]);
+    assert_eq!(second.trim(), "a run 2");
+    let json = env.json(&["logs", "a", "--instance", "#2"]);
+    assert_eq!(json["instances"][0]["number"], 2, "{json}");
+    let all = env.ok(&["logs", "a", "--all-instances"]);
+    for n in 1..=3 {
+        assert!(all.contains(&format!("==> a run #{n},")), "{all}");
+    }
+    let b = env.json(&["logs", "b", "--all-instances"]);
+    let numbers: Vec<_> = b["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3], "{b}");
+    assert_eq!(env.process("a")["run_number"], 3);
+    let detail = env.ok(&["status", "a"]);
+    assert!(detail.contains("#3 "), "{detail}");
+    // A number that is not kept, and a bad one, are usage errors naming what would work.
+    let out = env.bpm(&["logs", "a", "--instance", "#9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("#1..#3"), "{}", stderr(&out));
+    let out = env.bpm(&["logs", "a", "--instance", "#x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -24,7 +24,8 @@ use tokio::sync::oneshot;
 use super::block::{self, Block, BlockView};
 use super::model::{Event, EventKind, ExitStatus, InstanceKind, InstanceMeta, now_us};
 use super::schema::{
-    self, BLOCKS, EVENTS, INSTANCES, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES,
+    self, BLOCKS, EVENTS, INSTANCE_NUMBERS, INSTANCES, PROCESS_EVENTS, PROCESS_INSTANCES,
+    PROCESS_NUMBERS, PROCESSES,
 };
 use super::{Limits, Shared, StoreError, StoreOptions};
 
@@ -76,6 +77,7 @@ enum Op {
         process: String,
         kind: u8,
         id: u64,
+        number: u64,
     },
     Event {
         id: u64,
@@ -116,9 +118,22 @@ fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
             txn.open_table(BLOCKS)?
                 .insert((block.instance, block.first_seq), stored.as_slice())?;
         }
-        Op::Start { process, kind, id } => {
+        Op::Start {
+            process,
+            kind,
+            id,
+            number,
+        } => {
             txn.open_table(PROCESS_INSTANCES)?
                 .insert((process.as_str(), *kind, *id), ())?;
+            txn.open_table(INSTANCE_NUMBERS)?.insert(*id, *number)?;
+            let mut last = txn.open_table(PROCESS_NUMBERS)?;
+            let before = last
+                .get((process.as_str(), *kind))?
+                .map_or(0, |v| v.value());
+            if *number > before {
+                last.insert((process.as_str(), *kind), *number)?;
+            }
         }
         Op::Event { id, process, bytes } => {
             txn.open_table(EVENTS)?.insert(*id, bytes.as_slice())?;
@@ -147,6 +162,7 @@ fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
             }
             txn.open_table(PROCESS_INSTANCES)?
                 .remove((process.as_str(), *kind, *id))?;
+            txn.open_table(INSTANCE_NUMBERS)?.remove(*id)?;
         }
         Op::TrimBlocks { id, below } => {
             txn.open_table(BLOCKS)?
@@ -550,6 +566,7 @@ impl Writer {
                     process: meta.process.clone(),
                     kind: meta.kind.code(),
                     id: meta.id,
+                    number: meta.number,
                 };
                 self.metas.insert(meta.id, *meta);
                 self.retention_due = true;
