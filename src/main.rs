@@ -73,8 +73,9 @@ enum Command {
     Stop(status::StopArgs),
     /// Restart a process (rebuild first if it has a build step).
     Restart(status::NameArgs),
-    /// Remove a stopped process started with a command from the list (its logs stay).
-    Rm(status::NameArgs),
+    /// Remove a stopped process started with a command from the list (its logs stay
+    /// unless --logs).
+    Rm(status::RmArgs),
     /// Print or switch the daemon's mode.
     Mode(status::ModeArgs),
     /// The processes and their state; with NAME, its instances and recent events.

@@ -310,15 +310,33 @@ fn outcome(r: &crate::protocol::StartResult) -> ExitCode {
     }
 }
 
-/// `bpm rm NAME`.
-pub fn remove(args: NameArgs) -> ExitCode {
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    /// The process: its name.
+    pub name: String,
+    /// Also delete its stored logs now (otherwise they stay until retention removes them).
+    #[arg(long)]
+    pub logs: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `bpm rm NAME [--logs]`.
+pub fn remove(args: RmArgs) -> ExitCode {
     super::execute(async move {
         let client = connect(&args.common).await?;
-        client.remove(&args.name).await.map_err(api_error)?;
-        eprintln!(
-            "bpm: removed {} from the list (its logs stay until retention removes them)",
-            args.name
-        );
+        client
+            .remove(&args.name, args.logs)
+            .await
+            .map_err(api_error)?;
+        if args.logs {
+            eprintln!("bpm: removed {} and its logs", args.name);
+        } else {
+            eprintln!(
+                "bpm: removed {} from the list (its logs stay until retention removes them; `--logs` deletes them)",
+                args.name
+            );
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -631,6 +631,20 @@ impl Store {
         Ok(())
     }
 
+    /// Remove a process's logs: every instance of it that is not live, with its lines.
+    /// Returns once that is durable.
+    pub async fn remove_logs(&self, process: &str) -> Result<(), StoreError> {
+        self.writable()?;
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if !self.shared.send(Msg::RemoveLogs {
+            process: process.to_owned(),
+            done,
+        }) {
+            return Err(StoreError::WriterGone);
+        }
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
     /// Set a process's retention limits.
     pub fn set_limits(&self, process: &str, limits: Limits) {
         self.shared.send(Msg::Limits {

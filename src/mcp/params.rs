@@ -102,6 +102,10 @@ pub struct StopParams {
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     #[schemars(with = "Option<bool>")]
     pub remove: Option<bool>,
+    /// With `remove`: also delete its stored logs now. Default false.
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    #[schemars(with = "Option<bool>")]
+    pub remove_logs: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -234,6 +234,10 @@ impl BpmTools {
 
     async fn stop(&self, p: Result<StopParams, String>) -> ToolResult {
         let p = p?;
+        let remove_logs = p.remove_logs == Some(true);
+        if remove_logs && p.remove != Some(true) {
+            return Err("remove_logs deletes the logs of a process being removed: pass remove: true with it".into());
+        }
         let was_pid = self.ops.status_now(&p.process).map_err(op_err)?.pid;
         let status = self
             .ops
@@ -242,8 +246,15 @@ impl BpmTools {
             .map_err(op_err)?;
         let mut message = render::stop_message(&status, was_pid);
         if p.remove == Some(true) {
-            self.ops.remove(&status.name).await.map_err(op_err)?;
-            message.push_str("; removed from the list (its logs stay searchable)");
+            self.ops
+                .remove(&status.name, remove_logs)
+                .await
+                .map_err(op_err)?;
+            message.push_str(if remove_logs {
+                "; removed from the list with its logs"
+            } else {
+                "; removed from the list (its logs stay searchable)"
+            });
         }
         ok(
             &StopOutput {

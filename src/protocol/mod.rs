@@ -445,6 +445,14 @@ pub struct StopQuery {
     pub force: bool,
 }
 
+/// The options of `POST /api/remove/NAME`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoveQuery {
+    /// Also delete its stored logs now (otherwise they stay until retention removes them).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub logs: bool,
+}
+
 /// `GET /api/mode` answers it; `POST /api/mode` takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModeBody {

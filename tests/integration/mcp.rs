@@ -931,3 +931,27 @@ async fn the_stdio_bridge_starts_the_daemon_and_survives_its_restart() {
     s.cancel().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_with_remove_logs_takes_the_process_and_its_logs_away() {
+    let n = noisy().await;
+    let (s, name) = (&n.s, &n.name);
+    let e = err(s, "stop", json!({"process": name, "remove_logs": true})).await;
+    assert!(e.contains("remove: true"), "{e}");
+    // Refused before anything was done: it still runs.
+    let st = ok(s, "get_status", json!({"process": name})).await;
+    assert_eq!(st["processes"][0]["pid"].as_u64(), Some(n.pid));
+    let r = ok(
+        s,
+        "stop",
+        json!({"process": name, "remove": true, "remove_logs": "true"}),
+    )
+    .await;
+    assert!(
+        r["message"].as_str().unwrap().contains("with its logs"),
+        "{r}"
+    );
+    let e = err(s, "search_logs", json!({"process": name})).await;
+    assert!(e.contains("no process named"), "{e}");
+    n.finish().await;
+}

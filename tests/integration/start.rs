@@ -319,3 +319,34 @@ fn each_process_numbers_its_own_runs_and_instance_takes_a_number() {
     let out = env.bpm(&["logs", "a", "--instance", "#x"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn bpm_rm_with_logs_deletes_them_from_the_store_and_without_keeps_them() {
+    let env = Env::new();
+    env.ok(&["run", "--name", "keep", "--", "sh", "-c", "echo kept line"]);
+    for _ in 0..2 {
+        env.ok(&["run", "--name", "gone", "--", "sh", "-c", "echo gone line"]);
+    }
+    env.ok(&["rm", "keep"]);
+    let out = env.bpm(&["rm", "gone", "--logs"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("and its logs"), "{}", stderr(&out));
+    assert!(env.process("keep").is_null() && env.process("gone").is_null());
+    // Through the daemon: the kept logs read, the deleted ones are unknown.
+    assert_eq!(env.ok(&["logs", "keep"]).trim(), "kept line");
+    let out = env.bpm(&["logs", "gone"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("gone"), "{}", stderr(&out));
+    // In the store file itself, once the daemon has stopped.
+    crate::helpers::daemon::DaemonOf(env.dirs.data.clone()).stop();
+    let store = bpm::logs::Store::open_read_only(&env.dirs.data.join("logs.redb")).unwrap();
+    let runs = |p: &str| {
+        store
+            .instances(p, bpm::logs::InstanceKind::Run)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(runs("gone"), 0);
+    assert_eq!(runs("keep"), 1);
+    assert!(!store.process_names().unwrap().contains(&"gone".to_owned()));
+}

@@ -58,6 +58,12 @@ pub(crate) enum Msg {
     RemoveProcess {
         name: String,
     },
+    /// Remove every instance of a process that is not live, with its lines; `done` once
+    /// that is durable.
+    RemoveLogs {
+        process: String,
+        done: Done,
+    },
     Limits {
         process: String,
         limits: Limits,
@@ -233,6 +239,9 @@ pub(crate) struct Writer {
     group_bytes: usize,
     group_lines: u64,
     waiters: Vec<Done>,
+    /// Processes whose logs go at the next retention pass (`Msg::RemoveLogs`), and who
+    /// waits for it.
+    remove_logs: Vec<(String, Done)>,
     /// Instances whose end is in the open group: leave the live map at commit.
     ended: Vec<u64>,
     /// Metadata of live instances (and of ended ones until their end commits).
@@ -354,6 +363,7 @@ impl Writer {
             group_bytes: 0,
             group_lines: 0,
             waiters: Vec::new(),
+            remove_logs: Vec::new(),
             ended: Vec::new(),
             metas: HashMap::new(),
             dirty: HashSet::new(),
@@ -619,6 +629,11 @@ impl Writer {
             Msg::RemoveProcess { name } => {
                 self.push(Op::RemoveProcess { name });
                 true
+            }
+            Msg::RemoveLogs { process, done } => {
+                self.remove_logs.push((process, done));
+                self.retention_due = true;
+                false
             }
             Msg::Limits { process, limits } => {
                 self.limits.insert(process, limits);
