@@ -16,8 +16,13 @@ use crate::config::ReadyCheck;
 use crate::logs::Store;
 use crate::supervisor::procgroup::{self, Scope};
 
-/// How often TCP and HTTP readiness probes try again.
+/// How often TCP and HTTP readiness probes try again: often at first, so that a start
+/// answers within milliseconds of the port accepting (a refused connect to a local port
+/// costs microseconds), then less often for a slow starter.
+const PROBE_INTERVAL_FAST: Duration = Duration::from_millis(2);
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the probes try at [`PROBE_INTERVAL_FAST`].
+const PROBE_FAST_FOR: Duration = Duration::from_secs(10);
 
 /// How long one probe attempt may take.
 const PROBE_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
@@ -25,19 +30,27 @@ const PROBE_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
 /// Probe readiness until it passes (true), or until the instance's output ends first for
 /// a log check (false). The caller aborts it when the run ends.
 pub(super) async fn passes(check: ReadyCheck, store: Store, instance: u64) -> bool {
+    let started = tokio::time::Instant::now();
+    let pause = || {
+        tokio::time::sleep(if started.elapsed() < PROBE_FAST_FOR {
+            PROBE_INTERVAL_FAST
+        } else {
+            PROBE_INTERVAL
+        })
+    };
     match check {
         ReadyCheck::Log { pattern } => log_matches(&store, instance, &pattern).await,
         ReadyCheck::Tcp { port } => loop {
             if tcp_open(port).await {
                 break true;
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            pause().await;
         },
         ReadyCheck::Http { url } => loop {
             if http_ok(&url).await {
                 break true;
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            pause().await;
         },
     }
 }
