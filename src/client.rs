@@ -424,9 +424,14 @@ impl Client {
         self.call("POST", &path, None::<&()>).await
     }
 
-    /// Remove a runtime process that is not running from the list (its logs stay).
-    pub async fn remove(&self, process: &str) -> Result<(), ClientError> {
-        let path = format!("/api/remove/{}", segment(process));
+    /// Remove a runtime process that is not running from the list; its logs stay unless
+    /// `logs` (then they are deleted at once).
+    pub async fn remove(&self, process: &str, logs: bool) -> Result<(), ClientError> {
+        let path = format!(
+            "/api/remove/{}{}",
+            segment(process),
+            query(&crate::protocol::RemoveQuery { logs })?
+        );
         self.send("POST", &path, None).await?;
         Ok(())
     }

@@ -79,9 +79,10 @@ enum Command {
     /// Restart a process (rebuild first if it has a build step).
     #[command(after_help = help::RESTART)]
     Restart(status::ManyArgs),
-    /// Remove a stopped process started with a command from the list (its logs stay).
+    /// Remove a stopped process started with a command from the list (its logs stay
+    /// unless --logs).
     #[command(after_help = help::RM)]
-    Rm(status::NameArgs),
+    Rm(status::RmArgs),
     /// Print or switch the daemon's mode.
     #[command(after_help = help::MODE)]
     Mode(status::ModeArgs),

@@ -17,9 +17,10 @@ pub struct LogsArgs {
     /// The process: its name, or the pid of its running instance.
     #[arg(add = super::complete::process_names())]
     pub name: String,
-    /// Which instance: -1 the newest (default), -2 the one before; 0 the oldest retained, 1 the next.
-    #[arg(long, allow_negative_numbers = true, value_name = "I")]
-    pub instance: Option<i64>,
+    /// Which run (or build): -1 the newest (default), -2 the one before; 0 the oldest
+    /// retained, 1 the next; or #3, the process's third run.
+    #[arg(long, allow_hyphen_values = true, value_name = "I|#N", value_parser = Which::parse)]
+    pub instance: Option<Which>,
     /// Every retained instance, oldest first.
     #[arg(long, conflicts_with = "instance")]
     pub all_instances: bool,
@@ -100,7 +101,8 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         tail: args.tail,
         // The CLI prints every line unless told otherwise.
         all: args.head.is_none() && args.tail.is_none(),
-        index: args.instance,
+        index: args.instance.and_then(Which::index),
+        number: args.instance.and_then(Which::number),
         all_instances: args.all_instances,
         build: args.build,
         stream: args.stream,
@@ -123,7 +125,10 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
                 Err(
                     e @ (ops::OpError::BadRequest(_)
                     | ops::OpError::Search(_)
-                    | ops::OpError::Store(crate::logs::StoreError::IndexOutOfRange { .. })),
+                    | ops::OpError::Store(
+                        crate::logs::StoreError::IndexOutOfRange { .. }
+                        | crate::logs::StoreError::NoSuchNumber { .. },
+                    )),
                 ) => return Err(UsageError(e.to_string()).into()),
                 Err(e) => return Err(e.into()),
             }
@@ -227,11 +232,7 @@ fn render_result(r: &LogResult, args: &LogsArgs, render: &Render) -> anyhow::Res
     for l in &r.lines {
         if args.all_instances && prev.is_none_or(|(i, _)| i != l.instance) {
             let meta = r.instances.iter().find(|m| m.id == l.instance);
-            writeln!(
-                out,
-                "==> {} <==",
-                describe_instance(&args.name, l.instance, meta)
-            )?;
+            writeln!(out, "==> {} <==", describe_instance(&args.name, meta))?;
         } else if args.context > 0
             && args.grep.is_some()
             && prev.is_some_and(|(i, s)| i == l.instance && s + 1 != l.seq)
@@ -260,9 +261,10 @@ fn render_result(r: &LogResult, args: &LogsArgs, render: &Render) -> anyhow::Res
     Ok(())
 }
 
-fn describe_instance(name: &str, id: u64, meta: Option<&InstanceSummary>) -> String {
-    let mut s = format!("{name} #{id}");
+fn describe_instance(name: &str, meta: Option<&InstanceSummary>) -> String {
+    let mut s = name.to_owned();
     if let Some(m) = meta {
+        s.push_str(&format!(" {} #{}", m.kind.noun(), m.number));
         if let Some(pid) = m.pid {
             s.push_str(&format!(", pid {pid}"));
         }
@@ -279,7 +281,8 @@ fn describe_instance(name: &str, id: u64, meta: Option<&InstanceSummary>) -> Str
 async fn follow(args: &LogsArgs, client: &Client, render: &Render) -> anyhow::Result<ExitCode> {
     let query = FollowQuery {
         instance: None,
-        index: args.instance,
+        number: args.instance.and_then(Which::number),
+        index: args.instance.and_then(Which::index),
         build: args.build,
         tail: Some(args.tail.map_or(DEFAULT_FOLLOW_TAIL, |t| t as u64)),
         stream: args.stream,
@@ -325,17 +328,14 @@ impl Render {
                 }
                 FollowRecord::Instance {
                     process,
-                    instance,
+                    number,
                     pid,
                     switch: true,
                     ..
                 } => {
                     out.flush()?;
                     let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
-                    writeln!(
-                        err,
-                        "bpm: --- {process} runs again: instance #{instance}{pid} ---"
-                    )?;
+                    writeln!(err, "bpm: --- {process} runs again: run #{number}{pid} ---")?;
                 }
                 FollowRecord::Instance { .. } => {}
                 FollowRecord::Exit {
@@ -352,5 +352,43 @@ impl Render {
         }
         out.flush()?;
         err.flush()
+    }
+}
+
+/// `--instance`: an index (-1 the newest) or a number (`#3`, the process's third run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    Index(i64),
+    Number(u64),
+}
+
+impl Which {
+    pub fn parse(s: &str) -> Result<Which, String> {
+        let t = s.trim();
+        if let Some(n) = t.strip_prefix('#') {
+            return match n.parse::<u64>() {
+                Ok(n) if n >= 1 => Ok(Which::Number(n)),
+                _ => Err(format!(
+                    "`{s}` is not a run number; use #1, #2, ... (or an index: -1 the newest)"
+                )),
+            };
+        }
+        t.parse::<i64>().map(Which::Index).map_err(|_| {
+            format!("`{s}` is not an instance; use -1 (the newest), -2, ... or #N (the Nth run)")
+        })
+    }
+
+    pub fn index(self) -> Option<i64> {
+        match self {
+            Which::Index(i) => Some(i),
+            Which::Number(_) => None,
+        }
+    }
+
+    pub fn number(self) -> Option<u64> {
+        match self {
+            Which::Number(n) => Some(n),
+            Which::Index(_) => None,
+        }
     }
 }

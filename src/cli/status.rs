@@ -21,15 +21,6 @@ pub struct StatusArgs {
     pub common: Common,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct NameArgs {
-    /// The process: its name, or the pid of its running instance.
-    #[arg(add = super::complete::process_names())]
-    pub name: String,
-    #[command(flatten)]
-    pub common: Common,
-}
-
 /// `start` and `restart`: one process, or `--all`.
 #[derive(clap::Args, Debug)]
 pub struct ManyArgs {
@@ -198,6 +189,7 @@ fn state_text(s: &State) -> (String, &'static str) {
             if status.success() { "" } else { RED },
         ),
         State::Failed { .. } => ("failed".into(), RED),
+        State::Unhealthy { .. } => ("unhealthy".into(), RED),
     }
 }
 
@@ -277,6 +269,12 @@ fn print_report(o: &StatusOutput, offline: bool, color: bool) -> anyhow::Result<
     for (p, r) in procs.iter().zip(&rows) {
         writeln!(out, "{}", line(r, Some(state_text(&p.status.state).1)))?;
     }
+    // The evidence of a failing health check.
+    for p in procs {
+        if let State::Unhealthy { .. } = &p.status.state {
+            writeln!(out, "{}: {}", p.status.name, p.status.state)?;
+        }
+    }
     if let (Some(p), Some(inst)) = (procs.first(), &o.instances) {
         if let Some(e) = &p.status.last_error {
             writeln!(out, "\nlast error: {e}")?;
@@ -296,7 +294,7 @@ fn print_report(o: &StatusOutput, offline: bool, color: bool) -> anyhow::Result<
                 out,
                 "  {:>3}  #{:<5} pid {:<8} {}  {} lines  {}",
                 i as i64 - n,
-                m.id,
+                m.number,
                 m.pid.map_or("-".into(), |x| x.to_string()),
                 m.started,
                 m.lines,
@@ -391,15 +389,34 @@ fn outcome(r: &crate::protocol::StartResult) -> ExitCode {
     }
 }
 
-/// `bpm rm NAME`.
-pub fn remove(args: NameArgs) -> ExitCode {
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    /// The process: its name.
+    #[arg(add = super::complete::process_names())]
+    pub name: String,
+    /// Also delete its stored logs now (otherwise they stay until retention removes them).
+    #[arg(long)]
+    pub logs: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `bpm rm NAME [--logs]`.
+pub fn remove(args: RmArgs) -> ExitCode {
     super::execute(async move {
         let client = connect(&args.common).await?;
-        client.remove(&args.name).await.map_err(api_error)?;
-        eprintln!(
-            "bpm: removed {} from the list (its logs stay until retention removes them)",
-            args.name
-        );
+        client
+            .remove(&args.name, args.logs)
+            .await
+            .map_err(api_error)?;
+        if args.logs {
+            eprintln!("bpm: removed {} and its logs", args.name);
+        } else {
+            eprintln!(
+                "bpm: removed {} from the list (its logs stay until retention removes them; `--logs` deletes them)",
+                args.name
+            );
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

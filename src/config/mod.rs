@@ -43,6 +43,8 @@ pub const DEFAULT_STABLE_RUN_SECONDS: f64 = 60.0;
 pub const DEFAULT_STORE_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 pub const DEFAULT_STOP_TIMEOUT_SECONDS: f64 = 5.0;
 pub const DEFAULT_READY_TIMEOUT_SECONDS: f64 = 30.0;
+/// How often a TCP or HTTP check is repeated once it passed, by default.
+pub const DEFAULT_HEALTH_INTERVAL_SECONDS: f64 = 10.0;
 pub const DEFAULT_KEEP_INSTANCES: u32 = 10;
 pub const DEFAULT_KEEP_BUILDS: u32 = 10;
 pub const DEFAULT_PROCESS_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -229,6 +231,37 @@ impl FromStr for StopSignal {
 pub struct Ready {
     pub check: ReadyCheck,
     pub timeout: Duration,
+    /// How often the check is repeated once it passed (`health_interval_seconds`):
+    /// `None` for the default ([`DEFAULT_HEALTH_INTERVAL_SECONDS`] for TCP and HTTP
+    /// checks, off for log checks), zero for off. See [`Ready::health_interval`].
+    #[serde(default)]
+    pub health_interval: Option<Duration>,
+    /// Restart the process when its health check keeps failing (`restart_on_unhealthy`).
+    #[serde(default)]
+    pub restart_on_unhealthy: bool,
+}
+
+impl Ready {
+    /// A readiness check with the default timeout and health settings.
+    pub fn new(check: ReadyCheck) -> Ready {
+        Ready {
+            check,
+            timeout: Duration::from_secs_f64(DEFAULT_READY_TIMEOUT_SECONDS),
+            health_interval: None,
+            restart_on_unhealthy: false,
+        }
+    }
+
+    /// How often the check runs again once it passed; `None`: not at all (a log check,
+    /// whose line does not come again, or an interval of 0).
+    pub fn health_interval(&self) -> Option<Duration> {
+        match (&self.check, self.health_interval) {
+            (ReadyCheck::Log { .. }, _) => None,
+            (_, Some(d)) if d.is_zero() => None,
+            (_, Some(d)) => Some(d),
+            (_, None) => Some(Duration::from_secs_f64(DEFAULT_HEALTH_INTERVAL_SECONDS)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,8 @@ struct RawProcess {
     stop_signal: Option<Spanned<String>>,
     stop_timeout_seconds: Option<Spanned<f64>>,
     ready: Option<Spanned<RawReady>>,
+    health_interval_seconds: Option<Spanned<f64>>,
+    restart_on_unhealthy: Option<Spanned<bool>>,
     autostart: Option<bool>,
     keep_instances: Option<Spanned<u32>>,
     keep_builds: Option<Spanned<u32>>,
@@ -375,10 +377,18 @@ fn resolve_process(
         None => StopSignal::default(),
     };
 
-    let ready = match raw.ready {
+    let mut ready = match raw.ready {
         Some(ready) => Some(resolve_ready(name, ready, ctx)?),
         None => None,
     };
+    resolve_health(
+        name,
+        name_span,
+        ready.as_mut(),
+        raw.health_interval_seconds,
+        raw.restart_on_unhealthy,
+        ctx,
+    )?;
 
     Ok(ProcessConfig {
         name: name.to_string(),
@@ -484,7 +494,73 @@ fn resolve_ready(name: &str, ready: Spanned<RawReady>, ctx: &Ctx) -> Result<Read
         DEFAULT_READY_TIMEOUT_SECONDS,
         "ready.timeout_seconds",
     )?;
-    Ok(Ready { check, timeout })
+    Ok(Ready {
+        timeout,
+        ..Ready::new(check)
+    })
+}
+
+/// `health_interval_seconds` and `restart_on_unhealthy`: they repeat a TCP or HTTP
+/// readiness check, so they need one.
+fn resolve_health(
+    name: &str,
+    name_span: Range<usize>,
+    ready: Option<&mut Ready>,
+    interval: Option<Spanned<f64>>,
+    restart: Option<Spanned<bool>>,
+    ctx: &Ctx,
+) -> Result<(), ConfigError> {
+    let span = interval
+        .as_ref()
+        .map(|i| i.span())
+        .or(restart.as_ref().map(|r| r.span()))
+        .unwrap_or(name_span);
+    let interval = match interval {
+        Some(v) => Some(duration(
+            ctx,
+            Some(v),
+            1.0,
+            DEFAULT_HEALTH_INTERVAL_SECONDS,
+            "health_interval_seconds",
+        )?),
+        None => None,
+    };
+    let restart = restart.is_some_and(|r| r.into_inner());
+    let Some(ready) = ready else {
+        if interval.is_some() || restart {
+            return Err(ctx.err(
+                span,
+                format!(
+                    "health checks of [process.{name}] repeat its readiness check: add \
+                     `ready = {{ tcp = PORT }}` or `ready = {{ http = \"http://...\" }}`"
+                ),
+            ));
+        }
+        return Ok(());
+    };
+    if matches!(ready.check, ReadyCheck::Log { .. })
+        && (interval.is_some_and(|d| !d.is_zero()) || restart)
+    {
+        return Err(ctx.err(
+            span,
+            format!(
+                "[process.{name}] has a log readiness check, which cannot be repeated; \
+                 health checks need `ready = {{ tcp = PORT }}` or `ready = {{ http = \"http://...\" }}`"
+            ),
+        ));
+    }
+    if interval.is_some_and(|d| d.is_zero()) && restart {
+        return Err(ctx.err(
+            span,
+            format!(
+                "[process.{name}]: `restart_on_unhealthy` needs health checks, but \
+                 `health_interval_seconds = 0` turns them off"
+            ),
+        ));
+    }
+    ready.health_interval = interval;
+    ready.restart_on_unhealthy = restart;
+    Ok(())
 }
 
 /// Makes a path absolute and removes `.` and `..` lexically, so that the same directory is

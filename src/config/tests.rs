@@ -221,6 +221,7 @@ ready = { log = "listening on \\d+" }
                 url: "http://127.0.0.1:8000/health".into()
             },
             timeout: Duration::from_secs(12),
+            ..Ready::new(ReadyCheck::Tcp { port: 1 })
         })
     );
 
@@ -232,6 +233,7 @@ ready = { log = "listening on \\d+" }
         Some(Ready {
             check: ReadyCheck::Tcp { port: 5432 },
             timeout: Duration::from_secs(30),
+            ..Ready::new(ReadyCheck::Tcp { port: 1 })
         })
     );
 
@@ -580,4 +582,45 @@ fn color_forces_colour_through_the_usual_variables_unless_set() {
     assert_eq!(env.get("CLICOLOR_FORCE").map(String::as_str), Some("1"));
     let c = parse("[process.web]\ncommand = [\"vite\"]\n").unwrap();
     assert!(c.processes["web"].env.is_empty());
+}
+
+#[test]
+fn health_checks_default_for_tcp_and_http_and_are_refused_without_a_repeatable_check() {
+    let c = parse(
+        "[process.a]\ncommand = [\"a\"]\nready = { tcp = 80 }\n\
+         [process.b]\ncommand = [\"b\"]\nready = { http = \"http://127.0.0.1/\" }\n\
+         health_interval_seconds = 0.5\nrestart_on_unhealthy = true\n\
+         [process.c]\ncommand = [\"c\"]\nready = { log = \"up\" }\n\
+         [process.d]\ncommand = [\"d\"]\nready = { tcp = 81 }\nhealth_interval_seconds = 0\n",
+    )
+    .unwrap();
+    let ready = |n: &str| c.processes[n].ready.clone().unwrap();
+    assert_eq!(ready("a").health_interval(), Some(Duration::from_secs(10)));
+    assert!(!ready("a").restart_on_unhealthy);
+    assert_eq!(
+        ready("b").health_interval(),
+        Some(Duration::from_millis(500))
+    );
+    assert!(ready("b").restart_on_unhealthy);
+    assert_eq!(ready("c").health_interval(), None);
+    assert_eq!(ready("d").health_interval(), None);
+
+    assert_err(
+        "[process.a]\ncommand = [\"a\"]\nhealth_interval_seconds = 5\n",
+        3,
+        27,
+        "repeat its readiness check",
+    );
+    assert_err(
+        "[process.a]\ncommand = [\"a\"]\nready = { log = \"x\" }\nrestart_on_unhealthy = true\n",
+        4,
+        24,
+        "log readiness check",
+    );
+    assert_err(
+        "[process.a]\ncommand = [\"a\"]\nready = { tcp = 1 }\nhealth_interval_seconds = -1\n",
+        4,
+        27,
+        "non-negative",
+    );
 }

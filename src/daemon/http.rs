@@ -70,9 +70,11 @@ impl IntoResponse for OpError {
             OpError::UnknownProcess { .. } => StatusCode::NOT_FOUND,
             OpError::BadRequest(_)
             | OpError::Search(SearchError::BadRegex { .. } | SearchError::TooLong { .. })
-            | OpError::Store(StoreError::IndexOutOfRange { .. } | StoreError::NoInstances { .. }) => {
-                StatusCode::BAD_REQUEST
-            }
+            | OpError::Store(
+                StoreError::IndexOutOfRange { .. }
+                | StoreError::NoSuchNumber { .. }
+                | StoreError::NoInstances { .. },
+            ) => StatusCode::BAD_REQUEST,
             OpError::Process(_) => StatusCode::CONFLICT,
             OpError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             OpError::Store(
@@ -124,8 +126,13 @@ async fn restart(State(ops): State<Ops>, Path(name): Path<String>) -> Result<Res
     Ok(Json(ops.restart(&name, Actor::Cli, None).await?).into_response())
 }
 
-async fn remove(State(ops): State<Ops>, Path(name): Path<String>) -> Result<Response, OpError> {
-    ops.remove(&name).await?;
+async fn remove(
+    State(ops): State<Ops>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, OpError> {
+    let q: crate::protocol::RemoveQuery = query(q)?;
+    ops.remove(&name, q.logs).await?;
     Ok(Json(serde_json::json!({ "removed": name })).into_response())
 }
 

@@ -179,6 +179,14 @@ pub enum StoreError {
     },
     #[error("no instance #{0} in the log store (retention may have removed it)")]
     NoSuchInstance(u64),
+    #[error("`{process}` has no {} #{number}: {}", kind.noun(), if kept.is_empty() { "none is kept".to_owned() } else { format!("kept are #{} (older ones were removed by retention; -1 is the newest)", kept) })]
+    NoSuchNumber {
+        process: String,
+        kind: InstanceKind,
+        number: u64,
+        /// The numbers kept, as `3..7` or `5`.
+        kept: String,
+    },
     #[error("log store error: {0}")]
     Db(String),
     #[error("log store I/O error on {path}: {source}")]
@@ -305,6 +313,9 @@ pub(crate) struct Shared {
     /// Lines that never reached the store since it was opened.
     pub(crate) dropped_lines: AtomicU64,
     next_instance: AtomicU64,
+    /// The last number given to each (process, kind code)'s instances (see
+    /// [`InstanceMeta::number`]). A std lock: held only to take the next number.
+    numbers: Mutex<HashMap<(String, u8), u64>>,
     /// Live instances by id. A std lock: it is held only to clone an `Arc`.
     live: RwLock<HashMap<u64, Arc<Live>>>,
     writer: Mutex<Option<std::thread::JoinHandle<Option<Arc<Database>>>>>,
@@ -550,6 +561,18 @@ impl Store {
     ) -> Result<InstanceWriter, StoreError> {
         self.writable()?;
         let id = self.shared.next_instance.fetch_add(1, Ordering::AcqRel);
+        let number = {
+            let mut numbers = self
+                .shared
+                .numbers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let last = numbers
+                .entry((process.to_owned(), kind.code()))
+                .or_insert(0);
+            *last += 1;
+            *last
+        };
         let meta = InstanceMeta {
             id,
             process: process.to_owned(),
@@ -562,6 +585,7 @@ impl Store {
             first_seq: 0,
             stored_bytes: 0,
             dropped_lines: 0,
+            number,
         };
         let live = Arc::new(Live::new(meta.clone(), self.shared.opts.max_line));
         self.shared
@@ -605,6 +629,20 @@ impl Store {
             name: name.to_owned(),
         });
         Ok(())
+    }
+
+    /// Remove a process's logs: every instance of it that is not live, with its lines.
+    /// Returns once that is durable.
+    pub async fn remove_logs(&self, process: &str) -> Result<(), StoreError> {
+        self.writable()?;
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if !self.shared.send(Msg::RemoveLogs {
+            process: process.to_owned(),
+            done,
+        }) {
+            return Err(StoreError::WriterGone);
+        }
+        rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Set a process's retention limits.

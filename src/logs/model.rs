@@ -112,6 +112,10 @@ pub struct InstanceMeta {
     pub stored_bytes: u64,
     /// Lines that never reached the store because the writer fell behind.
     pub dropped_lines: u64,
+    /// Its number among the process's runs (or builds): 1, 2, 3..., never given twice.
+    /// Not part of the record's encoding: stored in `instance_numbers` (schema 3).
+    #[serde(skip)]
+    pub number: u64,
 }
 
 impl InstanceMeta {

@@ -65,6 +65,7 @@ impl Store {
             unclean,
             interrupted,
             next_instance,
+            numbers,
             loaded,
         } = start;
         let db = Arc::new(db);
@@ -79,6 +80,7 @@ impl Store {
             room_notify: tokio::sync::Notify::new(),
             dropped_lines: AtomicU64::new(0),
             next_instance: AtomicU64::new(next_instance),
+            numbers: Mutex::new(numbers),
             live: RwLock::new(HashMap::new()),
             writer: Mutex::new(None),
             health: Mutex::new(StoreHealth {
@@ -181,6 +183,7 @@ impl Store {
                 room_notify: tokio::sync::Notify::new(),
                 dropped_lines: AtomicU64::new(0),
                 next_instance: AtomicU64::new(0),
+                numbers: Mutex::new(HashMap::new()),
                 live: RwLock::new(HashMap::new()),
                 writer: Mutex::new(None),
                 health: Mutex::new(StoreHealth::default()),
@@ -278,6 +281,8 @@ struct Start {
     unclean: bool,
     interrupted: Vec<InstanceMeta>,
     next_instance: u64,
+    /// The last instance number of each (process, kind code).
+    numbers: HashMap<(String, u8), u64>,
     loaded: writer::Loaded,
 }
 
@@ -291,10 +296,22 @@ fn start_db(db: &Database, path: &Path) -> Result<Start, StoreError> {
         let t = txn.open_table(INSTANCES)?;
         t.last()?.map_or(1, |(k, _)| k.value() + 1)
     };
+    let numbers = {
+        let txn = db.begin_read()?;
+        let t = txn.open_table(schema::PROCESS_NUMBERS)?;
+        let mut numbers = HashMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (process, kind) = k.value();
+            numbers.insert((process.to_owned(), kind), v.value());
+        }
+        numbers
+    };
     Ok(Start {
         unclean,
         interrupted,
         next_instance,
+        numbers,
         loaded: writer::Loaded::read(db)?,
     })
 }

@@ -5,8 +5,21 @@ use super::*;
 
 /// An instance as the snapshot `metas` has it, with what its live state (if any) knows
 /// already: counters that trail by up to a commit interval, an end not yet durable.
+/// The instance numbers table; `None` in a store of schema 2 opened read-only (not
+/// migrated yet: its instances are numbered by their order, see `instances`).
+type Numbers = Option<redb::ReadOnlyTable<u64, u64>>;
+
+fn numbers_of(txn: &redb::ReadTransaction) -> Result<Numbers, StoreError> {
+    match txn.open_table(schema::INSTANCE_NUMBERS) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn meta_of(
     metas: &redb::ReadOnlyTable<u64, &[u8]>,
+    numbers: &Numbers,
     id: u64,
     live: Option<&Arc<live::Live>>,
 ) -> Result<InstanceMeta, StoreError> {
@@ -14,6 +27,11 @@ fn meta_of(
         (Some(v), _) => schema::decode("instance", v.value())?,
         (None, Some(live)) => live.meta.clone(),
         (None, None) => return Err(StoreError::NoSuchInstance(id)),
+    };
+    meta.number = match (live, numbers) {
+        (Some(live), _) => live.meta.number,
+        (None, Some(t)) => t.get(id)?.map_or(0, |v| v.value()),
+        (None, None) => 0,
     };
     if let Some(live) = live {
         meta.next_seq = meta.next_seq.max(*live.seq_tx.borrow());
@@ -109,28 +127,36 @@ impl Store {
         let txn = self.shared.db()?.begin_read()?;
         let idx = txn.open_table(PROCESS_INSTANCES)?;
         let metas = txn.open_table(INSTANCES)?;
+        let numbers = numbers_of(&txn)?;
         let mut out = Vec::new();
         for row in idx.range((process, kind.code(), 0u64)..=(process, kind.code(), u64::MAX))? {
             let id = row?.0.value().2;
-            out.push(self.meta_in(&metas, id)?);
+            out.push(self.meta_in(&metas, &numbers, id)?);
         }
         // An instance that has just begun is live before its start is committed.
         let known: BTreeSet<u64> = out.iter().map(|m| m.id).collect();
         for live in lives {
             if !known.contains(&live.id) {
-                out.push(meta_of(&metas, live.id, Some(&live))?);
+                out.push(meta_of(&metas, &numbers, live.id, Some(&live))?);
             }
         }
         out.sort_by_key(|m| m.id);
+        if numbers.is_none() {
+            // Not migrated yet (read-only): by order, as the migration will number them.
+            for (i, m) in out.iter_mut().enumerate() {
+                m.number = i as u64 + 1;
+            }
+        }
         Ok(out)
     }
 
     fn meta_in(
         &self,
         metas: &redb::ReadOnlyTable<u64, &[u8]>,
+        numbers: &Numbers,
         id: u64,
     ) -> Result<InstanceMeta, StoreError> {
-        meta_of(metas, id, self.shared.live(id).as_ref())
+        meta_of(metas, numbers, id, self.shared.live(id).as_ref())
     }
 
     /// One instance by its stable number. An instance that has just begun may not be
@@ -143,7 +169,8 @@ impl Store {
     fn instance_unguarded(&self, id: u64) -> Result<InstanceMeta, StoreError> {
         let txn = self.shared.db()?.begin_read()?;
         let metas = txn.open_table(INSTANCES)?;
-        self.meta_in(&metas, id)
+        let numbers = numbers_of(&txn)?;
+        self.meta_in(&metas, &numbers, id)
     }
 
     /// Resolve an index: -1 the newest, -2 the one before; 0 the oldest retained, 1 the next.
@@ -172,6 +199,37 @@ impl Store {
             });
         }
         Ok(list.swap_remove(i as usize))
+    }
+
+    /// Resolve a number: `#3` the process's third run (or build), for as long as
+    /// retention keeps it.
+    pub fn resolve_number(
+        &self,
+        process: &str,
+        kind: InstanceKind,
+        number: u64,
+    ) -> Result<InstanceMeta, StoreError> {
+        let list = self.instances(process, kind)?;
+        if list.is_empty() {
+            return Err(StoreError::NoInstances {
+                process: process.to_owned(),
+                kind,
+                known: self.process_names()?,
+            });
+        }
+        let kept = match (list.first(), list.last()) {
+            (Some(a), Some(b)) if a.number == b.number => a.number.to_string(),
+            (Some(a), Some(b)) => format!("{}..#{}", a.number, b.number),
+            _ => String::new(),
+        };
+        list.into_iter()
+            .find(|m| m.number == number)
+            .ok_or(StoreError::NoSuchNumber {
+                process: process.to_owned(),
+                kind,
+                number,
+                kept,
+            })
     }
 
     /// How many of an instance's retained lines pass `filter`. Without a filter this is

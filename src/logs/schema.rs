@@ -4,13 +4,13 @@
 //! written by each version lives in `migrations/fixtures/`. The migration steps run in one
 //! write transaction when the store is opened.
 
-use redb::{ReadableDatabase, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::StoreError;
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// `meta`: key -> value. Holds `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -27,6 +27,14 @@ pub const BLOCKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("blo
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// `process_events`: (process, event id) -> (). Index for a process's recent events.
 pub const PROCESS_EVENTS: TableDefinition<(&str, u64), ()> = TableDefinition::new("process_events");
+
+/// `instance_numbers`: instance id -> its number among its process's runs (or builds):
+/// 1, 2, 3... (version 3).
+pub const INSTANCE_NUMBERS: TableDefinition<u64, u64> = TableDefinition::new("instance_numbers");
+/// `process_numbers`: (process, kind code) -> the last number given, so that a number is
+/// never given twice, also once retention removed the instances that had it (version 3).
+pub const PROCESS_NUMBERS: TableDefinition<(&str, u8), u64> =
+    TableDefinition::new("process_numbers");
 
 const VERSION_KEY: &str = "schema_version";
 
@@ -48,7 +56,8 @@ struct Step {
 }
 
 /// Version 0 is an empty file; version 1 creates every table; version 2 adds event kinds
-/// only (migrations/0002-store-health.md).
+/// only (migrations/0002-store-health.md); version 3 numbers each process's instances
+/// (migrations/0003-instance-numbers.md).
 const STEPS: &[Step] = &[
     Step {
         from: 0,
@@ -57,6 +66,10 @@ const STEPS: &[Step] = &[
     Step {
         from: 1,
         run: to_v2,
+    },
+    Step {
+        from: 2,
+        run: to_v3,
     },
 ];
 
@@ -75,6 +88,37 @@ fn create_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// bumped so that a version 1 binary, which cannot decode those events, refuses the store
 /// instead of failing on its events.
 fn to_v2(_txn: &WriteTransaction) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Version 3 numbers the instances of each process and kind 1, 2, 3... in the order they
+/// started (their ids), in two new tables; no record changes.
+fn to_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let rows: Vec<(String, u8, u64)> = {
+        let idx = txn.open_table(PROCESS_INSTANCES)?;
+        let mut rows = Vec::new();
+        for row in idx.iter()? {
+            let (k, _) = row?;
+            let (process, kind, id) = k.value();
+            rows.push((process.to_owned(), kind, id));
+        }
+        rows
+    };
+    let mut numbers = txn.open_table(INSTANCE_NUMBERS)?;
+    let mut last = txn.open_table(PROCESS_NUMBERS)?;
+    // The index is ordered by (process, kind, id): each process's runs, then its builds,
+    // oldest first.
+    let mut current: Option<(&str, u8)> = None;
+    let mut n = 0u64;
+    for (process, kind, id) in &rows {
+        if current != Some((process.as_str(), *kind)) {
+            current = Some((process.as_str(), *kind));
+            n = 0;
+        }
+        n += 1;
+        numbers.insert(*id, n)?;
+        last.insert((process.as_str(), *kind), n)?;
+    }
     Ok(())
 }
 

@@ -103,6 +103,10 @@ pub struct StopParams {
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     #[schemars(with = "Option<bool>")]
     pub remove: Option<bool>,
+    /// With `remove`: also delete its stored logs now. Default false.
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    #[schemars(with = "Option<bool>")]
+    pub remove_logs: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -145,10 +149,11 @@ pub struct SearchLogsParams {
     #[schemars(with = "Option<u64>")]
     pub tail: Option<usize>,
     /// Which instance: -1 the newest (the current run, default), -2 the one before it
-    /// (e.g. the run that crashed before a restart), 0 the oldest kept, 1 the next.
-    #[serde(default, deserialize_with = "lenient::opt_i64")]
-    #[schemars(with = "Option<i64>")]
-    pub index: Option<i64>,
+    /// (e.g. the run that crashed before a restart), 0 the oldest kept, 1 the next; or
+    /// "#3", the process's third run (the numbers the answers show).
+    #[serde(default, deserialize_with = "lenient::opt_index")]
+    #[schemars(with = "Option<IndexSchema>")]
+    pub index: Option<Index>,
     /// Search every kept instance, oldest first, instead of one.
     #[serde(default, deserialize_with = "lenient::opt_bool")]
     #[schemars(with = "Option<bool>")]
@@ -234,6 +239,32 @@ pub mod lenient {
             .ok_or_else(|| bad("an integer such as -1 or \"-1\"", &v))
     }
 
+    pub fn opt_index<'de, D: Deserializer<'de>>(d: D) -> Result<Option<super::Index>, D::Error> {
+        let Some(v) = value(d)? else { return Ok(None) };
+        let n = match &v {
+            Value::Number(n) => n
+                .as_i64()
+                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+                .map(super::Index::Relative),
+            Value::String(s) => match s.trim().strip_prefix('#') {
+                Some(n) => n
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .map(super::Index::Number),
+                None => s.trim().parse().ok().map(super::Index::Relative),
+            },
+            _ => None,
+        };
+        n.map(Some).ok_or_else(|| {
+            bad(
+                "an index such as -1 (the newest) or -2, or a run number such as \"#3\"",
+                &v,
+            )
+        })
+    }
+
     pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         let Some(v) = value(d)? else { return Ok(None) };
         let n = match &v {
@@ -290,6 +321,22 @@ pub mod lenient {
     }
 }
 
+/// `index`: relative (-1 the newest) or a process's run number (`#3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Index {
+    Relative(i64),
+    Number(u64),
+}
+
+/// How `index` is described in the input schema: an integer, or a string "#N".
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only its schema is used.
+enum IndexSchema {
+    Relative(i64),
+    Number(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,7 +357,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.tail, Some(5));
-        assert_eq!(p.index, Some(-2));
+        assert_eq!(p.index, Some(Index::Relative(-2)));
         assert_eq!(p.case_insensitive, Some(true));
         assert_eq!(p.context_lines, Some(3));
     }

@@ -180,7 +180,7 @@ pub fn logs_text(o: &LogsOutput, pattern: Option<&str>) -> String {
 }
 
 fn instance_line(i: &InstanceSummary) -> String {
-    let mut s = format!("{} #{} started {}", i.kind.noun(), i.id, i.started);
+    let mut s = format!("{} #{} started {}", i.kind.noun(), i.number, i.started);
     if let Some(pid) = i.pid {
         let _ = write!(s, ", pid {pid}");
     }
@@ -234,6 +234,9 @@ fn process_line(p: &ProcessReport) -> String {
     let mut line = format!("{}: {}", s.name, s.state);
     if s.building {
         line.push_str(", building");
+    }
+    if let Some(n) = p.run_number {
+        let _ = write!(line, ", run #{n}");
     }
     if let Some(pid) = s.pid {
         let _ = write!(line, ", pid {pid}");

@@ -14,7 +14,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde::Serialize;
 
 use super::params::{
-    self, GetStatusParams, RestartParams, SearchLogsParams, StartParams, StopParams,
+    self, GetStatusParams, Index, RestartParams, SearchLogsParams, StartParams, StopParams,
 };
 use super::render::{self, LogsOutput, StartOutput, StopOutput};
 use crate::daemon::ops::{OpError, Ops};
@@ -260,6 +260,10 @@ impl BpmTools {
 
     async fn stop(&self, p: Result<StopParams, String>) -> ToolResult {
         let p = p?;
+        let remove_logs = p.remove_logs == Some(true);
+        if remove_logs && p.remove != Some(true) {
+            return Err("remove_logs deletes the logs of a process being removed: pass remove: true with it".into());
+        }
         let names = self
             .each(&p.process, |s, _| s.state.is_live(), "runs")
             .await?;
@@ -274,8 +278,15 @@ impl BpmTools {
                 .map_err(op_err)?;
             let mut message = render::stop_message(&status, was_pid);
             if p.remove == Some(true) {
-                self.ops.remove(&status.name).await.map_err(op_err)?;
-                message.push_str("; removed from the list (its logs stay searchable)");
+                self.ops
+                    .remove(&status.name, remove_logs)
+                    .await
+                    .map_err(op_err)?;
+                message.push_str(if remove_logs {
+                    "; removed from the list with its logs"
+                } else {
+                    "; removed from the list (its logs stay searchable)"
+                });
             }
             messages.push(message);
             stopped.push(status);
@@ -373,7 +384,14 @@ impl BpmTools {
             head: p.head,
             tail: p.tail,
             all: false,
-            index: p.index,
+            index: match p.index {
+                Some(Index::Relative(i)) => Some(i),
+                _ => None,
+            },
+            number: match p.index {
+                Some(Index::Number(n)) => Some(n),
+                _ => None,
+            },
             all_instances: p.all_instances.unwrap_or(false),
             build: kind == InstanceKind::Build,
             stream: p.stream.unwrap_or_default(),

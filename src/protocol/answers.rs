@@ -176,6 +176,9 @@ pub struct ProcessReport {
     pub uptime_seconds: Option<f64>,
     pub run_instances: usize,
     pub build_instances: usize,
+    /// The number of its newest run (`#3`: its third), if it ran.
+    #[serde(default)]
+    pub run_number: Option<u64>,
     /// TCP ports its process group listens on (refreshed every few seconds).
     pub ports: Vec<u16>,
     /// The local URL its output announced (`http://localhost:5173/`), if any.
@@ -249,7 +252,9 @@ pub struct LogResult {
 /// An instance (one run or build), as reported.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct InstanceSummary {
-    /// Its stable number (`#37`).
+    /// Its number among the process's runs (or builds): `#3` is its third run.
+    pub number: u64,
+    /// Its id, unique in the store (internal).
     pub id: u64,
     pub kind: InstanceKind,
     pub started: String,
@@ -264,6 +269,7 @@ pub struct InstanceSummary {
 impl From<&crate::logs::InstanceMeta> for InstanceSummary {
     fn from(m: &crate::logs::InstanceMeta) -> InstanceSummary {
         InstanceSummary {
+            number: m.number,
             id: m.id,
             kind: m.kind,
             started: format_ts(m.started_us),
@@ -285,6 +291,9 @@ pub enum FollowRecord {
     Instance {
         process: String,
         instance: u64,
+        /// Its number among the process's runs (or builds): `#3`.
+        #[serde(default)]
+        number: u64,
         pid: Option<u32>,
         started: String,
         switch: bool,

@@ -130,6 +130,10 @@ pub(super) fn de_instance<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Opti
     num::bounded(d, "instance", 0, i64::MAX.into()).map(|n| Some(n as u64))
 }
 
+pub(super) fn de_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    num::bounded(d, "number", 1, i64::MAX.into()).map(|n| Some(n as u64))
+}
+
 pub(super) fn de_around<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     num::bounded(d, "around", 0, i64::MAX.into()).map(|n| Some(n as u64))
 }

@@ -192,10 +192,17 @@ pub struct LogQuery {
         skip_serializing_if = "Option::is_none"
     )]
     pub around: Option<u64>,
-    /// One instance by its stable number (`#37`) instead of an index; it must be one of
-    /// this process's instances of the kind asked for (runs, or builds with `build`).
+    /// One instance by its internal id instead of an index; it must be one of this
+    /// process's instances of the kind asked for (runs, or builds with `build`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<u64>,
+    /// One instance by its number among the process's runs (or builds): 3 for `#3`.
+    #[serde(
+        default,
+        deserialize_with = "de_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub number: Option<u64>,
     /// Only lines whose sequence number is at least this (reads and searches of one
     /// range of a long instance, without reading the rest); head and tail apply within.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,9 +259,15 @@ impl LogQuery {
                 "pass an index (one instance) or all_instances (every kept one), not both".into(),
             );
         }
-        if self.instance.is_some() && (self.index.is_some() || self.all_instances) {
+        let chosen = [
+            self.instance.is_some(),
+            self.number.is_some(),
+            self.index.is_some(),
+            self.all_instances,
+        ];
+        if chosen.iter().filter(|c| **c).count() > 1 {
             return Err(
-                "pass an instance number, an index or all_instances, only one of them".into(),
+                "pass a run number (#3), an index (-2) or all_instances, only one of them".into(),
             );
         }
         if self.around.is_some() && (self.from_seq.is_some() || self.to_seq.is_some()) {
@@ -288,6 +301,13 @@ pub struct FollowQuery {
         skip_serializing_if = "Option::is_none"
     )]
     pub instance: Option<u64>,
+    /// Begin with the process's run (or build) of this number: 3 for `#3`.
+    #[serde(
+        default,
+        deserialize_with = "de_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub number: Option<u64>,
     /// -1 the newest instance (default), -2 the one before, 0 the oldest retained.
     #[serde(
         default,
@@ -399,10 +419,7 @@ impl StartRequest {
             }
             _ => return Err("pass one readiness check: ready_port, ready_url or ready_log".into()),
         };
-        Ok(Some(Ready {
-            check,
-            timeout: Duration::from_secs(30),
-        }))
+        Ok(Some(Ready::new(check)))
     }
 }
 
@@ -426,6 +443,14 @@ pub struct StopQuery {
     /// Skip the grace period: SIGKILL the whole group at once.
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
+}
+
+/// The options of `POST /api/remove/NAME`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoveQuery {
+    /// Also delete its stored logs now (otherwise they stay until retention removes them).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub logs: bool,
 }
 
 /// `GET /api/mode` answers it; `POST /api/mode` takes it.

@@ -359,6 +359,11 @@ pub async fn stop_group(
         return leader.outcome(Ending::Exited, Vec::new());
     }
     tracked.signal(sig);
+    if sig != Signal::SIGKILL {
+        // A stopped process (SIGSTOP, a debugger) would only see the signal once
+        // continued: continue it, as systemd does, so that it can exit cleanly now.
+        tracked.resume();
+    }
     let deadline = Instant::now() + grace;
     // Most processes exit within milliseconds of the signal: poll fast at first (a
     // restart's downtime includes this wait), then settle at POLL.
@@ -491,6 +496,18 @@ impl<'a> Tracked<'a> {
         }
         for m in &self.known {
             signal_member(m, sig);
+        }
+    }
+
+    /// Continue what is stopped, without changing the signal new members get.
+    fn resume(&self) {
+        if self.whole_group
+            && let Some(pgid) = self.scope.pgid
+        {
+            let _ = signal_group(pgid, Signal::SIGCONT);
+        }
+        for m in &self.known {
+            signal_member(m, Signal::SIGCONT);
         }
     }
 

@@ -39,6 +39,7 @@ fn proc(name: &str, state: State) -> ProcessReport {
         runtime: false,
         uptime_seconds: running.then_some(185.0),
         run_instances: 3,
+        run_number: Some(3),
         build_instances: 1,
         ports: if running { vec![5173] } else { Vec::new() },
         url: running.then(|| "http://localhost:5173/".into()),
@@ -70,6 +71,7 @@ fn report(procs: Vec<ProcessReport>) -> StatusReport {
 
 fn summary(id: u64, exit: Option<ExitStatus>, lines: u64) -> InstanceSummary {
     InstanceSummary {
+        number: id,
         id,
         kind: InstanceKind::Run,
         started: "2026-01-01T11:56:55.000Z".into(),
@@ -120,6 +122,7 @@ fn with_lines(app: &mut App, lines: Vec<LogLine>) {
     let mut records = vec![FollowRecord::Instance {
         process: "web".into(),
         instance: 7,
+        number: 7,
         pid: Some(4242),
         started: "2026-01-01T11:56:55.000Z".into(),
         switch: false,

@@ -122,6 +122,7 @@ pub fn badge(p: &ProcessReport, now_ms: i64) -> (&'static str, String, Color) {
         }
         State::Building => ("⚙", "building".to_owned(), Color::Cyan),
         State::Exiting => ("…", "exiting".to_owned(), Color::Yellow),
+        State::Unhealthy { .. } => ("⚠", "unhealthy".to_owned(), Color::Red),
     };
     if s.building && s.state.is_running() {
         return (sym, format!("{text}, building"), Color::Cyan);
@@ -366,7 +367,7 @@ fn output_title(app: &App) -> String {
     };
     format!(
         " {name} · {kind} #{} ({}/{n}) · started {} · {ended} ",
-        s.id,
+        s.number,
         pos + 1,
         clock(&s.started)
     )

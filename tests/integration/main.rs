@@ -14,6 +14,7 @@ mod bounds;
 mod cli;
 mod daemon;
 mod habits;
+mod health;
 mod hygiene;
 mod mcp;
 mod mcp_compat;

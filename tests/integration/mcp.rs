@@ -471,7 +471,7 @@ async fn failures_say_what_would_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_gives_a_new_pid_and_keeps_the_previous_run_as_index_minus_2() {
+async fn restart_gives_a_new_pid_and_keeps_the_previous_run_as_index_minus_2_and_number_1() {
     let n = noisy().await;
     let (s, name) = (&n.s, &n.name);
     let r = ok(s, "restart", json!({"process": name})).await;
@@ -487,6 +487,18 @@ async fn restart_gives_a_new_pid_and_keeps_the_previous_run_as_index_minus_2() {
     assert_eq!(prev["instances"][0]["pid"].as_u64(), Some(n.pid));
     let st = ok(s, "get_status", json!({"process": name})).await;
     assert_eq!(st["processes"][0]["run_instances"], json!(2));
+    // The same run by its number: the process's first run is "#1", the new one "#2".
+    let first = ok(
+        s,
+        "search_logs",
+        json!({"process": name, "index": "#1", "pattern": "oops"}),
+    )
+    .await;
+    assert_eq!(first["instances"][0]["pid"].as_u64(), Some(n.pid));
+    assert_eq!(first["instances"][0]["number"], json!(1));
+    assert_eq!(st["processes"][0]["run_number"], json!(2));
+    let e = err(s, "search_logs", json!({"process": name, "index": "#0"})).await;
+    assert!(e.contains("\"#3\""), "{e}");
     n.finish().await;
 }
 
@@ -1023,4 +1035,28 @@ async fn a_star_starts_restarts_and_stops_every_process() {
     }
     s.cancel().await.unwrap();
     d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_with_remove_logs_takes_the_process_and_its_logs_away() {
+    let n = noisy().await;
+    let (s, name) = (&n.s, &n.name);
+    let e = err(s, "stop", json!({"process": name, "remove_logs": true})).await;
+    assert!(e.contains("remove: true"), "{e}");
+    // Refused before anything was done: it still runs.
+    let st = ok(s, "get_status", json!({"process": name})).await;
+    assert_eq!(st["processes"][0]["pid"].as_u64(), Some(n.pid));
+    let r = ok(
+        s,
+        "stop",
+        json!({"process": name, "remove": true, "remove_logs": "true"}),
+    )
+    .await;
+    assert!(
+        r["message"].as_str().unwrap().contains("with its logs"),
+        "{r}"
+    );
+    let e = err(s, "search_logs", json!({"process": name})).await;
+    assert!(e.contains("no process named"), "{e}");
+    n.finish().await;
 }

@@ -1,8 +1,8 @@
 //! Stores written by earlier schema versions stay readable; stores written by later ones are
 //! refused without being touched.
 //!
-//! `migrations/fixtures/v1.redb` is a frozen store written by schema version 1 (by the
-//! ignored generator below; run it only to create a fixture for a new version, never to
+//! `migrations/fixtures/vN.redb` is a frozen store written by schema version N (by the
+//! ignored generators below; run one only to create a fixture for a new version, never to
 //! rewrite an existing one).
 
 use std::path::{Path, PathBuf};
@@ -425,6 +425,8 @@ fn the_v2_fixture_reads_exactly() {
     assert!(!opened.unclean);
     assert!(opened.moved_aside.is_none());
     let store = opened.store;
+    // Migrated to version 3: its one run is web's #1.
+    assert_eq!(numbers(&store, "web", InstanceKind::Run), [(1, 1)]);
     let texts: Vec<_> = store
         .read(1, Window::Head(10), &Filter::default())
         .unwrap()
@@ -459,5 +461,106 @@ fn the_v2_fixture_reads_exactly() {
             },
         ]
     );
+    store.close().unwrap();
+}
+
+/// The numbers of a process's instances of one kind, oldest first.
+fn numbers(store: &Store, process: &str, kind: InstanceKind) -> Vec<(u64, u64)> {
+    store
+        .instances(process, kind)
+        .unwrap()
+        .iter()
+        .map(|m| (m.id, m.number))
+        .collect()
+}
+
+#[test]
+fn a_v1_store_gets_its_instances_numbered_per_process_by_order() {
+    let (_dir, opened) = open_fixture_copy();
+    let store = opened.store;
+    // The fixture: #1 web run, #2 web build, #3 web run, #4 worker run, #5 worker build.
+    assert_eq!(numbers(&store, "web", InstanceKind::Run), [(1, 1), (3, 2)]);
+    assert_eq!(numbers(&store, "web", InstanceKind::Build), [(2, 1)]);
+    assert_eq!(numbers(&store, "worker", InstanceKind::Run), [(4, 1)]);
+    assert_eq!(numbers(&store, "worker", InstanceKind::Build), [(5, 1)]);
+    // New instances go on from there, per process and kind.
+    let w = store
+        .begin_instance("web", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    w.finish(ExitStatus::Code(0)).unwrap();
+    assert_eq!(
+        store
+            .resolve_number("web", InstanceKind::Run, 3)
+            .unwrap()
+            .id,
+        6
+    );
+    assert_eq!(store.instance(6).unwrap().number, 3);
+    store.close().unwrap();
+}
+
+/// Writes `migrations/fixtures/v3.redb`. Run with
+/// `cargo test --test integration -- --ignored --exact migrations::generate_v3_fixture`.
+#[test]
+#[ignore = "writes the frozen v3 fixture; run once, by hand"]
+fn generate_v3_fixture() {
+    assert_eq!(SCHEMA_VERSION, 3, "this generator writes a version 3 store");
+    let path = fixture("v3.redb");
+    let _ = std::fs::remove_file(&path);
+    let store = Store::open(&path, StoreOptions::default()).unwrap().store;
+    // Two runs kept of `web`: retention removes its first two of four.
+    store.set_limits(
+        "web",
+        bpm::logs::Limits {
+            keep_instances: 2,
+            ..bpm::logs::Limits::default()
+        },
+    );
+    for (i, process) in ["web", "api", "web", "web", "api", "web"]
+        .iter()
+        .enumerate()
+    {
+        let w = store
+            .begin_instance(process, InstanceKind::Run, SpawnInfo::default())
+            .unwrap();
+        w.append_at(Stream::Stdout, format!("{process} {i}\n").as_bytes(), TS);
+        w.finish(ExitStatus::Code(0)).unwrap();
+        store.flush().unwrap();
+    }
+    store.close().unwrap();
+    drop(store);
+
+    let mut db = redb::Database::create(&path).unwrap();
+    while db.compact().unwrap() {}
+    drop(db);
+    println!(
+        "wrote {} ({} bytes)",
+        path.display(),
+        std::fs::metadata(&path).unwrap().len()
+    );
+}
+
+#[test]
+fn the_v3_fixture_keeps_its_numbers_after_retention() {
+    let dir = tempdir();
+    let path = dir.path().join("logs.redb");
+    std::fs::copy(fixture("v3.redb"), &path).unwrap();
+    let store = Store::open(&path, StoreOptions::default()).unwrap().store;
+    // web: ids 1, 3, 4, 6 were its runs #1..#4; retention kept the last two.
+    assert_eq!(numbers(&store, "web", InstanceKind::Run), [(4, 3), (6, 4)]);
+    assert_eq!(numbers(&store, "api", InstanceKind::Run), [(2, 1), (5, 2)]);
+    let text = |id| read_texts(&store, id, Window::Head(1));
+    assert_eq!(text(4), ["web 3"]);
+    // A number is never given twice, also after its instance was removed.
+    let w = store
+        .begin_instance("web", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    w.finish(ExitStatus::Code(0)).unwrap();
+    assert_eq!(store.instance(7).unwrap().number, 5);
+    let err = store
+        .resolve_number("web", InstanceKind::Run, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no run #1") && err.contains("#3..#5"), "{err}");
     store.close().unwrap();
 }

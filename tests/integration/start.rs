@@ -221,3 +221,132 @@ fn a_server_says_where_it_listens_in_the_start_answer_and_status() {
     );
     env.ok(&["stop", "web"]);
 }
+
+/// The state's name in a status (`"ready"`, `{"failed": ...}` -> `failed`).
+fn state_word(p: &serde_json::Value) -> String {
+    match &p["state"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn a_crash_restart_in_dev_mode_rebuilds_and_a_failed_build_leaves_it_failed_with_the_errors() {
+    let mut env = Env::new();
+    let p = &env.dirs.project;
+    // The build turns the source into what the process runs; it fails on a "broken" one.
+    std::fs::write(
+        p.join("build.sh"),
+        "if grep -q broken src.txt; then echo 'compiling...'; echo 'error: src.txt is broken' >&2; exit 1; fi\n\
+         cp src.txt built.txt\n",
+    )
+    .unwrap();
+    std::fs::write(p.join("src.txt"), "v1\n").unwrap();
+    env.write_config(
+        "dev_crash_wait_seconds = 0.2\n\
+         [process.app]\n\
+         command = [\"sh\", \"-c\", \"echo running $(cat built.txt); sleep 0.2; exit 1\"]\n\
+         build = [\"sh\", \"build.sh\"]\n\
+         restart = \"on-failure\"\n",
+    );
+    env.serve();
+    let last_line = |env: &Env| {
+        String::from_utf8_lossy(&env.bpm(&["logs", "app", "--tail", "1"]).stdout).into_owned()
+    };
+    wait_for("the first run", || last_line(&env).contains("running v1"));
+    env.ok(&["mode", "dev"]);
+
+    // The fix the developer just made is picked up by the next crash restart.
+    std::fs::write(env.dirs.project.join("src.txt"), "v2\n").unwrap();
+    wait_for("a run of the rebuilt version", || {
+        last_line(&env).contains("running v2")
+    });
+    let builds = env.process("app")["build_instances"].as_u64().unwrap();
+    assert!(builds >= 2, "the crash restart built: {builds} builds");
+
+    // A broken source: the crash restart's build fails, and it stays down with the errors.
+    std::fs::write(env.dirs.project.join("src.txt"), "broken\n").unwrap();
+    let failed = wait_for("the failed build", || {
+        let p = env.process("app");
+        (state_word(&p) == "failed").then_some(p)
+    });
+    let error = failed["state"]["failed"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("build of app failed") && error.contains("error: src.txt is broken"),
+        "{failed}"
+    );
+    assert_eq!(failed["pid"], serde_json::Value::Null, "{failed}");
+    env.ok(&["stop", "app"]);
+}
+
+#[test]
+fn each_process_numbers_its_own_runs_and_instance_takes_a_number() {
+    let env = Env::new();
+    // Each run of `a` says which it is; runs of `b` come in between.
+    let a = [
+        "sh",
+        "-c",
+        "echo x >> a-runs; echo a run $(wc -l < a-runs | tr -d ' ')",
+    ];
+    for _ in 0..3 {
+        env.ok(&[&["run", "--name", "a", "--"][..], &a[..]].concat());
+        env.ok(&["run", "--name", "b", "--", "sh", "-c", "echo b"]);
+    }
+    let second = env.ok(&["logs", "a", "--instance", "#2"]);
+    assert_eq!(second.trim(), "a run 2");
+    let json = env.json(&["logs", "a", "--instance", "#2"]);
+    assert_eq!(json["instances"][0]["number"], 2, "{json}");
+    let all = env.ok(&["logs", "a", "--all-instances"]);
+    for n in 1..=3 {
+        assert!(all.contains(&format!("==> a run #{n},")), "{all}");
+    }
+    let b = env.json(&["logs", "b", "--all-instances"]);
+    let numbers: Vec<_> = b["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3], "{b}");
+    assert_eq!(env.process("a")["run_number"], 3);
+    let detail = env.ok(&["status", "a"]);
+    assert!(detail.contains("#3 "), "{detail}");
+    // A number that is not kept, and a bad one, are usage errors naming what would work.
+    let out = env.bpm(&["logs", "a", "--instance", "#9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("#1..#3"), "{}", stderr(&out));
+    let out = env.bpm(&["logs", "a", "--instance", "#x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn bpm_rm_with_logs_deletes_them_from_the_store_and_without_keeps_them() {
+    let env = Env::new();
+    env.ok(&["run", "--name", "keep", "--", "sh", "-c", "echo kept line"]);
+    for _ in 0..2 {
+        env.ok(&["run", "--name", "gone", "--", "sh", "-c", "echo gone line"]);
+    }
+    env.ok(&["rm", "keep"]);
+    let out = env.bpm(&["rm", "gone", "--logs"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("and its logs"), "{}", stderr(&out));
+    assert!(env.process("keep").is_null() && env.process("gone").is_null());
+    // Through the daemon: the kept logs read, the deleted ones are unknown.
+    assert_eq!(env.ok(&["logs", "keep"]).trim(), "kept line");
+    let out = env.bpm(&["logs", "gone"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("gone"), "{}", stderr(&out));
+    // In the store file itself, once the daemon has stopped.
+    crate::helpers::daemon::DaemonOf(env.dirs.data.clone()).stop();
+    let store = bpm::logs::Store::open_read_only(&env.dirs.data.join("logs.redb")).unwrap();
+    let runs = |p: &str| {
+        store
+            .instances(p, bpm::logs::InstanceKind::Run)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(runs("gone"), 0);
+    assert_eq!(runs("keep"), 1);
+    assert!(!store.process_names().unwrap().contains(&"gone".to_owned()));
+}

@@ -542,10 +542,7 @@ async fn stop_during_a_build_cancels_it() {
 }
 
 fn ready(check: ReadyCheck) -> Option<Ready> {
-    Some(Ready {
-        check,
-        timeout: Duration::from_secs(30),
-    })
+    Some(Ready::new(check))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -755,8 +752,8 @@ async fn a_taken_readiness_port_is_refused_naming_its_holder() {
     let port = listener.local_addr().unwrap().port();
     let mut s = spec(&env, "web", "echo should not run; sleep 30");
     s.ready = Some(Ready {
-        check: ReadyCheck::Tcp { port },
         timeout: Duration::from_secs(5),
+        ..Ready::new(ReadyCheck::Tcp { port })
     });
     let h = supervise(&env, s, timing());
     let err = h.start(Actor::Cli).await.unwrap_err();

@@ -34,9 +34,10 @@ impl Ops {
         let store = self.inner.store.clone();
         let meta = {
             let (store, name, req) = (store.clone(), name.clone(), req.clone());
-            tokio::task::spawn_blocking(move || match req.instance {
-                Some(id) => store.instance(id),
-                None => store.resolve(&name, kind, req.index.unwrap_or(-1)),
+            tokio::task::spawn_blocking(move || match (req.instance, req.number) {
+                (Some(id), _) => store.instance(id),
+                (None, Some(n)) => store.resolve_number(&name, kind, n),
+                (None, None) => store.resolve(&name, kind, req.index.unwrap_or(-1)),
             })
             .await
             .map_err(|e| OpError::BadRequest(e.to_string()))??
@@ -110,6 +111,7 @@ impl Follow {
         FollowRecord::Instance {
             process: self.name.clone(),
             instance: meta.id,
+            number: meta.number,
             pid: meta.spawn.pid,
             started: format_ts(meta.started_us),
             switch,

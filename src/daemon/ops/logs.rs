@@ -66,6 +66,8 @@ pub fn read_logs(store: &Store, name: &str, req: &LogQuery) -> Result<LogResult,
             )));
         }
         vec![meta]
+    } else if let Some(n) = req.number {
+        vec![store.resolve_number(name, kind, n)?]
     } else {
         vec![store.resolve(name, kind, req.index.unwrap_or(-1))?]
     };

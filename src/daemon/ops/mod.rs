@@ -510,8 +510,8 @@ impl Ops {
 
     /// Remove a runtime process that is not running from the list (and from the store's
     /// list, so it does not come back after a daemon restart). Its logs stay until
-    /// retention removes them.
-    pub async fn remove(&self, process: &str) -> Result<(), OpError> {
+    /// retention removes them, unless `logs`: then they are deleted before this returns.
+    pub async fn remove(&self, process: &str, logs: bool) -> Result<(), OpError> {
         let (name, handle) = self.find(process)?;
         let runtime = {
             let procs = self.procs();
@@ -537,6 +537,9 @@ impl Ops {
             .await
             .map_err(|e| OpError::BadRequest(e.to_string()))??;
         self.forget(&name);
+        if logs {
+            self.inner.store.remove_logs(&name).await?;
+        }
         Ok(())
     }
 

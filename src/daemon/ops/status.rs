@@ -60,7 +60,8 @@ fn process_report(
     cwd: PathBuf,
     runtime: bool,
 ) -> Result<ProcessReport, StoreError> {
-    let runs = store.instances(&status.name, InstanceKind::Run)?.len();
+    let run_list = store.instances(&status.name, InstanceKind::Run)?;
+    let runs = run_list.len();
     let builds = store.instances(&status.name, InstanceKind::Build)?.len();
     let events = store.events(Some(&status.name), 5)?;
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -74,6 +75,7 @@ fn process_report(
         cwd,
         runtime,
         run_instances: runs,
+        run_number: run_list.last().map(|m| m.number),
         build_instances: builds,
         ports: Vec::new(),
         url: None,

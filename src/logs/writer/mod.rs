@@ -24,7 +24,8 @@ use tokio::sync::oneshot;
 use super::block::{self, Block, BlockView};
 use super::model::{Event, EventKind, ExitStatus, InstanceKind, InstanceMeta, now_us};
 use super::schema::{
-    self, BLOCKS, EVENTS, INSTANCES, PROCESS_EVENTS, PROCESS_INSTANCES, PROCESSES,
+    self, BLOCKS, EVENTS, INSTANCE_NUMBERS, INSTANCES, PROCESS_EVENTS, PROCESS_INSTANCES,
+    PROCESS_NUMBERS, PROCESSES,
 };
 use super::{Limits, Shared, StoreError, StoreOptions};
 
@@ -57,6 +58,12 @@ pub(crate) enum Msg {
     RemoveProcess {
         name: String,
     },
+    /// Remove every instance of a process that is not live, with its lines; `done` once
+    /// that is durable.
+    RemoveLogs {
+        process: String,
+        done: Done,
+    },
     Limits {
         process: String,
         limits: Limits,
@@ -76,6 +83,7 @@ enum Op {
         process: String,
         kind: u8,
         id: u64,
+        number: u64,
     },
     Event {
         id: u64,
@@ -116,9 +124,22 @@ fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
             txn.open_table(BLOCKS)?
                 .insert((block.instance, block.first_seq), stored.as_slice())?;
         }
-        Op::Start { process, kind, id } => {
+        Op::Start {
+            process,
+            kind,
+            id,
+            number,
+        } => {
             txn.open_table(PROCESS_INSTANCES)?
                 .insert((process.as_str(), *kind, *id), ())?;
+            txn.open_table(INSTANCE_NUMBERS)?.insert(*id, *number)?;
+            let mut last = txn.open_table(PROCESS_NUMBERS)?;
+            let before = last
+                .get((process.as_str(), *kind))?
+                .map_or(0, |v| v.value());
+            if *number > before {
+                last.insert((process.as_str(), *kind), *number)?;
+            }
         }
         Op::Event { id, process, bytes } => {
             txn.open_table(EVENTS)?.insert(*id, bytes.as_slice())?;
@@ -147,6 +168,7 @@ fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
             }
             txn.open_table(PROCESS_INSTANCES)?
                 .remove((process.as_str(), *kind, *id))?;
+            txn.open_table(INSTANCE_NUMBERS)?.remove(*id)?;
         }
         Op::TrimBlocks { id, below } => {
             txn.open_table(BLOCKS)?
@@ -217,6 +239,9 @@ pub(crate) struct Writer {
     group_bytes: usize,
     group_lines: u64,
     waiters: Vec<Done>,
+    /// Processes whose logs go at the next retention pass (`Msg::RemoveLogs`), and who
+    /// waits for it.
+    remove_logs: Vec<(String, Done)>,
     /// Instances whose end is in the open group: leave the live map at commit.
     ended: Vec<u64>,
     /// Metadata of live instances (and of ended ones until their end commits).
@@ -338,6 +363,7 @@ impl Writer {
             group_bytes: 0,
             group_lines: 0,
             waiters: Vec::new(),
+            remove_logs: Vec::new(),
             ended: Vec::new(),
             metas: HashMap::new(),
             dirty: HashSet::new(),
@@ -550,6 +576,7 @@ impl Writer {
                     process: meta.process.clone(),
                     kind: meta.kind.code(),
                     id: meta.id,
+                    number: meta.number,
                 };
                 self.metas.insert(meta.id, *meta);
                 self.retention_due = true;
@@ -602,6 +629,11 @@ impl Writer {
             Msg::RemoveProcess { name } => {
                 self.push(Op::RemoveProcess { name });
                 true
+            }
+            Msg::RemoveLogs { process, done } => {
+                self.remove_logs.push((process, done));
+                self.retention_due = true;
+                false
             }
             Msg::Limits { process, limits } => {
                 self.limits.insert(process, limits);

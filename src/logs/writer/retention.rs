@@ -9,9 +9,15 @@ impl Writer {
     /// disk) was at fault, so that the next pass removes it without walking its blocks.
     pub(super) fn retention(&mut self) {
         let (removals, trims) = self.plan_retention();
+        // Who asked for a process's logs to go is answered once this pass is durable.
+        let asked: Vec<_> = self.remove_logs.drain(..).map(|(_, done)| done).collect();
         if removals.is_empty() && trims.is_empty() {
+            for done in asked {
+                let _ = done.send(Ok(()));
+            }
             return;
         }
+        self.waiters.extend(asked);
         let before = (
             self.retained.clone(),
             self.metas.clone(),
@@ -72,6 +78,14 @@ impl Writer {
                 .push((*id, r.kind, r.bytes, r.live));
         }
         let mut gone: HashSet<u64> = HashSet::new();
+        // Processes removed with their logs: every instance that is not live.
+        for (process, _) in &self.remove_logs {
+            for x in per_proc.get(process.as_str()).into_iter().flatten() {
+                if !x.3 && gone.insert(x.0) {
+                    removals.push((x.0, "removed with its process (`rm --logs`)".to_owned()));
+                }
+            }
+        }
         for (process, list) in &per_proc {
             let lim = self.limits_of(process);
             for (kind, keep) in [

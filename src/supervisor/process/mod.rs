@@ -232,8 +232,9 @@ impl ProcessHandle {
                         }
                         State::Ready if replaced => return exited(),
                         State::Ready => return ReadyOutcome::Ready,
-                        // The end is being recorded: what it was comes next.
-                        State::Building | State::Exiting => {}
+                        // The end is being recorded: what it was comes next. An
+                        // unhealthy instance was ready, but is not now: it may recover.
+                        State::Building | State::Exiting | State::Unhealthy { .. } => {}
                         State::Backoff { .. } | State::Exited { .. } => return exited(),
                         State::Failed { error } => {
                             return ReadyOutcome::Failed {

@@ -14,9 +14,15 @@ use tokio::net::TcpStream;
 
 use crate::config::ReadyCheck;
 use crate::logs::Store;
+use crate::supervisor::procgroup::{self, Scope};
 
-/// How often TCP and HTTP readiness probes try again.
+/// How often TCP and HTTP readiness probes try again: often at first, so that a start
+/// answers within milliseconds of the port accepting (a refused connect to a local port
+/// costs microseconds), then less often for a slow starter.
+const PROBE_INTERVAL_FAST: Duration = Duration::from_millis(2);
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the probes try at [`PROBE_INTERVAL_FAST`].
+const PROBE_FAST_FOR: Duration = Duration::from_secs(10);
 
 /// How long one probe attempt may take.
 const PROBE_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
@@ -24,19 +30,27 @@ const PROBE_ATTEMPT_LIMIT: Duration = Duration::from_secs(2);
 /// Probe readiness until it passes (true), or until the instance's output ends first for
 /// a log check (false). The caller aborts it when the run ends.
 pub(super) async fn passes(check: ReadyCheck, store: Store, instance: u64) -> bool {
+    let started = tokio::time::Instant::now();
+    let pause = || {
+        tokio::time::sleep(if started.elapsed() < PROBE_FAST_FOR {
+            PROBE_INTERVAL_FAST
+        } else {
+            PROBE_INTERVAL
+        })
+    };
     match check {
         ReadyCheck::Log { pattern } => log_matches(&store, instance, &pattern).await,
         ReadyCheck::Tcp { port } => loop {
             if tcp_open(port).await {
                 break true;
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            pause().await;
         },
         ReadyCheck::Http { url } => loop {
             if http_ok(&url).await {
                 break true;
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            pause().await;
         },
     }
 }
@@ -71,30 +85,70 @@ async fn log_matches(store: &Store, instance: u64, pattern: &str) -> bool {
     }
 }
 
+/// One health check of a run that was ready: none of its processes is stopped (a
+/// stopped server's kernel still completes TCP handshakes, so a connect alone would pass),
+/// and the readiness check passes again. The error says what failed.
+pub(super) async fn healthy(check: &ReadyCheck, scope: &Scope) -> Result<(), String> {
+    let scope = scope.clone();
+    let stopped = tokio::task::spawn_blocking(move || {
+        scope.members().into_iter().find(|m| {
+            procgroup::read_stat(m.pid)
+                .is_some_and(|s| s.start_time == m.start_time && matches!(s.state, 'T' | 't'))
+        })
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(m) = stopped {
+        return Err(format!("{m} is stopped (SIGSTOP or a debugger)"));
+    }
+    match check {
+        ReadyCheck::Tcp { port } => tcp_check(*port).await,
+        ReadyCheck::Http { url } => http_check(url).await,
+        ReadyCheck::Log { .. } => Ok(()),
+    }
+}
+
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 pub async fn tcp_open(port: u16) -> bool {
-    matches!(
-        tokio::time::timeout(PROBE_ATTEMPT_LIMIT, TcpStream::connect(("127.0.0.1", port))).await,
-        Ok(Ok(_))
-    )
+    tcp_check(port).await.is_ok()
+}
+
+async fn tcp_check(port: u16) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_ATTEMPT_LIMIT, TcpStream::connect(("127.0.0.1", port))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("127.0.0.1:{port}: {e}")),
+        Err(_) => Err(format!(
+            "127.0.0.1:{port}: no connection within {}s",
+            PROBE_ATTEMPT_LIMIT.as_secs()
+        )),
+    }
 }
 
 /// Whether a GET of the `http://` URL answers with a 2xx or 3xx status.
 pub async fn http_ok(url: &str) -> bool {
-    tokio::time::timeout(PROBE_ATTEMPT_LIMIT, http_status(url))
-        .await
-        .ok()
-        .flatten()
-        .is_some_and(|code| (200..400).contains(&code))
+    http_check(url).await.is_ok()
+}
+
+async fn http_check(url: &str) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_ATTEMPT_LIMIT, http_status(url)).await {
+        Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
+        Ok(Ok(code)) => Err(format!("GET {url} answered {code}")),
+        Ok(Err(e)) => Err(format!("GET {url}: {e}")),
+        Err(_) => Err(format!(
+            "GET {url}: no answer within {}s",
+            PROBE_ATTEMPT_LIMIT.as_secs()
+        )),
+    }
 }
 
 /// The status code of a GET of an `http://` URL, on a connection of its own.
-async fn http_status(url: &str) -> Option<u16> {
-    let uri: Uri = url.parse().ok()?;
+async fn http_status(url: &str) -> Result<u16, String> {
+    let uri: Uri = url.parse().map_err(|_| "not a valid URL".to_owned())?;
     if uri.scheme() != Some(&Scheme::HTTP) {
-        return None;
+        return Err("only http:// URLs are checked".to_owned());
     }
-    let authority = uri.authority()?;
+    let authority = uri.authority().ok_or("the URL has no host")?;
     // `host()` keeps an IPv6 address's brackets, which name resolution does not accept.
     let host = authority
         .host()
@@ -102,8 +156,10 @@ async fn http_status(url: &str) -> Option<u16> {
         .trim_end_matches(']');
     let stream = TcpStream::connect((host, authority.port_u16().unwrap_or(80)))
         .await
-        .ok()?;
-    let (mut sender, conn) = handshake(TokioIo::new(stream)).await.ok()?;
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
     let target = match uri.path_and_query() {
         Some(pq) => match pq.query() {
             Some(q) => format!("{}?{q}", pq.path()),
@@ -116,7 +172,7 @@ async fn http_status(url: &str) -> Option<u16> {
         .header(USER_AGENT, "bpm")
         .header(CONNECTION, "close")
         .body(Empty::<Bytes>::new())
-        .ok()?;
+        .map_err(|e| e.to_string())?;
     // The connection is driven here rather than in a task of its own, so that it is
     // dropped with this future (at the attempt's timeout too).
     let mut response = std::pin::pin!(sender.send_request(request));
@@ -127,7 +183,7 @@ async fn http_status(url: &str) -> Option<u16> {
         // It can end right after handing over the response: take it if it came.
         _ = &mut conn => response.await,
     };
-    Some(response.ok()?.status().as_u16())
+    Ok(response.map_err(|e| e.to_string())?.status().as_u16())
 }
 
 #[cfg(test)]

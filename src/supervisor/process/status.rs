@@ -56,8 +56,11 @@ pub enum State {
     Starting,
     /// Running, without a readiness check.
     Running,
-    /// Running, its readiness check passed.
+    /// Running, its readiness check passed (and its health checks, if any, pass).
     Ready,
+    /// Running, its readiness check passed, but its health check (the same check,
+    /// repeated) fails since `since_unix_ms`: `error` says how.
+    Unhealthy { since_unix_ms: i64, error: String },
     /// Crashed; restarts at `until_unix_ms` unless told otherwise.
     Backoff { until_unix_ms: i64 },
     /// Nothing runs and a build is under way (while an old instance runs during a
@@ -75,7 +78,10 @@ pub enum State {
 impl State {
     /// Whether an instance is running.
     pub fn is_running(&self) -> bool {
-        matches!(self, State::Starting | State::Running | State::Ready)
+        matches!(
+            self,
+            State::Starting | State::Running | State::Ready | State::Unhealthy { .. }
+        )
     }
 
     /// Whether it is up or on its way (running, building, exiting, waiting to restart):
@@ -97,6 +103,17 @@ impl std::fmt::Display for State {
             State::Starting => f.write_str("starting"),
             State::Running => f.write_str("running"),
             State::Ready => f.write_str("ready"),
+            State::Unhealthy {
+                since_unix_ms,
+                error,
+            } => {
+                let for_ = (chrono::Utc::now().timestamp_millis() - *since_unix_ms).max(0);
+                write!(
+                    f,
+                    "unhealthy for {}: {error}",
+                    crate::protocol::human_duration(for_ as f64 / 1000.0)
+                )
+            }
             State::Backoff { until_unix_ms } => {
                 let left = (*until_unix_ms - chrono::Utc::now().timestamp_millis()).max(0);
                 write!(f, "crashed, restarting in {:.0}s", left as f64 / 1000.0)

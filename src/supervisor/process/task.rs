@@ -25,6 +25,10 @@ use crate::supervisor::{ports, procgroup};
 /// Lines read back from an instance that exited, to find its errors and port conflicts.
 const EXIT_TAIL: usize = 200;
 
+/// Failed health checks in a row after which `restart_on_unhealthy` restarts a process
+/// (docker's default retries): one slow answer is not worth a restart.
+const UNHEALTHY_RESTART_AFTER: u32 = 3;
+
 /// Start the task that owns `spec`, driven by `rx` and publishing on `published`.
 pub(super) fn spawn(
     spec: ProcessSpec,
@@ -73,6 +77,8 @@ struct Run {
     started: Instant,
     started_at_ms: i64,
     ready: Option<bool>,
+    /// Health checks failed in a row.
+    health_failures: u32,
 }
 
 /// A build under way.
@@ -83,11 +89,18 @@ struct PendingBuild {
     waiters: Vec<Reply>,
     /// A restart asked for it (as opposed to a start of a stopped process).
     restart: bool,
+    /// The crash policy's restart asked for it (dev mode): the crash count stays.
+    crash: bool,
 }
 
 enum Internal {
     ProbeReady {
         instance: u64,
+    },
+    /// A health check of a ready instance: every failure, and the first pass after one.
+    Health {
+        instance: u64,
+        result: Result<(), String>,
     },
     BuildDone {
         id: u64,
@@ -162,6 +175,9 @@ impl Supervisor {
                 Wake::Exited(status) => self.on_exit(status).await,
                 Wake::BackoffOver => self.on_backoff_over().await,
                 Wake::Internal(Internal::ProbeReady { instance }) => self.on_ready(instance),
+                Wake::Internal(Internal::Health { instance, result }) => {
+                    self.on_health(instance, result).await
+                }
                 Wake::Internal(Internal::BuildDone { id, result }) => {
                     self.on_build_done(id, result).await
                 }
@@ -220,12 +236,14 @@ impl Supervisor {
                 if self.run.is_some() {
                     self.reply(reply, Ok(self.status()));
                 } else if let Some(build) = &mut self.build {
+                    // A start asked for it too: a manual start resets the crash count.
+                    build.crash = false;
                     build.waiters.push(reply);
                 } else {
                     self.backoff = None;
                     self.crash_count = 0;
                     if self.spec.build.is_some() {
-                        self.begin_build(reply, false);
+                        self.begin_build(Some(reply), false);
                     } else {
                         let result = self.spawn_run().await.map(|()| self.status());
                         self.reply(reply, result);
@@ -239,9 +257,10 @@ impl Supervisor {
                 );
                 if let Some(build) = &mut self.build {
                     build.restart = true;
+                    build.crash = false;
                     build.waiters.push(reply);
                 } else if self.spec.build.is_some() {
-                    self.begin_build(reply, true);
+                    self.begin_build(Some(reply), true);
                 } else {
                     self.backoff = None;
                     self.crash_count = 0;
@@ -561,9 +580,26 @@ impl Supervisor {
                 self.store.clone(),
                 self.internal_tx.clone(),
             );
+            let health = ready.health_interval();
+            let scope = scope.clone();
             tokio::spawn(async move {
-                if probe::passes(check, store, instance).await {
-                    let _ = tx.send(Internal::ProbeReady { instance });
+                if !probe::passes(check.clone(), store, instance).await {
+                    return;
+                }
+                let _ = tx.send(Internal::ProbeReady { instance });
+                let Some(interval) = health else {
+                    return;
+                };
+                // Then the same check again, every interval, while the run lasts.
+                let mut was_ok = true;
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let result = probe::healthy(&check, &scope).await;
+                    let ok = result.is_ok();
+                    if !ok || !was_ok {
+                        let _ = tx.send(Internal::Health { instance, result });
+                    }
+                    was_ok = ok;
                 }
             })
         });
@@ -577,6 +613,7 @@ impl Supervisor {
             captures,
             ready: probe.as_ref().map(|_| false),
             probe,
+            health_failures: 0,
             started,
             started_at_ms: unix_ms(),
         })
@@ -587,13 +624,22 @@ impl Supervisor {
         if self.run.is_some() {
             return;
         }
-        self.restarts += 1;
         self.record(
             self.last_instance,
             EventKind::RestartRequested {
                 by: Actor::CrashPolicy,
             },
         );
+        // In dev mode the crash may be fixed in the source by now: build first (a failed
+        // build leaves it failed with the build's first errors, as a failed restart does).
+        if *self.mode.borrow() == Mode::Dev && self.spec.build_argv(Mode::Dev).is_some() {
+            self.begin_build(None, true);
+            if let Some(b) = &mut self.build {
+                b.crash = true;
+            }
+            return;
+        }
+        self.restarts += 1;
         if let Err(e) = self.spawn_run().await {
             tracing::warn!(error = %e, "crash restart failed");
         }
@@ -611,7 +657,83 @@ impl Supervisor {
         self.record(Some(instance), EventKind::Ready);
     }
 
-    fn begin_build(&mut self, reply: Reply, restart: bool) {
+    /// A health check's result for a ready instance: failing makes it `unhealthy` (with
+    /// the evidence), passing again makes it `ready`; with `restart_on_unhealthy`, it is
+    /// restarted after [`UNHEALTHY_RESTART_AFTER`] failures in a row.
+    async fn on_health(&mut self, instance: u64, result: Result<(), String>) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        if run.instance != instance {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                run.health_failures = 0;
+                if let State::Unhealthy { since_unix_ms, .. } = self.state {
+                    run.ready = Some(true);
+                    self.state = State::Ready;
+                    let secs = (unix_ms() - since_unix_ms).max(0) as f64 / 1000.0;
+                    self.record(
+                        Some(instance),
+                        EventKind::Note {
+                            text: format!("healthy again after {secs:.1}s"),
+                        },
+                    );
+                }
+            }
+            Err(error) => {
+                run.health_failures = run.health_failures.saturating_add(1);
+                let failures = run.health_failures;
+                run.ready = Some(false);
+                let since_unix_ms = match &self.state {
+                    State::Unhealthy { since_unix_ms, .. } => *since_unix_ms,
+                    _ => {
+                        self.record(
+                            Some(instance),
+                            EventKind::Note {
+                                text: format!("unhealthy: {error}"),
+                            },
+                        );
+                        unix_ms()
+                    }
+                };
+                self.state = State::Unhealthy {
+                    since_unix_ms,
+                    error: error.clone(),
+                };
+                let restart = self
+                    .spec
+                    .ready
+                    .as_ref()
+                    .is_some_and(|r| r.restart_on_unhealthy);
+                if restart && failures >= UNHEALTHY_RESTART_AFTER {
+                    self.record(
+                        Some(instance),
+                        EventKind::Note {
+                            text: format!(
+                                "restarting: unhealthy after {failures} failed health checks ({error})"
+                            ),
+                        },
+                    );
+                    self.record(
+                        Some(instance),
+                        EventKind::RestartRequested {
+                            by: Actor::CrashPolicy,
+                        },
+                    );
+                    self.last_error = Some(format!("restarted: unhealthy ({error})"));
+                    self.swap_out_run().await;
+                    self.restarts += 1;
+                    if let Err(e) = self.spawn_run().await {
+                        tracing::warn!(error = %e, "restart of an unhealthy process failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn begin_build(&mut self, reply: Option<Reply>, restart: bool) {
         let Some(argv) = self.spec.build_argv(*self.mode.borrow()) else {
             return;
         };
@@ -637,8 +759,9 @@ impl Supervisor {
             id,
             cancel: Some(cancel_tx),
             task,
-            waiters: vec![reply],
+            waiters: reply.into_iter().collect(),
             restart,
+            crash: false,
         });
         if self.run.is_none() && self.backoff.is_none() {
             self.state = State::Building;
@@ -655,7 +778,9 @@ impl Supervisor {
         let reply = match result {
             Ok(()) => {
                 self.backoff = None;
-                self.crash_count = 0;
+                if !build.crash {
+                    self.crash_count = 0;
+                }
                 let had_run = self.run.is_some();
                 self.swap_out_run().await;
                 if had_run || build.restart {

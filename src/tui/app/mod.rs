@@ -849,6 +849,7 @@ mod tests {
             runtime: true,
             uptime_seconds: Some(5.0),
             run_instances: 1,
+            run_number: Some(1),
             build_instances: 0,
             ports: Vec::new(),
             url: None,
@@ -950,6 +951,7 @@ mod tests {
         let mut records = vec![FollowRecord::Instance {
             process: "api".into(),
             instance: 1,
+            number: 1,
             pid: None,
             started: String::new(),
             switch: false,
@@ -1012,6 +1014,7 @@ mod tests {
         let inst = |id, switch| FollowRecord::Instance {
             process: "api".into(),
             instance: id,
+            number: id,
             pid: None,
             started: String::new(),
             switch,
@@ -1104,6 +1107,7 @@ mod tests {
         app.update(Msg::Status(report(vec![proc("api", State::Running)])));
         let epoch = app.out.epoch;
         let summary = |id| InstanceSummary {
+            number: id,
             id,
             kind: crate::protocol::InstanceKind::Run,
             started: "2026-01-01T00:00:00.000Z".into(),
