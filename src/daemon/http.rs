@@ -129,12 +129,32 @@ async fn remove(State(ops): State<Ops>, Path(name): Path<String>) -> Result<Resp
     Ok(Json(serde_json::json!({ "removed": name })).into_response())
 }
 
+/// The media type of record streams: one JSON object per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One [`crate::protocol::LogResult`]; or, when the request accepts [`NDJSON`], the same
+/// read as records ([`crate::protocol::FollowRecord`]) streamed page by page, however
+/// many lines it has.
 async fn logs(
     State(ops): State<Ops>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, OpError> {
     let q: LogQuery = query(q)?;
+    let wants_records = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let essence = t.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case(NDJSON)
+        });
+    if wants_records {
+        let pages = ops.logs_stream(&name, q).await?;
+        return Ok(([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(pages)).into_response());
+    }
     Ok(Json(ops.logs(&name, q).await?).into_response())
 }
 
@@ -148,18 +168,9 @@ async fn follow(
     let q: FollowQuery = query(q)?;
     let records = ops.follow(&name, q).await?;
     let chunks = futures_util::StreamExt::map(records, |batch| {
-        let mut buf = Vec::new();
-        for r in &batch {
-            serde_json::to_writer(&mut buf, r).expect("serializable");
-            buf.push(b'\n');
-        }
-        Ok::<_, std::convert::Infallible>(Bytes::from(buf))
+        Ok::<_, std::convert::Infallible>(Bytes::from(super::ops::ndjson(&batch)))
     });
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(chunks),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(chunks)).into_response())
 }
 
 /// Answers once every line captured so far is durable (tests, and scripts that are

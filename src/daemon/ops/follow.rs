@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{OpError, Ops};
 use crate::logs::{ExitStatus, InstanceKind, InstanceMeta, Store, Stream};
-use crate::protocol::{FollowQuery, FollowRecord, LogLine, format_ts};
+use crate::protocol::{FollowQuery, FollowRecord, LogLine};
 use crate::search;
 use crate::supervisor::process::ProcessHandle;
 
@@ -107,13 +107,7 @@ const FOLLOW_IDLE_POLL: Duration = Duration::from_millis(100);
 
 impl Follow {
     fn instance_record(&self, meta: &InstanceMeta, switch: bool) -> FollowRecord {
-        FollowRecord::Instance {
-            process: self.name.clone(),
-            instance: meta.id,
-            pid: meta.spawn.pid,
-            started: format_ts(meta.started_us),
-            switch,
-        }
+        FollowRecord::instance(meta, switch)
     }
 
     /// Append the next records to `out`, waiting until there are some. False once the

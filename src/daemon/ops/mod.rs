@@ -7,13 +7,16 @@
 //!   mode, shutdown.
 //! - `status`: status reports, also offline from the store alone.
 //! - `logs`: reads and searches.
+//! - `pages`: log reads as NDJSON records, page by page.
 //! - `follow`: the follow stream's state machine.
 
 mod follow;
 mod logs;
+mod pages;
 mod status;
 
 pub use logs::read_logs;
+pub use pages::{LogStream, PAGE_LINES, ndjson};
 pub use status::offline_status;
 
 use std::collections::BTreeMap;

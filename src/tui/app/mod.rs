@@ -861,6 +861,7 @@ mod tests {
             instance: 1,
             seq,
             ts: "2026-01-01T00:00:00.000Z".into(),
+            ts_us: 0,
             stream: Stream::Stdout,
             matched: false,
             continuation: false,
@@ -951,7 +952,10 @@ mod tests {
             instance: 1,
             pid: None,
             started: String::new(),
+            started_us: 0,
             switch: false,
+            ended_us: None,
+            exit: None,
         }];
         records.extend((999_000..1_000_000).map(|s| FollowRecord::Line(line(s))));
         app.update(Msg::Follow { epoch, records });
@@ -1013,7 +1017,10 @@ mod tests {
             instance: id,
             pid: None,
             started: String::new(),
+            started_us: 0,
             switch,
+            ended_us: None,
+            exit: None,
         };
         app.update(Msg::Follow {
             epoch,
