@@ -305,3 +305,68 @@ fn bad_numbers_are_400s_naming_the_field() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["lines"].as_array().unwrap().len(), 3);
 }
+
+/// The peak RSS (`VmHWM`, KiB) of a process, sampled until it exits: the last sample
+/// before it goes is its peak.
+fn sample_peak(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return peak;
+            };
+            let Some(hwm) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            else {
+                // A zombie has no memory left to report.
+                return peak;
+            };
+            peak = peak.max(hwm);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+/// `bpm logs NAME` of a 2,000,000-line instance, through the real binary into a pipe:
+/// every line arrives, in order, while the CLI's and the daemon's memory stay flat (the
+/// read is streamed page by page; it used to be built whole: 2 GB in the CLI, +520 MB
+/// in the daemon). `benches/cli.rs` reports the exact figures.
+#[test]
+fn logs_of_two_million_lines_stream_in_bounded_memory() {
+    use std::io::BufRead as _;
+    const N: u64 = 2_000_000;
+    const BOUND_KIB: u64 = 128 * 1024;
+    let dirs = Dirs::new();
+    let daemon = Served::start(&dirs);
+    let api = daemon.api();
+    seq_process(&api, "big", N);
+    let mut child = dirs
+        .bpm(&["logs", "big", "--no-autostart"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = crate::helpers::process::KillOnDrop::process(child.id());
+    let cli_peak = sample_peak(child.id());
+    let out = std::io::BufReader::with_capacity(1 << 16, child.stdout.take().unwrap());
+    let mut next = 1u64;
+    for line in out.lines() {
+        let line = line.unwrap();
+        assert_eq!(line, next.to_string(), "line {next}");
+        next += 1;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(next - 1, N, "every line arrives");
+    let cli_kib = cli_peak.join().unwrap();
+    let daemon_kib = vm_kib(daemon.pid(), "VmHWM");
+    eprintln!("peak RSS: CLI {cli_kib} KiB, daemon {daemon_kib} KiB");
+    assert!(cli_kib > 0 && cli_kib < BOUND_KIB, "CLI peak {cli_kib} KiB");
+    assert!(daemon_kib < BOUND_KIB, "daemon peak {daemon_kib} KiB");
+}
