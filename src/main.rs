@@ -137,6 +137,7 @@ fn main() -> ExitCode {
                 token,
                 mcp_session_idle: mcp_session_idle.map(std::time::Duration::from_secs_f64),
                 conn_idle: None,
+                follow_heartbeat: None,
             })
         }),
         Command::Mcp {

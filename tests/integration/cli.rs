@@ -425,7 +425,10 @@ fn logs_json_is_ndjson_records_with_streams_and_filters() {
     let lines: Vec<&Value> = recs.iter().filter(|r| r["type"] == "line").collect();
     assert_eq!(lines.len(), 1, "{recs:?}");
     assert_eq!(lines[0]["matched"], true);
-    assert_eq!(line_texts(&env.ndjson(&["logs", "job", "--since", "1h"])).len(), 3);
+    assert_eq!(
+        line_texts(&env.ndjson(&["logs", "job", "--since", "1h"])).len(),
+        3
+    );
     let recs = env.ndjson(&["logs", "job", "--until", "2000-01-01"]);
     assert!(line_texts(&recs).is_empty(), "{recs:?}");
     assert_eq!(recs[0]["type"], "instance");
@@ -471,7 +474,11 @@ fn logs_json_pages_through_every_instance_online_and_offline() {
     env.served.clear();
     let out = env.bpm(&["logs", "count", "--all-instances", "--json"]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no daemon is running"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no daemon is running"),
+        "{}",
+        stderr(&out)
+    );
     let offline: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -481,7 +488,10 @@ fn logs_json_pages_through_every_instance_online_and_offline() {
     assert_eq!(env.ok(&["logs", "count"]), expect);
     let out = env.ok(&["logs", "count", "--grep", "^1.?$", "--all-instances"]);
     assert_eq!(out.matches("==> count #").count(), 2, "{out}");
-    assert_eq!(out.lines().filter(|l| !l.starts_with("==>")).count(), 2 * 11);
+    assert_eq!(
+        out.lines().filter(|l| !l.starts_with("==>")).count(),
+        2 * 11
+    );
 }
 
 #[test]

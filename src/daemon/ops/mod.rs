@@ -15,6 +15,7 @@ mod logs;
 mod pages;
 mod status;
 
+pub use follow::MAX_FOLLOWERS;
 pub use logs::read_logs;
 pub use pages::{LogStream, PAGE_LINES, ndjson};
 pub use status::offline_status;
@@ -147,6 +148,8 @@ struct Inner {
     closing: CancellationToken,
     /// Searches running at once (see `logs.rs`).
     searches: Arc<tokio::sync::Semaphore>,
+    /// Follow streams open at once (see `follow.rs`).
+    followers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Ops {
@@ -171,6 +174,7 @@ impl Ops {
                 closing,
                 observed: Mutex::default(),
                 searches: Arc::new(tokio::sync::Semaphore::new(logs::MAX_SEARCHES)),
+                followers: Arc::new(tokio::sync::Semaphore::new(follow::MAX_FOLLOWERS)),
             }),
         }
     }
