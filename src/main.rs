@@ -41,7 +41,7 @@ enum Command {
         /// read from FILE (or from the BPM_TOKEN environment variable).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
-        /// Expire MCP sessions idle for this many seconds (default: a week).
+        /// Expire MCP sessions idle for this many seconds (default: a day).
         #[arg(long, value_name = "SECONDS", hide = true)]
         mcp_session_idle: Option<f64>,
     },

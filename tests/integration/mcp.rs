@@ -708,7 +708,7 @@ async fn the_token_is_enforced() {
     d.shutdown().await;
 }
 
-/// A daemon whose idle MCP sessions live 1.5 s: standing for the default week.
+/// A daemon whose idle MCP sessions live 1.5 s: standing for the default day.
 fn short_sessions(dirs: &Dirs) -> InProcess {
     InProcess::start(bpm::daemon::Options {
         mcp_session_idle: Some(Duration::from_millis(1500)),
@@ -918,4 +918,40 @@ async fn the_stdio_bridge_starts_the_daemon_and_survives_its_restart() {
 
     s.cancel().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}
+
+/// At most `MAX_SESSIONS` MCP sessions are kept: one more evicts the one idle the longest
+/// (its next request gets the spec's 404, on which a client starts a new session); the
+/// new session and the recently used ones work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_and_the_idlest_is_evicted() {
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
+    let port = d.port;
+    let max = bpm::mcp::sessions::MAX_SESSIONS;
+    let oldest = raw_session(port).await;
+    let r = exchange_async(port, with_session(port, &oldest, &tools_list())).await;
+    assert_eq!(r.code, 200, "{r}");
+    let mut clients = Vec::new();
+    for _ in 1..max {
+        clients.push(connect(&d).await);
+    }
+    // The cap is reached, nothing is evicted yet: the first client works.
+    ok(&clients[0], "get_status", json!({})).await;
+    let newest = connect(&d).await;
+    ok(&newest, "get_status", json!({})).await;
+    let r = exchange_async(port, with_session(port, &oldest, &tools_list())).await;
+    assert_eq!(r.code, 404, "the idlest session was evicted: {r}");
+    ok(&clients[0], "get_status", json!({})).await;
+    ok(clients.last().unwrap(), "get_status", json!({})).await;
+    // One more: the next idlest (the second client) goes, the others stay.
+    let another = connect(&d).await;
+    ok(&another, "get_status", json!({})).await;
+    ok(&clients[0], "get_status", json!({})).await;
+    for c in clients {
+        let _ = c.cancel().await;
+    }
+    newest.cancel().await.unwrap();
+    another.cancel().await.unwrap();
+    d.shutdown().await;
 }
