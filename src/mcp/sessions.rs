@@ -4,13 +4,19 @@
 //! the session idle the longest (one with no request in progress, if there is any). An
 //! evicted client gets a 404 on its next request, on which the protocol has it start a
 //! new session.
+//!
+//! It also refuses a request whose JSON-RPC id is that of a request still in progress in
+//! the same session: rmcp routes answers by id, so the two would share one answer and
+//! the other would wait forever. The second gets an error answer at once instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::{Stream, StreamExt as _};
-use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::model::{
+    ClientJsonRpcMessage, ErrorData, JsonRpcMessage, RequestId, ServerJsonRpcMessage,
+};
 use rmcp::transport::streamable_http_server::session::local::{
     LocalSessionManager, LocalSessionManagerError,
 };
@@ -22,11 +28,13 @@ use rmcp::transport::streamable_http_server::session::{
 pub const MAX_SESSIONS: usize = 64;
 
 /// How a session has been used.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Use {
     last: Instant,
     /// Requests whose answer stream is open.
     busy: usize,
+    /// The JSON-RPC ids of those requests.
+    ids: HashSet<RequestId>,
 }
 
 type Uses = Arc<Mutex<HashMap<SessionId, Use>>>;
@@ -41,6 +49,7 @@ pub struct CappedSessions {
 /// Marks a session busy while a request's answer stream is open.
 struct Busy {
     id: SessionId,
+    request: Option<RequestId>,
     uses: Uses,
 }
 
@@ -50,6 +59,9 @@ impl Drop for Busy {
         if let Some(u) = uses.get_mut(&self.id) {
             u.busy = u.busy.saturating_sub(1);
             u.last = Instant::now();
+            if let Some(r) = &self.request {
+                u.ids.remove(r);
+            }
         }
     }
 }
@@ -73,16 +85,23 @@ impl CappedSessions {
         }
     }
 
-    /// Count a request in progress until the returned guard drops.
-    fn busy(&self, id: &SessionId) -> Busy {
+    /// Count a request in progress until the returned guard drops; `None` when a request
+    /// with the same JSON-RPC id is in progress in the session.
+    fn busy(&self, id: &SessionId, request: Option<RequestId>) -> Option<Busy> {
         if let Some(u) = self.lock().get_mut(id) {
+            if let Some(r) = &request
+                && !u.ids.insert(r.clone())
+            {
+                return None;
+            }
             u.busy += 1;
             u.last = Instant::now();
         }
-        Busy {
+        Some(Busy {
             id: id.clone(),
+            request,
             uses: self.uses.clone(),
-        }
+        })
     }
 
     /// The session to evict for a new one, if the cap is reached: idle the longest,
@@ -127,6 +146,7 @@ impl SessionManager for CappedSessions {
             Use {
                 last: Instant::now(),
                 busy: 0,
+                ids: HashSet::new(),
             },
         );
         Ok((id, transport))
@@ -155,9 +175,23 @@ impl SessionManager for CappedSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        let busy = self.busy(id);
+        let request = match &message {
+            JsonRpcMessage::Request(r) => Some(r.id.clone()),
+            _ => None,
+        };
+        let Some(busy) = self.busy(id, request.clone()) else {
+            let error = ErrorData::invalid_request(
+                format!(
+                    "request id {} is already used by a request in progress in this session; give each request its own id",
+                    request.as_ref().map(ToString::to_string).unwrap_or_default()
+                ),
+                None,
+            );
+            let answer = ServerSseMessage::from_message(ServerJsonRpcMessage::error(error, request));
+            return Ok(futures_util::stream::iter([answer]).left_stream());
+        };
         let stream = self.inner.create_stream(id, message).await?;
-        Ok(holding(stream, busy))
+        Ok(holding(stream, busy).right_stream())
     }
 
     async fn accept_message(

@@ -955,3 +955,44 @@ async fn sessions_are_capped_and_the_idlest_is_evicted() {
     another.cancel().await.unwrap();
     d.shutdown().await;
 }
+
+/// Two requests with the same JSON-RPC id at once in one session: the second is answered
+/// with an error at once (ids route answers, so it would take the first's answer and
+/// leave one of them waiting forever); the first gets its own answer; the id is free
+/// again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_request_id_gets_an_error_instead_of_hanging() {
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
+    let port = d.port;
+    let id = raw_session(port).await;
+    // Waits its 3 s settle time before answering.
+    let slow = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "start",
+        "arguments": {"name": "slow", "command": ["sleep", "60"], "wait_seconds": 3}
+    }})
+    .to_string();
+    let first = tokio::spawn(exchange_async(port, with_session(port, &id, &slow)));
+    let api = d.api();
+    wait_for_async("the first request to be in progress", async || {
+        crate::helpers::api::process_in(&api.status_async().await, "slow")["state"] == "running"
+    })
+    .await;
+    let same = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}).to_string();
+    let second = exchange_async(port, with_session(port, &id, &same)).await;
+    assert_eq!(second.code, 200, "{second}");
+    assert!(
+        second.body.contains("\"error\"") && second.body.contains("request id 7 is already used"),
+        "{second}"
+    );
+    let first = first.await.unwrap();
+    assert!(
+        first.body.contains("\"result\"") && first.body.contains("slow"),
+        "{first}"
+    );
+    let again = exchange_async(port, with_session(port, &id, &same)).await;
+    assert!(again.body.contains("search_logs"), "{again}");
+    let (code, _) = api.post("/api/stop/slow", None);
+    assert_eq!(code, 200);
+    d.shutdown().await;
+}
