@@ -161,14 +161,22 @@ fn bench_logs_all(dir: &Path, quick: bool) {
     std::fs::create_dir_all(&project).unwrap();
     {
         let _daemon = serve(&project, &data);
-        let st = bpm(&data, &["run", "--name", "big", "--", "seq", "1", &lines.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
+        let st = bpm(
+            &data,
+            &["run", "--name", "big", "--", "seq", "1", &lines.to_string()],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
         assert!(st.success());
-        let out = bpm(&data, &["logs", "big", "--tail", "1"]).output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), lines.to_string());
+        let out = bpm(&data, &["logs", "big", "--tail", "1"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            lines.to_string()
+        );
     }
     println!("== bpm logs NAME > /dev/null, {lines} lines (seq), median of {runs} runs");
     let (t, cli, daemon) = logs_all(BPM, &project, &data, runs);

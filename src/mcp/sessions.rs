@@ -183,11 +183,15 @@ impl SessionManager for CappedSessions {
             let error = ErrorData::invalid_request(
                 format!(
                     "request id {} is already used by a request in progress in this session; give each request its own id",
-                    request.as_ref().map(ToString::to_string).unwrap_or_default()
+                    request
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
                 ),
                 None,
             );
-            let answer = ServerSseMessage::from_message(ServerJsonRpcMessage::error(error, request));
+            let answer =
+                ServerSseMessage::from_message(ServerJsonRpcMessage::error(error, request));
             return Ok(futures_util::stream::iter([answer]).left_stream());
         };
         let stream = self.inner.create_stream(id, message).await?;

@@ -158,7 +158,7 @@ impl LogStream {
                         context: q.context,
                         head: q.head.map(|_| left),
                         tail: None,
-                        filter: filter.clone(),
+                        filter,
                     };
                     let mut flow = ControlFlow::Continue(());
                     let r = search::search_each(store, &[m.id], &sq, from..to, &mut |hit| {
