@@ -153,31 +153,36 @@ fn logs_all(bin: &str, project: &Path, data: &Path, runs: usize) -> (Duration, f
     )
 }
 
+/// `seq 1 LINES` run as `big` by `bin`'s daemon in `data`, every line stored.
+fn ingest_seq(bin: &str, project: &Path, data: &Path, lines: u64) {
+    let _daemon = serve_with(bin, project, data);
+    let st = bpm_with(
+        bin,
+        data,
+        &["run", "--name", "big", "--", "seq", "1", &lines.to_string()],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let out = bpm_with(bin, data, &["logs", "big", "--tail", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        lines.to_string()
+    );
+}
+
 fn bench_logs_all(dir: &Path, quick: bool) {
     let lines: u64 = if quick { 200_000 } else { 2_000_000 };
     let runs = 3;
     let project = dir.join("project-all");
-    let data = dir.join("data-all");
     std::fs::create_dir_all(&project).unwrap();
-    {
-        let _daemon = serve(&project, &data);
-        let st = bpm(
-            &data,
-            &["run", "--name", "big", "--", "seq", "1", &lines.to_string()],
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-        assert!(st.success());
-        let out = bpm(&data, &["logs", "big", "--tail", "1"])
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            lines.to_string()
-        );
-    }
+    // Each binary reads a store it wrote (an earlier build may not read a newer schema).
+    let data = dir.join("data-all");
+    ingest_seq(BPM, &project, &data, lines);
     println!("== bpm logs NAME > /dev/null, {lines} lines (seq), median of {runs} runs");
     let (t, cli, daemon) = logs_all(BPM, &project, &data, runs);
     println!(
@@ -186,13 +191,15 @@ fn bench_logs_all(dir: &Path, quick: bool) {
     );
     match std::env::var("BPM_BASELINE") {
         Ok(base) => {
+            let data = dir.join("data-all-baseline");
+            ingest_seq(&base, &project, &data, lines);
             let (bt, bcli, bdaemon) = logs_all(&base, &project, &data, runs);
             println!(
                 "bpm logs (BPM_BASELINE):        {}  peak RSS: CLI {bcli:.1} MiB, daemon {bdaemon:.1} MiB",
                 ms(bt)
             );
             println!(
-                "time ratio {:.2}x (target <= 1.5x); RSS ratio CLI {:.2}x, daemon {:.2}x",
+                "time ratio {:.2}x (target <= 1.5x); RSS ratio CLI {:.3}x, daemon {:.3}x",
                 t.as_secs_f64() / bt.as_secs_f64(),
                 cli / bcli,
                 daemon / bdaemon
