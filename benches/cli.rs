@@ -5,8 +5,13 @@
 //!   read-only from the store with no daemon) vs `grep -E RE` on the same text in a flat
 //!   file. Target: at most 2x.
 //! - `bpm status` with 20 running processes vs spawning `/bin/true`. Target: under 10 ms.
+//! - `bpm logs NAME > /dev/null` of a 2,000,000-line instance (`seq 1 2000000`): wall
+//!   time and the peak RSS of the CLI and of the daemon (started fresh for the read), vs
+//!   the same with the binary named by `BPM_BASELINE` (an earlier build), when set.
+//!   Targets: each RSS under 64 MiB, time at most 1.5x the baseline's.
 //!
-//! `cargo bench --bench cli`; `BPM_BENCH_QUICK=1` uses 100,000 lines.
+//! `cargo bench --bench cli [grep|status|logs-all]` (no name: all);
+//! `BPM_BENCH_QUICK=1` uses 100,000 lines.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -55,7 +60,11 @@ impl Drop for Daemon {
 }
 
 fn serve(project: &Path, data: &Path) -> Daemon {
-    let child = Command::new(BPM)
+    serve_with(BPM, project, data)
+}
+
+fn serve_with(bin: &str, project: &Path, data: &Path) -> Daemon {
+    let child = Command::new(bin)
         .args(["serve", "--port", "0", "--no-prefix", "--data-dir"])
         .arg(data)
         .arg(project)
@@ -76,8 +85,12 @@ fn serve(project: &Path, data: &Path) -> Daemon {
 }
 
 fn bpm(data: &Path, args: &[&str]) -> Command {
+    bpm_with(BPM, data, args)
+}
+
+fn bpm_with(bin: &str, data: &Path, args: &[&str]) -> Command {
     // The options go right after the subcommand (before `run`'s `--`).
-    let mut c = Command::new(BPM);
+    let mut c = Command::new(bin);
     c.arg(args[0])
         .arg("--data-dir")
         .arg(data)
@@ -90,8 +103,126 @@ fn bpm(data: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `VmHWM` of a process in KiB, sampled until it exits (the last sample is its peak).
+fn sample_peak(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Some(hwm) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+        {
+            peak = peak.max(hwm);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        peak
+    })
+}
+
+/// `bpm logs big > /dev/null` with `bin` (its daemon started fresh): the median wall
+/// time of `runs`, the CLI's and the daemon's peak RSS (MiB) over them.
+fn logs_all(bin: &str, project: &Path, data: &Path, runs: usize) -> (Duration, f64, f64) {
+    let daemon = serve_with(bin, project, data);
+    let mut times = Vec::new();
+    let mut cli_peak = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut child = bpm_with(bin, data, &["logs", "big"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let peak = sample_peak(child.id());
+        assert!(child.wait().unwrap().success());
+        times.push(t.elapsed());
+        cli_peak = cli_peak.max(peak.join().unwrap());
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id())).unwrap();
+    let daemon_peak: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    (
+        median(times),
+        cli_peak as f64 / 1024.0,
+        daemon_peak as f64 / 1024.0,
+    )
+}
+
+/// `seq 1 LINES` run as `big` by `bin`'s daemon in `data`, every line stored.
+fn ingest_seq(bin: &str, project: &Path, data: &Path, lines: u64) {
+    let _daemon = serve_with(bin, project, data);
+    let st = bpm_with(
+        bin,
+        data,
+        &["run", "--name", "big", "--", "seq", "1", &lines.to_string()],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let out = bpm_with(bin, data, &["logs", "big", "--tail", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        lines.to_string()
+    );
+}
+
+fn bench_logs_all(dir: &Path, quick: bool) {
+    let lines: u64 = if quick { 200_000 } else { 2_000_000 };
+    let runs = 3;
+    let project = dir.join("project-all");
+    std::fs::create_dir_all(&project).unwrap();
+    // Each binary reads a store it wrote (an earlier build may not read a newer schema).
+    let data = dir.join("data-all");
+    ingest_seq(BPM, &project, &data, lines);
+    println!("== bpm logs NAME > /dev/null, {lines} lines (seq), median of {runs} runs");
+    let (t, cli, daemon) = logs_all(BPM, &project, &data, runs);
+    println!(
+        "bpm logs (this build):          {}  peak RSS: CLI {cli:.1} MiB, daemon {daemon:.1} MiB (targets < 64 MiB each)",
+        ms(t)
+    );
+    match std::env::var("BPM_BASELINE") {
+        Ok(base) => {
+            let data = dir.join("data-all-baseline");
+            ingest_seq(&base, &project, &data, lines);
+            let (bt, bcli, bdaemon) = logs_all(&base, &project, &data, runs);
+            println!(
+                "bpm logs (BPM_BASELINE):        {}  peak RSS: CLI {bcli:.1} MiB, daemon {bdaemon:.1} MiB",
+                ms(bt)
+            );
+            println!(
+                "time ratio {:.2}x (target <= 1.5x); RSS ratio CLI {:.3}x, daemon {:.3}x",
+                t.as_secs_f64() / bt.as_secs_f64(),
+                cli / bcli,
+                daemon / bdaemon
+            );
+        }
+        Err(_) => println!("(set BPM_BASELINE to an earlier bpm binary to compare)"),
+    }
+}
+
 fn main() {
     let quick = std::env::var_os("BPM_BENCH_QUICK").is_some();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
+    if want("logs-all") {
+        let dir = tempfile::tempdir().unwrap();
+        bench_logs_all(dir.path(), quick);
+    }
+    if !want("grep") && !want("status") {
+        return;
+    }
     let lines: usize = if quick { 100_000 } else { 1_000_000 };
     let runs = 11;
     let dir = tempfile::tempdir().unwrap();

@@ -345,15 +345,25 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response, ClientError> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// [`Self::send`] with more headers.
+    async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, &str)],
+    ) -> Result<Response, ClientError> {
         // The API refuses a POST without one of these (a web page could have sent it).
-        let client = (crate::daemon::http::CLIENT_HEADER, "1");
-        let headers: &[(&str, &str)] = if body.is_some() {
-            &[client, ("content-type", "application/json")]
-        } else {
-            &[client]
-        };
+        let mut headers = vec![(crate::daemon::http::CLIENT_HEADER, "1")];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        headers.extend_from_slice(extra);
         let resp = self
-            .request(method, path, headers, body.unwrap_or_default())
+            .request(method, path, &headers, body.unwrap_or_default())
             .await?;
         if resp.status == 200 {
             return Ok(resp);
@@ -391,6 +401,23 @@ impl Client {
     pub async fn logs(&self, process: &str, q: &LogQuery) -> Result<LogResult, ClientError> {
         let path = format!("/api/logs/{}{}", segment(process), query(q)?);
         self.call("GET", &path, None::<&()>).await
+    }
+
+    /// A log read as a stream of records (an instance, its lines, its end, for each
+    /// instance read), sent by the daemon page by page: memory stays flat however long
+    /// the read. Errors (unknown process, bad query) come before the stream; a stream
+    /// cut by an error fails [`FollowStream::next`] instead of ending it.
+    pub async fn logs_records(
+        &self,
+        process: &str,
+        q: &LogQuery,
+    ) -> Result<FollowStream, ClientError> {
+        let path = format!("/api/logs/{}{}", segment(process), query(q)?);
+        let accept = ("accept", crate::daemon::http::NDJSON);
+        Ok(FollowStream {
+            resp: self.send_with("GET", &path, None, &[accept]).await?,
+            buf: Vec::new(),
+        })
     }
 
     /// A follow stream; errors (unknown process, bad regex) come before it.

@@ -47,7 +47,7 @@ enum Command {
         /// read from FILE (or from the BPM_TOKEN environment variable).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
-        /// Expire MCP sessions idle for this many seconds (default: a week).
+        /// Expire MCP sessions idle for this many seconds (default: a day).
         #[arg(long, value_name = "SECONDS", hide = true)]
         mcp_session_idle: Option<f64>,
     },
@@ -168,6 +168,7 @@ fn main() -> ExitCode {
                 token_file,
                 mcp_session_idle: mcp_session_idle.map(std::time::Duration::from_secs_f64),
                 conn_idle: None,
+                follow_heartbeat: None,
             })
         }),
         Command::Mcp {

@@ -116,6 +116,22 @@ pub fn search_seqs(
     search_in(store, instances, q, seqs, true)
 }
 
+/// [`search_seqs`] handing each result line to `sink` as it is found instead of keeping
+/// them, so memory stays flat however many lines match (the tail is ignored: the lines
+/// come in order). `sink` breaks to stop the search. The result has no hits, and its
+/// counts go up to where the search stopped.
+pub fn search_each(
+    store: &Store,
+    instances: &[u64],
+    q: &Query,
+    seqs: Range<u64>,
+    sink: &mut dyn FnMut(Hit) -> ControlFlow<()>,
+) -> Result<SearchResult, SearchError> {
+    let mut out = Collector::new(q.head, None);
+    out.sink = Some(sink);
+    search_into(store, instances, q, seqs, true, out)
+}
+
 fn search_in(
     store: &Store,
     instances: &[u64],
@@ -123,8 +139,25 @@ fn search_in(
     seqs: Range<u64>,
     stop_at_head: bool,
 ) -> Result<SearchResult, SearchError> {
+    search_into(
+        store,
+        instances,
+        q,
+        seqs,
+        stop_at_head,
+        Collector::new(q.head, q.tail),
+    )
+}
+
+fn search_into(
+    store: &Store,
+    instances: &[u64],
+    q: &Query,
+    seqs: Range<u64>,
+    stop_at_head: bool,
+    mut out: Collector<'_>,
+) -> Result<SearchResult, SearchError> {
     let re = compile(&q.pattern, q.case_insensitive)?;
-    let mut out = Collector::new(q.head, q.tail);
     let mut unreadable_lines = 0;
     for &id in instances {
         let mut s = Searcher {
@@ -143,7 +176,7 @@ fn search_in(
             }
             s.block(view);
             // A head already filled (with no context owed) needs no further block.
-            if stop_at_head && !s.out.wants() && s.after_left == 0 {
+            if s.out.stopped || stop_at_head && !s.out.wants() && s.after_left == 0 {
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
@@ -155,29 +188,39 @@ fn search_in(
     })
 }
 
-/// Keeps the head or tail of the result lines, and counts them all.
-struct Collector {
+/// Keeps the head or tail of the result lines (or hands them to a sink), and counts them
+/// all.
+struct Collector<'a> {
     head: Option<usize>,
     tail: Option<usize>,
     hits: VecDeque<Hit>,
+    /// Result lines kept or handed over.
+    kept: usize,
     matched: u64,
     total: u64,
+    /// Where result lines go instead of `hits`.
+    sink: Option<&'a mut dyn FnMut(Hit) -> ControlFlow<()>>,
+    /// The sink said stop.
+    stopped: bool,
 }
 
-impl Collector {
-    fn new(head: Option<usize>, tail: Option<usize>) -> Collector {
+impl Collector<'_> {
+    fn new(head: Option<usize>, tail: Option<usize>) -> Self {
         Collector {
             head,
             tail: if head.is_some() { None } else { tail },
             hits: VecDeque::new(),
+            kept: 0,
             matched: 0,
             total: 0,
+            sink: None,
+            stopped: false,
         }
     }
 
     /// Whether a further result line would be kept; lets callers skip copying it.
     fn wants(&self) -> bool {
-        self.head.is_none_or(|h| self.hits.len() < h) && self.tail != Some(0)
+        !self.stopped && self.head.is_none_or(|h| self.kept < h) && self.tail != Some(0)
     }
 
     fn push(&mut self, make: impl FnOnce() -> Line, matched: bool) {
@@ -186,10 +229,16 @@ impl Collector {
         if !self.wants() {
             return;
         }
-        self.hits.push_back(Hit {
+        self.kept += 1;
+        let hit = Hit {
             line: make(),
             matched,
-        });
+        };
+        if let Some(sink) = &mut self.sink {
+            self.stopped = sink(hit).is_break();
+            return;
+        }
+        self.hits.push_back(hit);
         if let Some(t) = self.tail
             && self.hits.len() > t
         {
@@ -198,9 +247,14 @@ impl Collector {
     }
 
     fn finish(self) -> SearchResult {
+        let sent = if self.sink.is_some() {
+            self.kept
+        } else {
+            self.hits.len()
+        };
         let hits: Vec<Hit> = self.hits.into();
         SearchResult {
-            omitted: self.total - hits.len() as u64,
+            omitted: self.total - sent as u64,
             hits,
             matched: self.matched,
             total: self.total,
@@ -210,7 +264,7 @@ impl Collector {
 }
 
 /// The per-instance state of a search as it walks the blocks in order.
-struct Searcher<'a> {
+struct Searcher<'a, 'b> {
     re: &'a Regex,
     q: &'a Query,
     id: u64,
@@ -221,10 +275,10 @@ struct Searcher<'a> {
     last_emitted: Option<u64>,
     /// After-context lines still owed from the last match.
     after_left: usize,
-    out: &'a mut Collector,
+    out: &'a mut Collector<'b>,
 }
 
-impl Searcher<'_> {
+impl Searcher<'_, '_> {
     fn block(&mut self, view: BlockView<'_>) {
         let starts = candidate_lines(self.re, view.data);
         let ctx = self.q.context;

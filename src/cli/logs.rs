@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use super::{Common, Source, UsageError, api_error, print_json, read_source};
+use super::{Common, Source, UsageError, api_error, read_source};
 use crate::client::Client;
 use crate::daemon::ops;
 use crate::protocol::{
@@ -112,37 +112,23 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     query.validate().map_err(UsageError)?;
-    let result = match &source {
-        Source::Empty(t) => return Err(Source::nothing_here(t)),
-        Source::Daemon(client) => client.logs(&args.name, &query).await.map_err(api_error)?,
-        Source::Store(_, store) => {
-            let store = store.clone();
-            let name = args.name.clone();
-            let r =
-                tokio::task::spawn_blocking(move || ops::read_logs(&store, &name, &query)).await?;
-            match r {
-                Ok(r) => r,
-                Err(
-                    e @ (ops::OpError::BadRequest(_)
-                    | ops::OpError::Search(_)
-                    | ops::OpError::Store(
-                        crate::logs::StoreError::IndexOutOfRange { .. }
-                        | crate::logs::StoreError::NoSuchNumber { .. },
-                    )),
-                ) => return Err(UsageError(e.to_string()).into()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    if args.common.json {
-        let mut result = result;
-        if !render.color {
-            for l in &mut result.lines {
-                l.text = Render::plain(&l.text).into_owned();
-            }
-        }
-        print_json(&result)?;
+    // Every line, or JSON: printed as the records come, page by page, so memory stays
+    // flat however long the instance. A text head or tail is one bounded answer, which
+    // also says how many lines it left out.
+    if args.common.json || query.all {
+        stream_logs(&args, &source, query, &render).await?;
     } else {
+        let result = match &source {
+            Source::Empty(t) => return Err(Source::nothing_here(t)),
+            Source::Daemon(client) => client.logs(&args.name, &query).await.map_err(api_error)?,
+            Source::Store(_, store) => {
+                let store = store.clone();
+                let name = args.name.clone();
+                tokio::task::spawn_blocking(move || ops::read_logs(&store, &name, &query))
+                    .await?
+                    .map_err(offline_error)?
+            }
+        };
         render_result(&result, &args, &render)?;
     }
     if args.follow {
@@ -154,7 +140,156 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An error of a read of the store opened read-only, as the CLI reports it: bad input
+/// is a usage error (exit 2).
+fn offline_error(e: ops::OpError) -> anyhow::Error {
+    match e {
+        e @ (ops::OpError::BadRequest(_)
+        | ops::OpError::Search(_)
+        | ops::OpError::Store(
+            crate::logs::StoreError::IndexOutOfRange { .. }
+            | crate::logs::StoreError::NoSuchNumber { .. },
+        )) => UsageError(e.to_string()).into(),
+        e => e.into(),
+    }
+}
+
+/// A log read printed as its records arrive: from the daemon's NDJSON stream, or read
+/// page by page from the store opened read-only.
+async fn stream_logs(
+    args: &LogsArgs,
+    source: &Source,
+    query: LogQuery,
+    render: &Render,
+) -> anyhow::Result<()> {
+    let mut printer = Printer::new(args, render.clone());
+    match source {
+        Source::Empty(t) => return Err(Source::nothing_here(t)),
+        Source::Daemon(client) => {
+            let mut records = client
+                .logs_records(&args.name, &query)
+                .await
+                .map_err(api_error)?;
+            while let Some(batch) = records.next().await? {
+                printer.records(&batch)?;
+            }
+        }
+        Source::Store(_, store) => {
+            let store = store.clone();
+            let name = args.name.clone();
+            printer = tokio::task::spawn_blocking(move || -> anyhow::Result<Printer> {
+                let plan = ops::LogStream::plan(&store, &name, query).map_err(offline_error)?;
+                let mut failed = None;
+                plan.run(&store, &mut |page| match printer.records(&page) {
+                    Ok(()) => std::ops::ControlFlow::Continue(()),
+                    Err(e) => {
+                        failed = Some(e);
+                        std::ops::ControlFlow::Break(())
+                    }
+                })
+                .map_err(offline_error)?;
+                match failed {
+                    Some(e) => Err(e.into()),
+                    None => Ok(printer),
+                }
+            })
+            .await??;
+        }
+    }
+    printer.finish()?;
+    Ok(())
+}
+
+/// Prints a log read's records: as text (instance headers with `--all-instances`, `--`
+/// between groups of context) or as NDJSON, one record per line.
+struct Printer {
+    name: String,
+    build: bool,
+    headers: bool,
+    separators: bool,
+    grep: bool,
+    render: Render,
+    out: std::io::BufWriter<std::io::Stdout>,
+    prev: Option<(u64, u64)>,
+    matched: u64,
+}
+
+impl Printer {
+    fn new(args: &LogsArgs, render: Render) -> Printer {
+        Printer {
+            name: args.name.clone(),
+            build: args.build,
+            headers: args.all_instances,
+            separators: args.context > 0 && args.grep.is_some(),
+            grep: args.grep.is_some(),
+            render,
+            out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
+            prev: None,
+            matched: 0,
+        }
+    }
+
+    fn records(&mut self, batch: &[FollowRecord]) -> std::io::Result<()> {
+        let out = &mut self.out;
+        for rec in batch {
+            if let FollowRecord::Line(l) = rec {
+                self.matched += u64::from(l.matched);
+            }
+            if self.render.json {
+                self.render.json_record(&mut *out, rec)?;
+                continue;
+            }
+            match rec {
+                FollowRecord::Instance {
+                    number,
+                    pid,
+                    started,
+                    ended_us,
+                    exit,
+                    ..
+                } => {
+                    self.prev = None;
+                    if self.headers {
+                        let what = describe(
+                            &self.name,
+                            self.build,
+                            *number,
+                            *pid,
+                            started,
+                            exit.as_ref(),
+                            ended_us.is_some(),
+                        );
+                        writeln!(out, "==> {what} <==")?;
+                    }
+                }
+                FollowRecord::Line(l) => {
+                    if self.separators
+                        && self
+                            .prev
+                            .is_some_and(|(i, s)| i == l.instance && s + 1 != l.seq)
+                    {
+                        writeln!(out, "--")?;
+                    }
+                    self.prev = Some((l.instance, l.seq));
+                    self.render.line(&mut *out, &l.ts, &l.text, l.matched)?;
+                }
+                FollowRecord::Exit { .. } => {}
+            }
+        }
+        out.flush()
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        if self.grep && self.matched == 0 {
+            eprintln!("bpm: no line matches");
+        }
+        Ok(())
+    }
+}
+
 /// How lines are shown.
+#[derive(Clone)]
 pub struct Render {
     pub timestamps: bool,
     /// Colour: the process's own escape codes pass through and matches are marked.
@@ -171,6 +306,23 @@ const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
 impl Render {
+    /// One NDJSON record; without colour, a line's escape codes are taken out.
+    fn json_record(
+        &self,
+        out: &mut impl std::io::Write,
+        rec: &FollowRecord,
+    ) -> std::io::Result<()> {
+        match rec {
+            FollowRecord::Line(l) if !self.color && l.text.contains('\x1b') => {
+                let mut l = l.clone();
+                l.text = Self::plain(&l.text).into_owned();
+                serde_json::to_writer(&mut *out, &FollowRecord::Line(l))?;
+            }
+            _ => serde_json::to_writer(&mut *out, rec)?,
+        }
+        writeln!(out)
+    }
+
     /// `text` without its escape codes.
     fn plain(text: &str) -> std::borrow::Cow<'_, str> {
         if text.contains('\x1b') {
@@ -232,7 +384,11 @@ fn render_result(r: &LogResult, args: &LogsArgs, render: &Render) -> anyhow::Res
     for l in &r.lines {
         if args.all_instances && prev.is_none_or(|(i, _)| i != l.instance) {
             let meta = r.instances.iter().find(|m| m.id == l.instance);
-            writeln!(out, "==> {} <==", describe_instance(&args.name, meta))?;
+            writeln!(
+                out,
+                "==> {} <==",
+                describe_instance(&args.name, args.build, l.instance, meta)
+            )?;
         } else if args.context > 0
             && args.grep.is_some()
             && prev.is_some_and(|(i, s)| i == l.instance && s + 1 != l.seq)
@@ -261,19 +417,42 @@ fn render_result(r: &LogResult, args: &LogsArgs, render: &Render) -> anyhow::Res
     Ok(())
 }
 
-fn describe_instance(name: &str, meta: Option<&InstanceSummary>) -> String {
-    let mut s = name.to_owned();
-    if let Some(m) = meta {
-        s.push_str(&format!(" {} #{}", m.kind.noun(), m.number));
-        if let Some(pid) = m.pid {
-            s.push_str(&format!(", pid {pid}"));
-        }
-        s.push_str(&format!(", started {}", m.started));
-        match (&m.exit, &m.ended) {
-            (Some(e), _) => s.push_str(&format!(", {e}")),
-            (None, None) => s.push_str(", running"),
-            (None, Some(_)) => {}
-        }
+fn describe_instance(name: &str, build: bool, id: u64, meta: Option<&InstanceSummary>) -> String {
+    match meta {
+        Some(m) => describe(
+            name,
+            build,
+            m.number,
+            m.pid,
+            &m.started,
+            m.exit.as_ref(),
+            m.ended.is_some(),
+        ),
+        None => format!("{name} (instance id {id})"),
+    }
+}
+
+/// An instance in a header: `web run #3, pid 42, started T, exit code 1` (or
+/// `, running`); `number` is the process's own count of its runs (or builds).
+fn describe(
+    name: &str,
+    build: bool,
+    number: u64,
+    pid: Option<u32>,
+    started: &str,
+    exit: Option<&crate::protocol::ExitStatus>,
+    ended: bool,
+) -> String {
+    let kind = if build { "build" } else { "run" };
+    let mut s = format!("{name} {kind} #{number}");
+    if let Some(pid) = pid {
+        s.push_str(&format!(", pid {pid}"));
+    }
+    s.push_str(&format!(", started {started}"));
+    match (exit, ended) {
+        (Some(e), _) => s.push_str(&format!(", {e}")),
+        (None, false) => s.push_str(", running"),
+        (None, true) => {}
     }
     s
 }
@@ -307,15 +486,7 @@ impl Render {
         let mut err = stderr.lock();
         for rec in batch {
             if self.json {
-                match rec {
-                    FollowRecord::Line(l) if !self.color && l.text.contains('\x1b') => {
-                        let mut l = l.clone();
-                        l.text = Self::plain(&l.text).into_owned();
-                        serde_json::to_writer(&mut out, &FollowRecord::Line(l))?;
-                    }
-                    _ => serde_json::to_writer(&mut out, rec)?,
-                }
-                writeln!(out)?;
+                self.json_record(&mut out, rec)?;
                 continue;
             }
             match rec {

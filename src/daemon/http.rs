@@ -15,6 +15,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 
 use super::ops::{OpError, Ops};
@@ -25,7 +27,15 @@ use crate::search::SearchError;
 /// The header that marks a request as coming from a program, not a web page.
 pub const CLIENT_HEADER: &str = "x-bpm-client";
 
-pub fn router(ops: Ops) -> Router {
+/// How long a follow stream may stay silent before it sends an empty line: a client that
+/// went away is noticed when that write fails, and its stream ends.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The follow streams' heartbeat interval ([`HEARTBEAT`] unless a test shortens it).
+#[derive(Clone, Copy)]
+struct Heartbeat(Duration);
+
+pub fn router(ops: Ops, heartbeat: Duration) -> Router {
     Router::new()
         .route("/api/status", get(status_all))
         .route("/api/status/{name}", get(status_one))
@@ -38,6 +48,7 @@ pub fn router(ops: Ops) -> Router {
         .route("/api/mode", get(get_mode).post(set_mode))
         .route("/api/flush", post(flush))
         .route_layer(axum::middleware::from_fn(no_simple_posts))
+        .layer(axum::Extension(Heartbeat(heartbeat)))
         .with_state(ops)
 }
 
@@ -136,37 +147,57 @@ async fn remove(
     Ok(Json(serde_json::json!({ "removed": name })).into_response())
 }
 
+/// The media type of record streams: one JSON object per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// One [`crate::protocol::LogResult`]; or, when the request accepts [`NDJSON`], the same
+/// read as records ([`crate::protocol::FollowRecord`]) streamed page by page, however
+/// many lines it has.
 async fn logs(
     State(ops): State<Ops>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, OpError> {
     let q: LogQuery = query(q)?;
+    let wants_records = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let essence = t.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case(NDJSON)
+        });
+    if wants_records {
+        let pages = ops.logs_stream(&name, q).await?;
+        return Ok(([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(pages)).into_response());
+    }
     Ok(Json(ops.logs(&name, q).await?).into_response())
 }
 
 /// Newline-delimited JSON records ([`crate::protocol::FollowRecord`]), as a chunked body
-/// that lasts as long as the follow.
+/// that lasts as long as the follow; an empty line after each [`HEARTBEAT`] of silence.
 async fn follow(
     State(ops): State<Ops>,
+    axum::Extension(Heartbeat(heartbeat)): axum::Extension<Heartbeat>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, OpError> {
     let q: FollowQuery = query(q)?;
-    let records = ops.follow(&name, q).await?;
-    let chunks = futures_util::StreamExt::map(records, |batch| {
-        let mut buf = Vec::new();
-        for r in &batch {
-            serde_json::to_writer(&mut buf, r).expect("serializable");
-            buf.push(b'\n');
-        }
-        Ok::<_, std::convert::Infallible>(Bytes::from(buf))
+    let records = Box::pin(ops.follow(&name, q).await?);
+    // Racing the next batch against the timer loses nothing: the stream keeps the
+    // batch it is waiting for.
+    let chunks = futures_util::stream::unfold(records, move |mut records| async move {
+        let chunk = tokio::select! {
+            batch = futures_util::StreamExt::next(&mut records) => {
+                Bytes::from(super::ops::ndjson(&batch?))
+            }
+            _ = tokio::time::sleep(heartbeat) => Bytes::from_static(b"\n"),
+        };
+        Some((Ok::<_, std::convert::Infallible>(chunk), records))
     });
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(chunks),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(chunks)).into_response())
 }
 
 /// Answers once every line captured so far is durable (tests, and scripts that are

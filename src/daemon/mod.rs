@@ -57,6 +57,9 @@ pub struct Options {
     /// How long a connection may wait before sending a request (default
     /// [`conn::IDLE_TIMEOUT`]).
     pub conn_idle: Option<Duration>,
+    /// How long a follow stream stays silent before its heartbeat (default
+    /// [`http::HEARTBEAT`]).
+    pub follow_heartbeat: Option<Duration>,
 }
 
 /// Who a running daemon is, as written to `daemon.json`.
@@ -389,7 +392,8 @@ fn serve(
         cancel.child_token(),
     );
     // Nesting at `/mcp` serves `/mcp/` too.
-    let local_app = http::router(ops.clone()).nest_service("/mcp", mcp);
+    let heartbeat = opts.follow_heartbeat.unwrap_or(http::HEARTBEAT);
+    let local_app = http::router(ops.clone(), heartbeat).nest_service("/mcp", mcp);
     let guard = guard::Guard::new(
         listen_addr(opts),
         tcp.local_addr()?.port(),

@@ -6,6 +6,7 @@ pub mod params;
 pub mod priming;
 pub mod render;
 pub mod schema;
+pub mod sessions;
 pub mod setup;
 pub mod tools;
 
@@ -20,9 +21,10 @@ use crate::daemon::ops::Ops;
 pub use tools::BpmTools;
 
 /// How long an idle session lives by default. rmcp's default (5 minutes) kills the
-/// session of an agent that thinks, or waits on a human, for longer; a week keeps any
-/// real conversation alive while sessions of clients that vanished are still reclaimed.
-pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// session of an agent that thinks, or waits on a human, for longer; a day keeps a
+/// conversation alive overnight, and sessions of clients that vanished are reclaimed
+/// (sooner when [`sessions::MAX_SESSIONS`] are open: the idlest goes first).
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 /// The client's first filesystem root (`file://` URI), when it offers roots: where a
 /// `start` without `cwd` runs. Roots are deprecated in the newest protocol revision and
@@ -61,18 +63,19 @@ pub fn http_app(
         .layer(axum::middleware::from_fn(priming::legacy_without_priming))
 }
 
-/// The streamable HTTP service. `session_idle` None: never expire. Host and Origin checks are done by the daemon's guard for the whole listener,
+/// The streamable HTTP service, with at most [`sessions::MAX_SESSIONS`] sessions.
+/// `session_idle` None: never expire. Host and Origin checks are done by the daemon's guard for the whole listener,
 /// so rmcp's own are off here.
 pub fn http_service(
     ops: Ops,
     session_idle: Option<Duration>,
     cancel: CancellationToken,
-) -> StreamableHttpService<BpmTools, LocalSessionManager> {
-    let mut sessions = LocalSessionManager::default();
-    sessions.session_config.keep_alive = session_idle;
+) -> StreamableHttpService<BpmTools, sessions::CappedSessions> {
+    let mut local = LocalSessionManager::default();
+    local.session_config.keep_alive = session_idle;
     StreamableHttpService::new(
         move || Ok(BpmTools::new(ops.clone())),
-        Arc::new(sessions),
+        Arc::new(sessions::CappedSessions::new(local, sessions::MAX_SESSIONS)),
         StreamableHttpServerConfig::default()
             .disable_allowed_hosts()
             .with_cancellation_token(cancel),

@@ -310,6 +310,7 @@ mod tests {
             instance: 1,
             seq,
             ts: String::new(),
+            ts_us: 0,
             stream: Stream::Stdout,
             matched: false,
             continuation: false,

@@ -214,8 +214,10 @@ pub struct LogLine {
     pub process: Option<String>,
     pub instance: u64,
     pub seq: u64,
-    /// When it was read (ISO 8601, UTC).
+    /// When it was read (RFC 3339, UTC, milliseconds).
     pub ts: String,
+    /// The same time in Unix microseconds.
+    pub ts_us: i64,
     pub stream: Stream,
     pub matched: bool,
     pub continuation: bool,
@@ -229,6 +231,7 @@ impl LogLine {
             instance: l.instance,
             seq: l.seq,
             ts: format_ts(l.ts_us),
+            ts_us: l.ts_us,
             stream: l.stream,
             matched,
             continuation: l.continuation,
@@ -282,12 +285,14 @@ impl From<&crate::logs::InstanceMeta> for InstanceSummary {
     }
 }
 
-/// One record of a follow stream, in order.
+/// One record of a follow stream, or of a log read as NDJSON (`bpm logs --json`), in
+/// order: an instance, its lines, its end; then the next instance.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FollowRecord {
     /// Following this instance from now on. `switch`: it replaced the one followed before
-    /// (a restart, or a start after an exit).
+    /// (a restart, or a start after an exit). `ended` and `exit` are set when it had
+    /// already ended when the record was written.
     Instance {
         process: String,
         instance: u64,
@@ -295,8 +300,15 @@ pub enum FollowRecord {
         #[serde(default)]
         number: u64,
         pid: Option<u32>,
+        /// RFC 3339, UTC.
         started: String,
+        /// The same time in Unix microseconds.
+        started_us: i64,
         switch: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ended_us: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit: Option<ExitStatus>,
     },
     Line(LogLine),
     /// The followed instance ended and all its lines were sent. `restarted`: a restart
@@ -309,11 +321,65 @@ pub enum FollowRecord {
     },
 }
 
-/// A time as the API reports it: ISO 8601 UTC with milliseconds.
+impl FollowRecord {
+    /// The record that opens an instance. `switch`: it replaced the one before.
+    pub fn instance(meta: &crate::logs::InstanceMeta, switch: bool) -> FollowRecord {
+        FollowRecord::Instance {
+            process: meta.process.clone(),
+            instance: meta.id,
+            number: meta.number,
+            pid: meta.spawn.pid,
+            started: format_ts(meta.started_us),
+            started_us: meta.started_us,
+            switch,
+            ended_us: meta.ended_us,
+            exit: meta.exit.clone(),
+        }
+    }
+}
+
+/// A time as the API reports it: RFC 3339 (ISO 8601) UTC with milliseconds. Formatted by
+/// hand (a log read formats one per line).
 pub fn format_ts(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_else(|| us.to_string())
+    let secs = us.div_euclid(1_000_000);
+    let ms = us.rem_euclid(1_000_000) / 1000;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    if !(0..=9999).contains(&y) {
+        return chrono::DateTime::from_timestamp_micros(us)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .unwrap_or_else(|| us.to_string());
+    }
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, sod / 3600);
+    put(14, 2, sod % 3600 / 60);
+    put(17, 2, sod % 60);
+    put(20, 3, ms);
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// A duration for people: `42s`, `3m5s`, `2h10m`, `3d4h`.

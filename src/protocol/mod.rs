@@ -550,6 +550,27 @@ mod tests {
     }
 
     #[test]
+    fn times_format_as_chrono_does() {
+        for us in [
+            0,
+            1,
+            999,
+            1_796_131_973_599_928,
+            951_782_400_000_000, // 2000-02-29
+            -1,
+            -86_400_000_001,
+            253_402_300_799_999_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000_000,
+            i64::MAX,
+        ] {
+            let chrono = chrono::DateTime::from_timestamp_micros(us)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                .unwrap_or_else(|| us.to_string());
+            assert_eq!(format_ts(us), chrono, "{us}");
+        }
+    }
+
+    #[test]
     fn durations_for_people() {
         assert_eq!(human_duration(5.9), "5s");
         assert_eq!(human_duration(185.0), "3m5s");

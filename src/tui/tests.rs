@@ -89,6 +89,7 @@ fn line(seq: u64, stream: Stream, text: &str) -> LogLine {
         instance: 7,
         seq,
         ts: format!("2026-01-01T11:57:{:02}.{:03}Z", seq % 60, seq % 1000),
+        ts_us: 0,
         stream,
         matched: false,
         continuation: false,
@@ -125,7 +126,10 @@ fn with_lines(app: &mut App, lines: Vec<LogLine>) {
         number: 7,
         pid: Some(4242),
         started: "2026-01-01T11:56:55.000Z".into(),
+        started_us: 0,
         switch: false,
+        ended_us: None,
+        exit: None,
     }];
     records.extend(lines.into_iter().map(FollowRecord::Line));
     app.update(Msg::Follow { epoch, records });

@@ -305,3 +305,153 @@ fn bad_numbers_are_400s_naming_the_field() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["lines"].as_array().unwrap().len(), 3);
 }
+
+/// The peak RSS (`VmHWM`, KiB) of a process, sampled until it exits: the last sample
+/// before it goes is its peak.
+fn sample_peak(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return peak;
+            };
+            let Some(hwm) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            else {
+                // A zombie has no memory left to report.
+                return peak;
+            };
+            peak = peak.max(hwm);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+/// `bpm logs NAME` of a 2,000,000-line instance, through the real binary into a pipe:
+/// every line arrives, in order, while the CLI's and the daemon's memory stay flat (the
+/// read is streamed page by page; it used to be built whole: 2 GB in the CLI, +520 MB
+/// in the daemon). `benches/cli.rs` reports the exact figures.
+#[test]
+fn logs_of_two_million_lines_stream_in_bounded_memory() {
+    use std::io::BufRead as _;
+    const N: u64 = 2_000_000;
+    const BOUND_KIB: u64 = 128 * 1024;
+    let dirs = Dirs::new();
+    let daemon = Served::start(&dirs);
+    let api = daemon.api();
+    seq_process(&api, "big", N);
+    let mut child = dirs
+        .bpm(&["logs", "big", "--no-autostart"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = crate::helpers::process::KillOnDrop::process(child.id());
+    let cli_peak = sample_peak(child.id());
+    let out = std::io::BufReader::with_capacity(1 << 16, child.stdout.take().unwrap());
+    let mut next = 1u64;
+    for line in out.lines() {
+        let line = line.unwrap();
+        assert_eq!(line, next.to_string(), "line {next}");
+        next += 1;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(next - 1, N, "every line arrives");
+    let cli_kib = cli_peak.join().unwrap();
+    let daemon_kib = vm_kib(daemon.pid(), "VmHWM");
+    eprintln!("peak RSS: CLI {cli_kib} KiB, daemon {daemon_kib} KiB");
+    assert!(cli_kib > 0 && cli_kib < BOUND_KIB, "CLI peak {cli_kib} KiB");
+    assert!(daemon_kib < BOUND_KIB, "daemon peak {daemon_kib} KiB");
+}
+
+/// Open a follow stream of `name` over TCP and read its answer's head.
+fn open_follow(port: u16, name: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /api/follow/{name}?tail=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "the follow answer's head ended early ({other:?}): {}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    (s, String::from_utf8(head).unwrap())
+}
+
+/// At most `MAX_FOLLOWERS` follow streams are open at once: one more is a 503 that says
+/// why and what to do. A quiet stream sends an empty line every heartbeat; when its client
+/// goes away, the failing heartbeat ends it and frees its place.
+#[test]
+fn follow_streams_are_capped_and_a_gone_client_frees_its_place() {
+    let dirs = Dirs::new();
+    let daemon = InProcess::start(bpm::daemon::Options {
+        follow_heartbeat: Some(Duration::from_millis(200)),
+        ..options(&dirs)
+    });
+    let api = daemon.api();
+    let (code, body) = api.post(
+        "/api/start",
+        Some(&json!({"name": "quiet", "command": ["sleep", "60"], "wait_seconds": 0})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let max = bpm::daemon::ops::MAX_FOLLOWERS;
+    let mut open: Vec<TcpStream> = (0..max)
+        .map(|i| {
+            let (s, head) = open_follow(api.port, "quiet");
+            assert!(head.starts_with("HTTP/1.1 200"), "follower {i}: {head}");
+            s
+        })
+        .collect();
+    let (mut refused, head) = open_follow(api.port, "quiet");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let mut body = String::new();
+    refused.read_to_string(&mut body).unwrap();
+    assert!(
+        body.contains(&format!("{max} follow streams are open")) && body.contains("try again"),
+        "{body}"
+    );
+
+    // A quiet stream's heartbeat: after its first record (the instance), empty lines.
+    let first = &mut open[0];
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    wait_for("two heartbeats", || {
+        let n = first
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}; got {:?}", String::from_utf8_lossy(&got)));
+        got.extend_from_slice(&buf[..n]);
+        String::from_utf8_lossy(&got)
+            .matches("\r\n1\r\n\n\r\n")
+            .count()
+            >= 2
+    });
+    assert!(
+        String::from_utf8_lossy(&got).contains("\"type\":\"instance\""),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // A client goes away without a word: its place is free again once a heartbeat fails.
+    drop(open.pop());
+    let (_again, head) = wait_for("a follow stream to be accepted again", || {
+        let (s, head) = open_follow(api.port, "quiet");
+        head.starts_with("HTTP/1.1 200").then_some((s, head))
+    });
+    assert!(head.contains("application/x-ndjson"), "{head}");
+}

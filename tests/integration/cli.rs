@@ -399,32 +399,118 @@ fn status_json_describes_the_daemon_processes_and_instances() {
     assert_eq!(s["instances"][0]["exit"]["code"], 0, "{s}");
 }
 
+/// The `line` records of an NDJSON log read, as their texts.
+fn line_texts(recs: &[Value]) -> Vec<String> {
+    recs.iter()
+        .filter(|r| r["type"] == "line")
+        .map(|r| r["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `bpm logs --json` is NDJSON: the instance, its lines, its end, as `--follow --json`
+/// prints them; times as RFC 3339 and Unix microseconds; filters apply.
 #[test]
-fn logs_json_has_lines_streams_and_filters() {
+fn logs_json_is_ndjson_records_with_streams_and_filters() {
     let env = env_with_a_finished_job();
-    let l = env.json(&["logs", "job"]);
-    assert_eq!(l["process"], "job");
-    let texts: Vec<&str> = l["lines"]
-        .as_array()
+    let recs = env.ndjson(&["logs", "job"]);
+    assert_eq!(recs.len(), 5, "{recs:?}");
+    let inst = &recs[0];
+    assert_eq!(inst["type"], "instance");
+    assert_eq!(inst["process"], "job");
+    assert_eq!(inst["switch"], false);
+    assert_eq!(inst["exit"]["code"], 0, "{inst}");
+    let started_us = inst["started_us"].as_i64().unwrap();
+    let started = chrono::DateTime::parse_from_rfc3339(inst["started"].as_str().unwrap()).unwrap();
+    assert_eq!(started.timestamp_micros(), started_us / 1000 * 1000);
+    let mut texts = line_texts(&recs);
+    texts.sort();
+    assert_eq!(texts, ["one", "three", "two"]);
+    for l in &recs[1..4] {
+        assert_eq!(l["instance"], inst["instance"]);
+        let us = l["ts_us"].as_i64().unwrap();
+        let ts = chrono::DateTime::parse_from_rfc3339(l["ts"].as_str().unwrap()).unwrap();
+        assert_eq!(ts.timestamp_micros(), us / 1000 * 1000, "{l}");
+        assert!(us >= started_us, "{l}");
+    }
+    let exit = recs.last().unwrap();
+    assert_eq!(exit["type"], "exit");
+    assert_eq!(exit["status"], serde_json::json!({"code": 0}));
+    assert_eq!(exit["restarted"], false);
+
+    let recs = env.ndjson(&["logs", "job", "--stream", "stderr"]);
+    assert_eq!(line_texts(&recs), ["two"]);
+    assert_eq!(recs[1]["stream"], "stderr");
+    let recs = env.ndjson(&["logs", "job", "--grep", "^t", "--head", "1"]);
+    let lines: Vec<&Value> = recs.iter().filter(|r| r["type"] == "line").collect();
+    assert_eq!(lines.len(), 1, "{recs:?}");
+    assert_eq!(lines[0]["matched"], true);
+    assert_eq!(
+        line_texts(&env.ndjson(&["logs", "job", "--since", "1h"])).len(),
+        3
+    );
+    let recs = env.ndjson(&["logs", "job", "--until", "2000-01-01"]);
+    assert!(line_texts(&recs).is_empty(), "{recs:?}");
+    assert_eq!(recs[0]["type"], "instance");
+    let recs = env.ndjson(&["logs", "job", "--tail", "1"]);
+    assert_eq!(line_texts(&recs).len(), 1, "{recs:?}");
+    assert_eq!(recs.last().unwrap()["type"], "exit");
+}
+
+/// Reads longer than a page, of several instances, through the daemon and from the
+/// store read-only: every line once, in order, each instance between its header and its
+/// end, and the same records either way.
+#[test]
+fn logs_json_pages_through_every_instance_online_and_offline() {
+    let mut env = Env::new();
+    env.serve();
+    let n = bpm::daemon::ops::PAGE_LINES * 2 + 123;
+    let last = n.to_string();
+    env.ok(&["run", "--name", "count", "--", "seq", "1", &last]);
+    env.ok(&["run", "--name", "count", "--", "seq", "1", &last]);
+    flushed(&env.served[0].api());
+    let check = |recs: &[Value]| {
+        assert_eq!(recs.len(), 2 * (n + 2));
+        for (k, part) in recs.chunks(n + 2).enumerate() {
+            assert_eq!(part[0]["type"], "instance", "{}", part[0]);
+            assert_eq!(part[0]["switch"], k == 1);
+            for (i, l) in part[1..=n].iter().enumerate() {
+                assert_eq!(l["type"], "line");
+                assert_eq!(l["seq"], i as u64);
+                assert_eq!(l["text"], (i + 1).to_string());
+                assert_eq!(l["instance"], part[0]["instance"]);
+            }
+            assert_eq!(part[n + 1]["type"], "exit");
+            assert_eq!(part[n + 1]["restarted"], k == 0);
+        }
+    };
+    let online = env.ndjson(&["logs", "count", "--all-instances"]);
+    check(&online);
+    // Plain text: every line of the newest instance.
+    let text = env.ok(&["logs", "count"]);
+    let expect: String = (1..=n).map(|i| format!("{i}\n")).collect();
+    assert!(text == expect, "{} lines", text.lines().count());
+
+    env.served.clear();
+    let out = env.bpm(&["logs", "count", "--all-instances", "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no daemon is running"),
+        "{}",
+        stderr(&out)
+    );
+    let offline: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
-        .iter()
-        .map(|x| x["text"].as_str().unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(texts.len(), 3, "{l}");
-    assert!(texts.contains(&"two"));
-    assert_eq!(l["instances"][0]["lines"], 3);
-    let l = env.json(&["logs", "job", "--stream", "stderr"]);
-    assert_eq!(l["lines"][0]["text"], "two");
-    let stream = l["lines"][0]["stream"].as_str().unwrap().to_lowercase();
-    assert_eq!(stream, "stderr");
-    let l = env.json(&["logs", "job", "--grep", "^t", "--head", "1"]);
-    assert_eq!(l["matched"], 2);
-    assert_eq!(l["omitted"], 1);
-    assert_eq!(l["lines"][0]["matched"], true);
-    let l = env.json(&["logs", "job", "--since", "1h"]);
-    assert_eq!(l["lines"].as_array().unwrap().len(), 3);
-    let l = env.json(&["logs", "job", "--until", "2000-01-01"]);
-    assert_eq!(l["lines"].as_array().unwrap().len(), 0);
+    assert_eq!(offline, online);
+    assert_eq!(env.ok(&["logs", "count"]), expect);
+    let out = env.ok(&["logs", "count", "--grep", "^1.?$", "--all-instances"]);
+    assert_eq!(out.matches("==> count run #").count(), 2, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| !l.starts_with("==>")).count(),
+        2 * 11
+    );
 }
 
 #[test]

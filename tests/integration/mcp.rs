@@ -728,7 +728,7 @@ async fn the_token_is_enforced() {
     d.shutdown().await;
 }
 
-/// A daemon whose idle MCP sessions live 1.5 s: standing for the default week.
+/// A daemon whose idle MCP sessions live 1.5 s: standing for the default day.
 fn short_sessions(dirs: &Dirs) -> InProcess {
     InProcess::start(bpm::daemon::Options {
         mcp_session_idle: Some(Duration::from_millis(1500)),
@@ -1059,4 +1059,80 @@ async fn stop_with_remove_logs_takes_the_process_and_its_logs_away() {
     let e = err(s, "search_logs", json!({"process": name})).await;
     assert!(e.contains("no process named"), "{e}");
     n.finish().await;
+}
+/// At most `MAX_SESSIONS` MCP sessions are kept: one more evicts the one idle the longest
+/// (its next request gets the spec's 404, on which a client starts a new session); the
+/// new session and the recently used ones work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_and_the_idlest_is_evicted() {
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
+    let port = d.port;
+    let max = bpm::mcp::sessions::MAX_SESSIONS;
+    let oldest = raw_session(port).await;
+    let r = exchange_async(port, with_session(port, &oldest, &tools_list())).await;
+    assert_eq!(r.code, 200, "{r}");
+    let mut clients = Vec::new();
+    for _ in 1..max {
+        clients.push(connect(&d).await);
+    }
+    // The cap is reached, nothing is evicted yet: the first client works.
+    ok(&clients[0], "get_status", json!({})).await;
+    let newest = connect(&d).await;
+    ok(&newest, "get_status", json!({})).await;
+    let r = exchange_async(port, with_session(port, &oldest, &tools_list())).await;
+    assert_eq!(r.code, 404, "the idlest session was evicted: {r}");
+    ok(&clients[0], "get_status", json!({})).await;
+    ok(clients.last().unwrap(), "get_status", json!({})).await;
+    // One more: the next idlest (the second client) goes, the others stay.
+    let another = connect(&d).await;
+    ok(&another, "get_status", json!({})).await;
+    ok(&clients[0], "get_status", json!({})).await;
+    for c in clients {
+        let _ = c.cancel().await;
+    }
+    newest.cancel().await.unwrap();
+    another.cancel().await.unwrap();
+    d.shutdown().await;
+}
+
+/// Two requests with the same JSON-RPC id at once in one session: the second is answered
+/// with an error at once (ids route answers, so it would take the first's answer and
+/// leave one of them waiting forever); the first gets its own answer; the id is free
+/// again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_request_id_gets_an_error_instead_of_hanging() {
+    let dirs = Dirs::new();
+    let d = start(&dirs, None);
+    let port = d.port;
+    let id = raw_session(port).await;
+    // Waits its 3 s settle time before answering.
+    let slow = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "start",
+        "arguments": {"name": "slow", "command": ["sleep", "60"], "wait_seconds": 3}
+    }})
+    .to_string();
+    let first = tokio::spawn(exchange_async(port, with_session(port, &id, &slow)));
+    let api = d.api();
+    wait_for_async("the first request to be in progress", async || {
+        crate::helpers::api::process_in(&api.status_async().await, "slow")["state"] == "running"
+    })
+    .await;
+    let same = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}).to_string();
+    let second = exchange_async(port, with_session(port, &id, &same)).await;
+    assert_eq!(second.code, 200, "{second}");
+    assert!(
+        second.body.contains("\"error\"") && second.body.contains("request id 7 is already used"),
+        "{second}"
+    );
+    let first = first.await.unwrap();
+    assert!(
+        first.body.contains("\"result\"") && first.body.contains("slow"),
+        "{first}"
+    );
+    let again = exchange_async(port, with_session(port, &id, &same)).await;
+    assert!(again.body.contains("search_logs"), "{again}");
+    let (code, _) = api.post("/api/stop/slow", None);
+    assert_eq!(code, 200);
+    d.shutdown().await;
 }

@@ -7,12 +7,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{OpError, Ops};
 use crate::logs::{ExitStatus, InstanceKind, InstanceMeta, Store, Stream};
-use crate::protocol::{FollowQuery, FollowRecord, LogLine, format_ts};
+use crate::protocol::{FollowQuery, FollowRecord, LogLine};
 use crate::search;
 use crate::supervisor::process::ProcessHandle;
 
+/// Follow streams open at once; one more is refused (503) until one ends. A stream ends
+/// when its client goes away: a quiet one is noticed by its heartbeat failing to write.
+pub const MAX_FOLLOWERS: usize = 64;
+
 impl Ops {
-    /// start), for as long as the stream is polled or until the daemon shuts down. Errors
+    /// A process's output as it comes: its instance's backlog, live lines, its end, and
+    /// the next instance (a restart or a later start), for as long as the stream is polled or until the daemon shuts down. Errors
     /// (unknown process, bad regex, instance out of range) come before the stream.
     pub async fn follow(
         &self,
@@ -22,6 +27,11 @@ impl Ops {
         req.validate().map_err(OpError::BadRequest)?;
         // A process only the store knows is followed to the end of its last instance.
         let (name, handle) = self.find_or_stored(process).await?;
+        let permit = self.inner.followers.clone().try_acquire_owned().map_err(|_| {
+            OpError::Busy(format!(
+                "{MAX_FOLLOWERS} follow streams are open, the most the daemon serves at once; end one (a `bpm logs -f`, `bpm run` or `bpm tui` left open) and try again"
+            ))
+        })?;
         let re = match &req.pattern {
             Some(p) if !p.is_empty() => Some(search::compile(p, req.case_insensitive)?),
             _ => None,
@@ -47,6 +57,7 @@ impl Ops {
             None => meta.first_seq,
         };
         let f = Follow {
+            _permit: permit,
             closing: self.inner.closing.clone(),
             handle,
             follower: store.follow(meta.id, from),
@@ -62,7 +73,11 @@ impl Ops {
         Ok(futures_util::stream::unfold(
             (f, Some(first)),
             |(mut f, first)| async move {
-                let mut out: Vec<FollowRecord> = first.into_iter().collect();
+                // The instance at once, not with its first line (it may be quiet).
+                if let Some(first) = first {
+                    return Some((vec![first], (f, None)));
+                }
+                let mut out = Vec::new();
                 if f.next(&mut out).await || !out.is_empty() {
                     Some((out, (f, None)))
                 } else {
@@ -98,6 +113,8 @@ struct Follow {
     follower: crate::logs::Follower,
     phase: Phase,
     closing: CancellationToken,
+    /// Its place among the [`MAX_FOLLOWERS`], given back when the stream is dropped.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// How often a follow stream looks at the supervisor's status right after an instance
@@ -108,14 +125,7 @@ const FOLLOW_IDLE_POLL: Duration = Duration::from_millis(100);
 
 impl Follow {
     fn instance_record(&self, meta: &InstanceMeta, switch: bool) -> FollowRecord {
-        FollowRecord::Instance {
-            process: self.name.clone(),
-            instance: meta.id,
-            number: meta.number,
-            pid: meta.spawn.pid,
-            started: format_ts(meta.started_us),
-            switch,
-        }
+        FollowRecord::instance(meta, switch)
     }
 
     /// Append the next records to `out`, waiting until there are some. False once the

@@ -18,24 +18,34 @@ impl Ops {
     pub async fn logs(&self, process: &str, query: LogQuery) -> Result<LogResult, OpError> {
         query.validate().map_err(OpError::BadRequest)?;
         let (name, _) = self.find_or_stored(process).await?;
-        let _turn = match query.pattern() {
-            Some(_) => Some(
-                tokio::time::timeout(SEARCH_WAIT, self.inner.searches.clone().acquire_owned())
-                    .await
-                    .map_err(|_| {
-                        OpError::Busy(format!(
-                            "{MAX_SEARCHES} searches are running and this one waited {}s for its turn; try again",
-                            SEARCH_WAIT.as_secs()
-                        ))
-                    })?
-                    .map_err(|e| OpError::Busy(e.to_string()))?,
-            ),
-            None => None,
-        };
+        let _turn = self.search_turn(query.pattern().is_some()).await?;
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || read_logs(&store, &name, &query))
             .await
             .map_err(|e| OpError::BadRequest(e.to_string()))?
+    }
+}
+
+impl Ops {
+    /// A turn among the [`MAX_SEARCHES`] searches that run at once (none needed when
+    /// `searching` is false): waits up to [`SEARCH_WAIT`], then refuses.
+    pub(super) async fn search_turn(
+        &self,
+        searching: bool,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, OpError> {
+        if !searching {
+            return Ok(None);
+        }
+        let permit = tokio::time::timeout(SEARCH_WAIT, self.inner.searches.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                OpError::Busy(format!(
+                    "{MAX_SEARCHES} searches are running and this one waited {}s for its turn; try again",
+                    SEARCH_WAIT.as_secs()
+                ))
+            })?
+            .map_err(|e| OpError::Busy(e.to_string()))?;
+        Ok(Some(permit))
     }
 }
 
@@ -44,33 +54,7 @@ impl Ops {
 pub fn read_logs(store: &Store, name: &str, req: &LogQuery) -> Result<LogResult, OpError> {
     req.validate().map_err(OpError::BadRequest)?;
     let (head, tail) = (req.head, req.effective_tail());
-    let kind = if req.build {
-        InstanceKind::Build
-    } else {
-        InstanceKind::Run
-    };
-    let metas: Vec<InstanceMeta> = if req.all_instances {
-        let all = store.instances(name, kind)?;
-        if all.is_empty() {
-            // Let resolve produce the explanatory error.
-            vec![store.resolve(name, kind, -1)?]
-        } else {
-            all
-        }
-    } else if let Some(id) = req.instance {
-        let meta = store.instance(id)?;
-        if meta.process != name || meta.kind != kind {
-            return Err(OpError::BadRequest(format!(
-                "instance #{id} is not one of {name}'s {}; list them with `bpm status {name}`",
-                if req.build { "builds" } else { "runs" }
-            )));
-        }
-        vec![meta]
-    } else if let Some(n) = req.number {
-        vec![store.resolve_number(name, kind, n)?]
-    } else {
-        vec![store.resolve(name, kind, req.index.unwrap_or(-1))?]
-    };
+    let metas = resolve_instances(store, name, req)?;
     let seqs = req.from_seq.unwrap_or(0)..req.to_seq.unwrap_or(u64::MAX);
     let ranged = req.from_seq.is_some() || req.to_seq.is_some();
     let filter = Filter {
@@ -166,6 +150,43 @@ pub fn read_logs(store: &Store, name: &str, req: &LogQuery) -> Result<LogResult,
         matched,
         omitted,
     })
+}
+
+/// The instances a query reads, oldest first: one by its number or index, or every
+/// retained one.
+pub(super) fn resolve_instances(
+    store: &Store,
+    name: &str,
+    req: &LogQuery,
+) -> Result<Vec<InstanceMeta>, OpError> {
+    let kind = if req.build {
+        InstanceKind::Build
+    } else {
+        InstanceKind::Run
+    };
+    let metas: Vec<InstanceMeta> = if req.all_instances {
+        let all = store.instances(name, kind)?;
+        if all.is_empty() {
+            // Let resolve produce the explanatory error.
+            vec![store.resolve(name, kind, -1)?]
+        } else {
+            all
+        }
+    } else if let Some(id) = req.instance {
+        let meta = store.instance(id)?;
+        if meta.process != name || meta.kind != kind {
+            return Err(OpError::BadRequest(format!(
+                "instance #{id} is not one of {name}'s {}; list them with `bpm status {name}`",
+                if req.build { "builds" } else { "runs" }
+            )));
+        }
+        vec![meta]
+    } else if let Some(n) = req.number {
+        vec![store.resolve_number(name, kind, n)?]
+    } else {
+        vec![store.resolve(name, kind, req.index.unwrap_or(-1))?]
+    };
+    Ok(metas)
 }
 
 /// The lines of one instance with sequence numbers in `seqs`, oldest first: the first

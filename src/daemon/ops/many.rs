@@ -56,9 +56,8 @@ pub fn merge(label: String, results: Vec<LogResult>, query: &LogQuery) -> LogRes
             l
         }));
     }
-    // `ts` is fixed-width ISO 8601 UTC: its order is the time order.
     lines.sort_by(|a, b| {
-        (&a.ts, &a.process, a.instance, a.seq).cmp(&(&b.ts, &b.process, b.instance, b.seq))
+        (a.ts_us, &a.process, a.instance, a.seq).cmp(&(b.ts_us, &b.process, b.instance, b.seq))
     });
     if let Some(head) = query.head {
         omitted += lines.len().saturating_sub(head) as u64;
@@ -82,7 +81,7 @@ mod tests {
     use super::*;
     use crate::logs::Stream;
 
-    fn result(process: &str, lines: &[(&str, u64)]) -> LogResult {
+    fn result(process: &str, lines: &[(i64, u64)]) -> LogResult {
         LogResult {
             process: process.into(),
             instances: Vec::new(),
@@ -92,7 +91,8 @@ mod tests {
                     process: None,
                     instance: 1,
                     seq: *seq,
-                    ts: (*ts).into(),
+                    ts: crate::protocol::format_ts(*ts),
+                    ts_us: *ts,
                     stream: Stream::Stdout,
                     matched: false,
                     continuation: false,
@@ -106,20 +106,8 @@ mod tests {
 
     #[test]
     fn lines_interleave_by_time_and_the_tail_applies_to_the_whole() {
-        let a = result(
-            "a",
-            &[
-                ("2026-01-01T00:00:01.000000Z", 0),
-                ("2026-01-01T00:00:03.000000Z", 1),
-            ],
-        );
-        let b = result(
-            "b",
-            &[
-                ("2026-01-01T00:00:02.000000Z", 0),
-                ("2026-01-01T00:00:04.000000Z", 1),
-            ],
-        );
+        let a = result("a", &[(1_000_000, 0), (3_000_000, 1)]);
+        let b = result("b", &[(2_000_000, 0), (4_000_000, 1)]);
         let q = LogQuery {
             tail: Some(3),
             ..Default::default()

@@ -7,14 +7,18 @@
 //!   mode, shutdown.
 //! - `status`: status reports, also offline from the store alone.
 //! - `logs`: reads and searches.
+//! - `pages`: log reads as NDJSON records, page by page.
 //! - `follow`: the follow stream's state machine.
 
 mod follow;
 mod logs;
 mod many;
+mod pages;
 mod status;
 
+pub use follow::MAX_FOLLOWERS;
 pub use logs::read_logs;
+pub use pages::{LogStream, PAGE_LINES, ndjson};
 pub use status::offline_status;
 
 use std::collections::BTreeMap;
@@ -145,6 +149,8 @@ struct Inner {
     closing: CancellationToken,
     /// Searches running at once (see `logs.rs`).
     searches: Arc<tokio::sync::Semaphore>,
+    /// Follow streams open at once (see `follow.rs`).
+    followers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Ops {
@@ -169,6 +175,7 @@ impl Ops {
                 closing,
                 observed: Mutex::default(),
                 searches: Arc::new(tokio::sync::Semaphore::new(logs::MAX_SEARCHES)),
+                followers: Arc::new(tokio::sync::Semaphore::new(follow::MAX_FOLLOWERS)),
             }),
         }
     }

@@ -863,6 +863,7 @@ mod tests {
             instance: 1,
             seq,
             ts: "2026-01-01T00:00:00.000Z".into(),
+            ts_us: 0,
             stream: Stream::Stdout,
             matched: false,
             continuation: false,
@@ -954,7 +955,10 @@ mod tests {
             number: 1,
             pid: None,
             started: String::new(),
+            started_us: 0,
             switch: false,
+            ended_us: None,
+            exit: None,
         }];
         records.extend((999_000..1_000_000).map(|s| FollowRecord::Line(line(s))));
         app.update(Msg::Follow { epoch, records });
@@ -1017,7 +1021,10 @@ mod tests {
             number: id,
             pid: None,
             started: String::new(),
+            started_us: 0,
             switch,
+            ended_us: None,
+            exit: None,
         };
         app.update(Msg::Follow {
             epoch,

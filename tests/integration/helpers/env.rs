@@ -54,6 +54,19 @@ impl Env {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// A command printing NDJSON (`--json` added), parsed line by line.
+    #[track_caller]
+    pub fn ndjson(&self, args: &[&str]) -> Vec<Value> {
+        let mut a = args.to_vec();
+        a.push("--json");
+        self.ok(&a)
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON record ({e}): {l}"))
+            })
+            .collect()
+    }
+
     /// A `bpm` client left running, its output collected; killed on drop.
     pub fn spawn(&self, args: &[&str]) -> Spawned {
         Spawned::new(&mut self.cmd(args), Signal::SIGKILL)

@@ -1,0 +1,271 @@
+//! Log reads as a stream of records ([`FollowRecord`]: an instance, its lines, its end),
+//! read from the store page by page by sequence ranges, so memory stays flat whatever the
+//! size of the instances: `GET /api/logs/NAME` with `Accept: application/x-ndjson`, and
+//! `bpm logs` (through the daemon, or over the store opened read-only).
+//!
+//! A read without a head or a tail (every line), or with a head, streams: lines are read
+//! [`PAGE_LINES`] sequence numbers at a time, searches hand each result line on as they
+//! find it. A tail, or the lines around one line, is read whole first (at most
+//! [`crate::protocol::MAX_LINES`] lines) and then sent in pages.
+
+use std::ops::ControlFlow;
+
+use bytes::Bytes;
+
+use super::logs::{read_logs, resolve_instances};
+use super::{OpError, Ops};
+use crate::logs::{Filter, InstanceKind, InstanceMeta, Store, Window};
+use crate::protocol::{FollowRecord, LogLine, LogQuery};
+use crate::search::{self, Query};
+
+/// Records per page: what is read (and held) at once.
+pub const PAGE_LINES: usize = 4096;
+
+/// Pages of NDJSON waiting for a slow client, besides the one being read.
+const PAGES_AHEAD: usize = 2;
+
+/// A log read ready to stream: the query checked, its instances resolved.
+pub struct LogStream {
+    name: String,
+    query: LogQuery,
+    metas: Vec<InstanceMeta>,
+    /// The process's newest instance of the kind read: an older one that ended was
+    /// replaced (its exit record says `restarted`).
+    newest: Option<u64>,
+}
+
+/// Collects records into pages and hands each full one on.
+struct Pager<'a> {
+    buf: Vec<FollowRecord>,
+    page: &'a mut dyn FnMut(Vec<FollowRecord>) -> ControlFlow<()>,
+}
+
+impl Pager<'_> {
+    fn push(&mut self, r: FollowRecord) -> ControlFlow<()> {
+        self.buf.push(r);
+        if self.buf.len() >= PAGE_LINES {
+            return self.flush();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn flush(&mut self) -> ControlFlow<()> {
+        if self.buf.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        (self.page)(std::mem::take(&mut self.buf))
+    }
+}
+
+fn exit_record(meta: &InstanceMeta, newest: Option<u64>) -> Option<FollowRecord> {
+    meta.exit.clone().map(|status| FollowRecord::Exit {
+        instance: meta.id,
+        status,
+        restarted: newest.is_some_and(|n| n > meta.id),
+    })
+}
+
+impl LogStream {
+    /// Check the query and resolve its instances: every error a read can answer with
+    /// comes from here, before the first record (blocking).
+    pub fn plan(store: &Store, name: &str, query: LogQuery) -> Result<LogStream, OpError> {
+        query.validate().map_err(OpError::BadRequest)?;
+        if let Some(p) = query.pattern() {
+            search::compile(p, query.case_insensitive)?;
+        }
+        let metas = resolve_instances(store, name, &query)?;
+        let kind = if query.build {
+            InstanceKind::Build
+        } else {
+            InstanceKind::Run
+        };
+        let newest = store.instances(name, kind)?.last().map(|m| m.id);
+        Ok(LogStream {
+            name: name.to_owned(),
+            query,
+            metas,
+            newest,
+        })
+    }
+
+    /// Read the records and hand them to `page`, a page at a time (at most
+    /// [`PAGE_LINES`] records each), in order; `page` breaks to stop (blocking).
+    pub fn run(
+        &self,
+        store: &Store,
+        page: &mut dyn FnMut(Vec<FollowRecord>) -> ControlFlow<()>,
+    ) -> Result<(), OpError> {
+        let mut pager = Pager {
+            buf: Vec::new(),
+            page,
+        };
+        let q = &self.query;
+        if q.effective_tail().is_some() || q.around.is_some() {
+            self.bounded(store, &mut pager)?;
+        } else {
+            self.streamed(store, &mut pager)?;
+        }
+        let _ = pager.flush();
+        Ok(())
+    }
+
+    /// A tail, or the lines around one line: read whole, then sent.
+    fn bounded(&self, store: &Store, pager: &mut Pager<'_>) -> Result<(), OpError> {
+        let r = read_logs(store, &self.name, &self.query)?;
+        let mut lines = r.lines.into_iter().peekable();
+        for (k, m) in self.metas.iter().enumerate() {
+            if pager.push(FollowRecord::instance(m, k > 0)).is_break() {
+                return Ok(());
+            }
+            while let Some(l) = lines.next_if(|l| l.instance == m.id) {
+                if pager.push(FollowRecord::Line(l)).is_break() {
+                    return Ok(());
+                }
+            }
+            if let Some(exit) = exit_record(m, self.newest)
+                && pager.push(exit).is_break()
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every line, or a head: read page by page.
+    fn streamed(&self, store: &Store, pager: &mut Pager<'_>) -> Result<(), OpError> {
+        let q = &self.query;
+        let filter = Filter {
+            stream: q.stream.only(),
+            since_us: q.since_us,
+            until_us: q.until_us,
+        };
+        let seqs = q.from_seq.unwrap_or(0)..q.to_seq.unwrap_or(u64::MAX);
+        let mut left = q.head.unwrap_or(usize::MAX);
+        for (k, m) in self.metas.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            if pager.push(FollowRecord::instance(m, k > 0)).is_break() {
+                return Ok(());
+            }
+            let from = seqs.start.max(m.first_seq);
+            let to = seqs.end.min(m.next_seq);
+            match q.pattern() {
+                Some(pattern) => {
+                    let sq = Query {
+                        pattern: pattern.to_owned(),
+                        case_insensitive: q.case_insensitive,
+                        context: q.context,
+                        head: q.head.map(|_| left),
+                        tail: None,
+                        filter,
+                    };
+                    let mut flow = ControlFlow::Continue(());
+                    let r = search::search_each(store, &[m.id], &sq, from..to, &mut |hit| {
+                        flow = pager.push(FollowRecord::Line(LogLine::new(hit.line, hit.matched)));
+                        flow
+                    })?;
+                    if flow.is_break() {
+                        return Ok(());
+                    }
+                    left = left.saturating_sub((r.total - r.omitted) as usize);
+                }
+                None => {
+                    let mut at = from;
+                    while at < to && left > 0 {
+                        let end = at.saturating_add(PAGE_LINES as u64).min(to);
+                        let lines =
+                            store.read(m.id, Window::Seqs { from: at, to: end }, &filter)?;
+                        for l in lines.into_iter().take(left) {
+                            left -= 1;
+                            if pager
+                                .push(FollowRecord::Line(LogLine::new(l, false)))
+                                .is_break()
+                            {
+                                return Ok(());
+                            }
+                        }
+                        at = end;
+                    }
+                }
+            }
+            // An instance cut short by the head has not ended as far as this read goes.
+            if (q.head.is_none() || left > 0)
+                && let Some(exit) = exit_record(m, self.newest)
+                && pager.push(exit).is_break()
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records as NDJSON: one JSON object per line.
+pub fn ndjson(records: &[FollowRecord]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(records.len() * 160);
+    for r in records {
+        serde_json::to_writer(&mut buf, r).expect("records serialize");
+        buf.push(b'\n');
+    }
+    buf
+}
+
+impl Ops {
+    /// [`Ops::logs`] as NDJSON records, read and sent a page at a time: a client that
+    /// reads slowly holds at most a few pages; one that goes away stops the read. Errors
+    /// of the query come before the stream; a store error during it ends the stream with
+    /// an error (the body is cut, so the client sees it was incomplete). A search holds
+    /// its turn among [`super::logs::MAX_SEARCHES`] only while it reads, not while it
+    /// waits for the client.
+    pub async fn logs_stream(
+        &self,
+        process: &str,
+        query: LogQuery,
+    ) -> Result<impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static, OpError>
+    {
+        query.validate().map_err(OpError::BadRequest)?;
+        let (name, _) = self.find_or_stored(process).await?;
+        let searching = query.pattern().is_some();
+        let mut turn = self.search_turn(searching).await?;
+        let store = self.inner.store.clone();
+        let plan = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || LogStream::plan(&store, &name, query))
+                .await
+                .map_err(|e| OpError::BadRequest(e.to_string()))??
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(PAGES_AHEAD);
+        let searches = self.inner.searches.clone();
+        let closing = self.inner.closing.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let r = plan.run(&store, &mut |page| {
+                if closing.is_cancelled() {
+                    return ControlFlow::Break(());
+                }
+                let bytes = Bytes::from(ndjson(&page));
+                drop(page);
+                // Other searches may run while this one waits for its client.
+                turn = None;
+                if tx.blocking_send(Ok(bytes)).is_err() {
+                    return ControlFlow::Break(());
+                }
+                if searching {
+                    match runtime.block_on(searches.clone().acquire_owned()) {
+                        Ok(p) => turn = Some(p),
+                        Err(_) => return ControlFlow::Break(()),
+                    }
+                }
+                ControlFlow::Continue(())
+            });
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a streamed log read failed");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        });
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
+    }
+}
