@@ -14,8 +14,21 @@ use crate::protocol::{
 
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
-    /// The process: its name, or the pid of its running instance.
-    #[arg(add = super::complete::process_names())]
+    /// The process: its name, or the pid of its running instance. Several names (or
+    /// --all) interleave their lines by time, each prefixed with `[name]`, as `docker
+    /// compose logs` does.
+    #[arg(
+        add = super::complete::process_names(),
+        required_unless_present = "all",
+        num_args = 1..,
+        value_name = "NAME"
+    )]
+    pub names: Vec<String>,
+    /// Every process (of the current runs; the last 200 lines unless --tail/--head).
+    #[arg(long, conflicts_with_all = ["names", "all_instances", "instance"])]
+    pub all: bool,
+    /// The one process read (set from `names`).
+    #[arg(skip)]
     pub name: String,
     /// Which run (or build): -1 the newest (default), -2 the one before; 0 the oldest
     /// retained, 1 the next; or #3, the process's third run.
@@ -66,7 +79,11 @@ pub fn main(args: LogsArgs) -> ExitCode {
     super::execute(logs(args))
 }
 
-async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+async fn logs(mut args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let many = args.all || args.names.len() > 1;
+    if let [one] = args.names.as_slice() {
+        args.name = one.clone();
+    }
     let now = crate::logs::now_us();
     let time = |t: &Option<String>| {
         t.as_deref()
@@ -88,6 +105,9 @@ async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
         json: args.common.json,
     };
     let source = read_source(&args.common).await?;
+    if many {
+        return super::many::logs(&args, &source, &render, since_us, until_us).await;
+    }
     if args.follow
         && let Source::Daemon(client) = &source
     {
@@ -306,8 +326,29 @@ const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
 impl Render {
+    /// One line as [`Self::line`] shows it, after a `[name] ` prefix (in colour).
+    pub fn prefixed_line(
+        &self,
+        out: &mut impl std::io::Write,
+        name: &str,
+        colour: usize,
+        ts: &str,
+        text: &str,
+        matched: bool,
+    ) -> std::io::Result<()> {
+        if self.color {
+            const COLOURS: [&str; 6] = [
+                "\x1b[36m", "\x1b[33m", "\x1b[32m", "\x1b[35m", "\x1b[34m", "\x1b[31m",
+            ];
+            write!(out, "{}[{name}]{RESET} ", COLOURS[colour % COLOURS.len()])?;
+        } else {
+            write!(out, "[{name}] ")?;
+        }
+        self.line(out, ts, text, matched)
+    }
+
     /// One NDJSON record; without colour, a line's escape codes are taken out.
-    fn json_record(
+    pub fn json_record(
         &self,
         out: &mut impl std::io::Write,
         rec: &FollowRecord,

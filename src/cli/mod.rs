@@ -6,6 +6,7 @@
 //! - [`run`]: `bpm run`: start or attach, follow, the Ctrl+C prompt.
 //! - [`logs`]: `bpm logs`, and the follow stream's rendering shared with `run`.
 //! - [`status`]: `bpm status`, and `start`/`stop`/`restart`/`mode`.
+//! - [`many`]: `bpm logs a b`, `bpm logs --all`: several processes interleaved.
 //! - [`shorthand`]: `bpm npm run dev`, `bpm DIR`.
 //! - [`complete`]: shell completion, process names included.
 //! - [`help`]: the environment variables and examples each command's `--help` ends with.
@@ -14,6 +15,7 @@
 pub mod complete;
 pub mod help;
 pub mod logs;
+pub mod many;
 pub mod run;
 pub mod shorthand;
 pub mod status;

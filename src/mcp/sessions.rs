@@ -117,15 +117,34 @@ impl CappedSessions {
     }
 }
 
-/// A stream that keeps `guard` until it is dropped.
-fn holding<S: Stream + Send + Sync + 'static>(
+/// A stream that keeps `guard` until it is dropped; the request's id is free again as
+/// soon as its answer goes out (before the stream closes), so a client that reuses an
+/// id once it has its answer is never refused.
+fn holding<S: Stream<Item = ServerSseMessage> + Send + Sync + 'static>(
     stream: S,
-    guard: Busy,
+    mut guard: Busy,
 ) -> impl Stream<Item = S::Item> + Send + Sync + 'static {
     stream.map(move |item| {
-        let _ = &guard;
+        let answered = item
+            .message
+            .as_deref()
+            .is_some_and(|m| matches!(m, JsonRpcMessage::Response(_) | JsonRpcMessage::Error(_)));
+        if answered {
+            guard.free_request_id();
+        }
         item
     })
+}
+
+impl Busy {
+    fn free_request_id(&mut self) {
+        if let Some(r) = self.request.take() {
+            let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(u) = uses.get_mut(&self.id) {
+                u.ids.remove(&r);
+            }
+        }
+    }
 }
 
 impl SessionManager for CappedSessions {

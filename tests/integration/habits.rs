@@ -236,3 +236,51 @@ fn color_true_tells_the_process_to_colour_its_pipe() {
         env.ok(&["logs", "c"]) == "force=1 clicolor=1\n"
     });
 }
+
+#[test]
+fn logs_of_several_processes_interleave_by_time_with_prefixes() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "--name",
+        "one",
+        "--",
+        "sh",
+        "-c",
+        "echo one-a; sleep 0.3; echo one-b",
+    ]);
+    env.ok(&["run", "--name", "two", "--", "sh", "-c", "echo two-a"]);
+    let out = env.ok(&["logs", "one", "two"]);
+    // `two` ran after `one` had finished.
+    assert_eq!(out, "[one] one-a\n[one] one-b\n[two] two-a\n");
+    let all = env.ok(&["logs", "--all", "-n", "2"]);
+    assert_eq!(all, "[one] one-b\n[two] two-a\n");
+    let json = env.ok(&["logs", "one", "two", "--json", "--grep", "-a$"]);
+    let procs: Vec<String> = json
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["process"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(procs, ["one", "two"], "{json}");
+    let out = env.bpm(&["logs", "one", "nosuch"]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+}
+
+#[test]
+fn logs_follow_of_several_processes_prints_each_as_it_comes() {
+    let env = Env::new();
+    for name in ["left", "right"] {
+        let script = format!("echo {name}-up; exec sleep 300");
+        env.ok(&["run", "-d", "--name", name, "--", "sh", "-c", &script]);
+    }
+    let follow = env.spawn(&["logs", "left", "right", "-f"]);
+    follow.wait_out("both backlogs", "[right] right-up");
+    follow.wait_out("both backlogs", "[left] left-up");
+    env.ok(&["stop", "left"]);
+    follow.wait_err("left's end", "left exited");
+}

@@ -18,6 +18,7 @@ mod status;
 
 pub use follow::MAX_FOLLOWERS;
 pub use logs::read_logs;
+pub use many::merge as merge_logs;
 pub use pages::{LogStream, PAGE_LINES, ndjson};
 pub use status::offline_status;
 
