@@ -26,7 +26,8 @@ enum Command {
         /// The project directory (its .mcp-run is loaded when present).
         #[arg(default_value = ".")]
         dir: PathBuf,
-        /// The HTTP port on 127.0.0.1 (default: the config's mcp_port, else 8947; 0 picks one).
+        /// The HTTP port on 127.0.0.1, an error when taken (default: the config's mcp_port,
+        /// else 8947, or a free port when that one is taken; 0 picks one).
         #[arg(long)]
         port: Option<u16>,
         /// Where the store lives (default: $BPM_HOME, DIR/.bpm for a project, else ~/.local/state/bpm).
@@ -92,6 +93,10 @@ enum Command {
     /// running: the store, read-only, for post-crash investigation).
     #[command(after_help = help::TUI)]
     Tui(bpm::tui::TuiArgs),
+    /// The bpm daemons of this user running on this machine: pid, HTTP port, project and
+    /// data directory.
+    #[command(after_help = help::DAEMONS)]
+    Daemons(bpm::cli::daemons::DaemonsArgs),
     /// Print a shell completion script (it completes commands, options and process
     /// names); e.g. `bpm completions bash >> ~/.bashrc`.
     Completions {
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
                 token_file,
                 mcp_session_idle: mcp_session_idle.map(std::time::Duration::from_secs_f64),
                 conn_idle: None,
+                registry: Some(bpm::daemon::registry::default_dir()),
             })
         }),
         Command::Mcp {
@@ -177,6 +183,7 @@ fn main() -> ExitCode {
         Command::Status(a) => return status::main(a),
         Command::Logs(a) => return bpm::cli::logs::main(a),
         Command::Tui(a) => return bpm::tui::main(a),
+        Command::Daemons(a) => return bpm::cli::daemons::main(a),
         Command::Completions { shell } => {
             // Generated into memory first: a closed pipe (`bpm completions zsh | head`) is
             // not an error.

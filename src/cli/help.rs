@@ -40,6 +40,14 @@ Examples:
   bpm serve                        supervise this directory's .mcp-run
   bpm serve ~/code/app --port 0    any free port (it is printed)";
 
+pub const DAEMONS: &str = "Environment:
+  XDG_RUNTIME_DIR  where running daemons enter themselves (its bpm/; without it
+                   ~/.local/state/bpm/daemons)
+
+Examples:
+  bpm daemons                      which projects have a daemon, on which port
+  bpm daemons --json";
+
 pub const MCP: &str = concat!(
     client_env!(),
     "

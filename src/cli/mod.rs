@@ -8,10 +8,12 @@
 //! - [`status`]: `bpm status`, and `start`/`stop`/`restart`/`mode`.
 //! - [`shorthand`]: `bpm npm run dev`, `bpm DIR`.
 //! - [`complete`]: shell completion, process names included.
+//! - [`daemons`]: `bpm daemons`, the running daemons of this user.
 //! - [`help`]: the environment variables and examples each command's `--help` ends with.
 //! - `--since`/`--until` values are read by [`crate::timespec`].
 
 pub mod complete;
+pub mod daemons;
 pub mod help;
 pub mod logs;
 pub mod run;

@@ -13,6 +13,7 @@ mod access;
 mod bounds;
 mod cli;
 mod daemon;
+mod daemons;
 mod habits;
 mod mcp;
 mod mcp_compat;
