@@ -97,6 +97,10 @@ enum Command {
     /// data directory.
     #[command(after_help = help::DAEMONS)]
     Daemons(bpm::cli::daemons::DaemonsArgs),
+    /// Install the global daemon or a project's as a systemd service (user unit by default),
+    /// remove it, or show its state.
+    #[command(after_help = help::SERVICE)]
+    Service(bpm::cli::service::ServiceArgs),
     /// Print a shell completion script (it completes commands, options and process
     /// names); e.g. `bpm completions bash >> ~/.bashrc`.
     Completions {
@@ -184,6 +188,7 @@ fn main() -> ExitCode {
         Command::Logs(a) => return bpm::cli::logs::main(a),
         Command::Tui(a) => return bpm::tui::main(a),
         Command::Daemons(a) => return bpm::cli::daemons::main(a),
+        Command::Service(a) => return bpm::cli::service::main(a),
         Command::Completions { shell } => {
             // Generated into memory first: a closed pipe (`bpm completions zsh | head`) is
             // not an error.

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod files;
 pub mod guard;
 pub mod http;
+pub mod notify;
 pub mod ops;
 pub mod peer;
 pub mod registry;
@@ -126,7 +127,7 @@ pub async fn run(
     let servers = serve(&ops, &opts, limits, bound.tcp, bound.unix, &cancel)?;
 
     // Ready once the listeners are bound, never after the builds.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    notify::ready();
     on_ready(&bound.info);
 
     // Recovery and autostart in the background, so the daemon answers at once.
@@ -140,11 +141,12 @@ pub async fn run(
             mode_timer(ops.clone()),
         )),
         tokio::spawn(until_cancelled(cancel.child_token(), observer(ops.clone()))),
+        tokio::spawn(until_cancelled(cancel.child_token(), notify::watchdog())),
     ];
 
     shutdown.await;
     tracing::info!("shutting down: stopping every process");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    notify::stopping();
     cancel.cancel();
     ops.shutdown_all().await;
     for task in servers.into_iter().chain(background) {

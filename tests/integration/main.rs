@@ -19,6 +19,7 @@ mod mcp;
 mod mcp_compat;
 mod migrations;
 mod orphans;
+mod service;
 mod setup;
 mod slow_disk;
 mod start;
