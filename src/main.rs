@@ -101,6 +101,8 @@ enum Command {
     /// remove it, or show its state.
     #[command(after_help = help::SERVICE)]
     Service(bpm::cli::service::ServiceArgs),
+    /// Print bpm's man page (roff), e.g. `bpm man > ~/.local/share/man/man1/bpm.1`.
+    Man,
     /// Print a shell completion script (it completes commands, options and process
     /// names); e.g. `bpm completions bash >> ~/.bashrc`.
     Completions {
@@ -189,6 +191,19 @@ fn main() -> ExitCode {
         Command::Tui(a) => return bpm::tui::main(a),
         Command::Daemons(a) => return bpm::cli::daemons::main(a),
         Command::Service(a) => return bpm::cli::service::main(a),
+        Command::Man => {
+            let mut page = Vec::new();
+            return match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => {
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), &page);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bpm: cannot render the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Completions { shell } => {
             // Generated into memory first: a closed pipe (`bpm completions zsh | head`) is
             // not an error.

@@ -230,6 +230,8 @@ fn print_report(o: &StatusOutput, offline: bool, color: bool) -> anyhow::Result<
                 p.run_instances.to_string(),
                 match (&p.url, p.ports.as_slice()) {
                     (Some(url), _) => url.clone(),
+                    // Found through /proc: unknown, not "none", elsewhere than Linux.
+                    (None, []) if !crate::platform::FULL => "?".into(),
                     (None, []) => "-".into(),
                     (None, ports) => ports
                         .iter()
@@ -276,6 +278,9 @@ fn print_report(o: &StatusOutput, offline: bool, color: bool) -> anyhow::Result<
     }
     for (p, r) in procs.iter().zip(&rows) {
         writeln!(out, "{}", line(r, Some(state_text(&p.status.state).1)))?;
+    }
+    if let Some(why) = crate::platform::unavailable("LISTENS (which ports a process listens on)") {
+        writeln!(out, "{why}")?;
     }
     if let (Some(p), Some(inst)) = (procs.first(), &o.instances) {
         if let Some(e) = &p.status.last_error {

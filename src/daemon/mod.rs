@@ -99,6 +99,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&DaemonInfo),
 ) -> anyhow::Result<()> {
+    crate::platform::warn_at_start();
     let setup = Setup::load(&opts)?;
     let opened = open_store(&setup, &opts).await?;
     let store = opened.store.clone();

@@ -220,3 +220,18 @@ fn the_daemon_notifies_ready_then_the_watchdog_then_stopping() {
     });
     assert_eq!(count(&seen, "READY=1"), 1, "{seen:?}");
 }
+
+#[test]
+fn the_man_page_names_the_commands() {
+    let dirs = Dirs::new();
+    let out = process::output(&mut dirs.bpm(&["man"]));
+    assert!(out.status.success(), "{out:?}");
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH bpm 1"), "{page}");
+    for command in ["serve", "run", "logs", "service", "daemons"] {
+        assert!(
+            page.contains(&format!("bpm\\-{command}(1)")),
+            "{command}: {page}"
+        );
+    }
+}
