@@ -5,7 +5,9 @@
 //! child writing to a file (and fsync); `seq 1 2000000` through bpm with every line
 //! stored; restart of `python3 -m http.server` until the port accepts again, against
 //! starting it directly; the daemon's RSS idle and its peak during the flood; and daemon
-//! start until the listener accepts, on an empty store.
+//! start until the listener accepts, on an empty store; and daemon start until systemd
+//! would get `READY=1` (a datagram on a `NOTIFY_SOCKET` the bench binds) with a 1 GiB
+//! store.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -151,6 +153,84 @@ fn flood() -> String {
     format!("yes {} | head -n 2000000", "0".repeat(99))
 }
 
+/// A store of at least 1 GiB in `data` (pseudo-random hex lines, which LZ4 cannot
+/// shrink much), through the store API; its size.
+fn big_store(data: &Path) -> u64 {
+    use bpm::logs::{ExitStatus, InstanceKind, Limits, SpawnInfo, Store, StoreOptions, Stream};
+    let opts = StoreOptions {
+        limits: Limits {
+            keep_instances: 1000,
+            keep_builds: 10,
+            max_bytes: 8 << 30,
+        },
+        store_max_bytes: 16 << 30,
+        ..StoreOptions::default()
+    };
+    let path = data.join("logs.redb");
+    let store = Store::open(&path, opts).unwrap().store;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut chunk = Vec::with_capacity(64 * 1024);
+    'runs: for run in 0.. {
+        let w = store
+            .begin_instance("big", InstanceKind::Run, SpawnInfo::default())
+            .unwrap();
+        for _ in 0..1000 {
+            chunk.clear();
+            while chunk.len() < 64 * 1024 - 100 {
+                for _ in 0..12 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    write!(chunk, "{x:016x}").unwrap();
+                }
+                chunk.push(b'\n');
+            }
+            w.wait_for_room_blocking(Duration::from_secs(5));
+            w.append(Stream::Stdout, &chunk);
+        }
+        w.finish(ExitStatus::Code(0)).unwrap();
+        store.flush().unwrap();
+        if run % 4 == 3 && std::fs::metadata(&path).unwrap().len() >= 1 << 30 {
+            break 'runs;
+        }
+    }
+    store.close().unwrap();
+    std::fs::metadata(&path).unwrap().len()
+}
+
+/// `bpm serve` on `data` with systemd's `NOTIFY_SOCKET`: the time until `READY=1`.
+fn start_to_ready(bin: &Path, project: &Path, data: &Path) -> Duration {
+    let sock_path = data.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let t = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["serve", "--no-prefix", "--port", "0", "--data-dir"])
+        .arg(data)
+        .arg(project)
+        .env("BPM_LOG", "warn")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let ready = loop {
+        let n = sock.recv(&mut buf).expect("READY=1 within 30 s");
+        if buf[..n].split(|b| *b == b'\n').any(|l| l == b"READY=1") {
+            break t.elapsed();
+        }
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    child.wait().unwrap();
+    ready
+}
+
 fn main() {
     let bin = bpm_binary();
     let project = tempfile::tempdir().unwrap();
@@ -171,6 +251,32 @@ fn main() {
             "{:<52} {:>10}   (target < 100 ms; includes process exec)",
             "daemon start until the listener accepts",
             ms(median(starts))
+        );
+    }
+
+    if want("ready") {
+        let data = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let size = big_store(data.path());
+        eprintln!(
+            "(a {:.2} GiB store written in {:.0} s)",
+            size as f64 / f64::from(1 << 30),
+            t.elapsed().as_secs_f64()
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let mut big = Vec::new();
+        let mut small = Vec::new();
+        for _ in 0..5 {
+            big.push(start_to_ready(&bin, project.path(), data.path()));
+            small.push(start_to_ready(&bin, project.path(), empty.path()));
+        }
+        let (b, e) = (median(big), median(small));
+        println!(
+            "{:<52} {:>10}   empty store {:>10}   ratio {:.2}x (target < 50 ms)",
+            "daemon start until READY=1, 1 GiB store",
+            ms(b),
+            ms(e),
+            b.as_secs_f64() / e.as_secs_f64()
         );
     }
 

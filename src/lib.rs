@@ -25,6 +25,8 @@
 //! - Front ends, which hold no logic and never import one another: [`cli`] (the
 //!   command line), [`mcp`] (the MCP tools, served by the daemon, and `bpm mcp`, the
 //!   stdio bridge), [`tui`] (`bpm tui`, the terminal dashboard).
+//! - [`platform`] says what works where (Linux fully; elsewhere what reads `/proc` is
+//!   off, and says so).
 //! - [`timespec`] reads times such as `10m` or an ISO time, for every front end.
 //!
 //! `main.rs` only parses arguments, dispatches and maps errors to exit codes.
@@ -35,6 +37,7 @@ pub mod config;
 pub mod daemon;
 pub mod logs;
 pub mod mcp;
+pub mod platform;
 pub mod protocol;
 pub mod search;
 pub mod supervisor;

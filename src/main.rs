@@ -26,7 +26,8 @@ enum Command {
         /// The project directory (its .mcp-run is loaded when present).
         #[arg(default_value = ".")]
         dir: PathBuf,
-        /// The HTTP port on 127.0.0.1 (default: the config's mcp_port, else 8947; 0 picks one).
+        /// The HTTP port on 127.0.0.1, an error when taken (default: the config's mcp_port,
+        /// else 8947, or a free port when that one is taken; 0 picks one).
         #[arg(long)]
         port: Option<u16>,
         /// Where the store lives (default: $BPM_HOME, DIR/.bpm for a project, else ~/.local/state/bpm).
@@ -97,6 +98,16 @@ enum Command {
     /// running: the store, read-only, for post-crash investigation).
     #[command(after_help = help::TUI)]
     Tui(bpm::tui::TuiArgs),
+    /// The bpm daemons of this user running on this machine: pid, HTTP port, project and
+    /// data directory.
+    #[command(after_help = help::DAEMONS)]
+    Daemons(bpm::cli::daemons::DaemonsArgs),
+    /// Install the global daemon or a project's as a systemd service (user unit by default),
+    /// remove it, or show its state.
+    #[command(after_help = help::SERVICE)]
+    Service(bpm::cli::service::ServiceArgs),
+    /// Print bpm's man page (roff), e.g. `bpm man > ~/.local/share/man/man1/bpm.1`.
+    Man,
     /// Print a shell completion script (it completes commands, options and process
     /// names); e.g. `bpm completions bash >> ~/.bashrc`.
     Completions {
@@ -169,6 +180,7 @@ fn main() -> ExitCode {
                 mcp_session_idle: mcp_session_idle.map(std::time::Duration::from_secs_f64),
                 conn_idle: None,
                 follow_heartbeat: None,
+                registry: Some(bpm::daemon::registry::default_dir()),
             })
         }),
         Command::Mcp {
@@ -193,6 +205,21 @@ fn main() -> ExitCode {
         Command::Status(a) => return status::main(a),
         Command::Logs(a) => return bpm::cli::logs::main(a),
         Command::Tui(a) => return bpm::tui::main(a),
+        Command::Daemons(a) => return bpm::cli::daemons::main(a),
+        Command::Service(a) => return bpm::cli::service::main(a),
+        Command::Man => {
+            let mut page = Vec::new();
+            return match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => {
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), &page);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bpm: cannot render the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Completions { shell } => {
             // Generated into memory first: a closed pipe (`bpm completions zsh | head`) is
             // not an error.

@@ -40,6 +40,27 @@ Examples:
   bpm serve                        supervise this directory's .mcp-run
   bpm serve ~/code/app --port 0    any free port (it is printed)";
 
+pub const DAEMONS: &str = "Environment:
+  XDG_RUNTIME_DIR  where running daemons enter themselves (its bpm/; without it
+                   ~/.local/state/bpm/daemons)
+
+Examples:
+  bpm daemons                      which projects have a daemon, on which port
+  bpm daemons --json";
+
+pub const SERVICE: &str = "Environment:
+  PATH             written into the unit, so the daemon finds what your shell finds
+  XDG_CONFIG_HOME  user units go to its systemd/user (default ~/.config/systemd/user)
+  BPM_HOME         the global daemon's data directory
+
+Examples:
+  bpm service install              the global daemon, as a user service, started now
+  bpm service install ~/code/app   that project's daemon
+  bpm service install --print      only print the unit
+  bpm service install --system     a system unit (run as you), e.g. for a server
+  bpm service status
+  bpm service uninstall";
+
 pub const MCP: &str = concat!(
     client_env!(),
     "

@@ -9,14 +9,18 @@
 //! - [`many`]: `bpm logs a b`, `bpm logs --all`: several processes interleaved.
 //! - [`shorthand`]: `bpm npm run dev`, `bpm DIR`.
 //! - [`complete`]: shell completion, process names included.
+//! - [`daemons`]: `bpm daemons`, the running daemons of this user.
+//! - [`service`]: `bpm service install|uninstall|status`, a systemd unit for a daemon.
 //! - [`help`]: the environment variables and examples each command's `--help` ends with.
 //! - `--since`/`--until` values are read by [`crate::timespec`].
 
 pub mod complete;
+pub mod daemons;
 pub mod help;
 pub mod logs;
 pub mod many;
 pub mod run;
+pub mod service;
 pub mod shorthand;
 pub mod status;
 

@@ -222,6 +222,8 @@ fn print_report(o: &StatusOutput, offline: bool, color: bool) -> anyhow::Result<
                 p.run_instances.to_string(),
                 match (&p.url, p.ports.as_slice()) {
                     (Some(url), _) => url.clone(),
+                    // Found through /proc: unknown, not "none", elsewhere than Linux.
+                    (None, []) if !crate::platform::FULL => "?".into(),
                     (None, []) => "-".into(),
                     (None, ports) => ports
                         .iter()
@@ -274,6 +276,9 @@ fn print_report(o: &StatusOutput, offline: bool, color: bool) -> anyhow::Result<
         if let State::Unhealthy { .. } = &p.status.state {
             writeln!(out, "{}: {}", p.status.name, p.status.state)?;
         }
+    }
+    if let Some(why) = crate::platform::unavailable("LISTENS (which ports a process listens on)") {
+        writeln!(out, "{why}")?;
     }
     if let (Some(p), Some(inst)) = (procs.first(), &o.instances) {
         if let Some(e) = &p.status.last_error {

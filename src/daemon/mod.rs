@@ -7,8 +7,10 @@ pub mod files;
 pub mod guard;
 pub mod http;
 pub mod hygiene;
+pub mod notify;
 pub mod ops;
 pub mod peer;
+pub mod registry;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,8 @@ pub struct Options {
     pub dir: PathBuf,
     /// `--data-dir`; else the rules of [`config::data_dir`].
     pub data_dir: Option<PathBuf>,
-    /// `--port`; else the config's `mcp_port`. 0 picks a free port.
+    /// `--port`: this port or an error. Else the config's `mcp_port`, or a free port when
+    /// that one is taken (another daemon's). 0 picks a free port.
     pub port: Option<u16>,
     /// Copy process output to stdout with `[name]` prefixes (the systemd journal).
     pub passthrough: Option<bool>,
@@ -60,6 +63,9 @@ pub struct Options {
     /// How long a follow stream stays silent before its heartbeat (default
     /// [`http::HEARTBEAT`]).
     pub follow_heartbeat: Option<Duration>,
+    /// The registry of running daemons to enter this one in (see [`registry`]); `bpm
+    /// serve` gives [`registry::default_dir`], a daemon run in-process none.
+    pub registry: Option<PathBuf>,
 }
 
 /// Who a running daemon is, as written to `daemon.json`.
@@ -97,12 +103,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&DaemonInfo),
 ) -> anyhow::Result<()> {
+    crate::platform::warn_at_start();
     let setup = Setup::load(&opts)?;
     let opened = open_store(&setup, &opts).await?;
     let store = opened.store.clone();
     let nofile = conn::raise_nofile();
     let limits = conn::Limits::for_nofile(nofile, opts.conn_idle.unwrap_or(conn::IDLE_TIMEOUT));
     let bound = bind(&setup, &opts).await?;
+    let registered = opts.registry.as_deref().and_then(|dir| {
+        registry::register(dir, &bound.info)
+            .map_err(|e| {
+                tracing::warn!(
+                    "cannot enter this daemon in the registry {} (`bpm daemons` will not list it): {e}",
+                    dir.display()
+                )
+            })
+            .ok()
+    });
     let cancel = CancellationToken::new();
     store.record(
         None,
@@ -115,7 +132,7 @@ pub async fn run(
     let servers = serve(&ops, &opts, limits, bound.tcp, bound.unix, &cancel)?;
 
     // Ready once the listeners are bound, never after the builds.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    notify::ready();
     on_ready(&bound.info);
 
     // Recovery and autostart in the background, so the daemon answers at once.
@@ -129,11 +146,12 @@ pub async fn run(
             mode_timer(ops.clone()),
         )),
         tokio::spawn(until_cancelled(cancel.child_token(), observer(ops.clone()))),
+        tokio::spawn(until_cancelled(cancel.child_token(), notify::watchdog())),
     ];
 
     shutdown.await;
     tracing::info!("shutting down: stopping every process");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    notify::stopping();
     cancel.cancel();
     ops.shutdown_all().await;
     for task in servers.into_iter().chain(background) {
@@ -142,6 +160,7 @@ pub async fn run(
     let _ = std::fs::remove_file(setup.data_dir.join(SOCKET_FILE));
     store.record(None, None, EventKind::DaemonStopped);
     let _ = std::fs::remove_file(setup.data_dir.join(DAEMON_FILE));
+    drop(registered);
     tokio::task::spawn_blocking(move || {
         store.flush()?;
         store.close()
@@ -294,11 +313,30 @@ async fn bind(setup: &Setup, opts: &Options) -> anyhow::Result<Bound> {
             "refusing to listen on {listen} without a token: anyone who can reach it could run commands as you; pass --token-file FILE (or set BPM_TOKEN), or listen on 127.0.0.1"
         );
     }
-    let tcp = TcpListener::bind((listen, port)).await.with_context(|| {
-        format!(
-            "cannot listen on {listen}:{port} (is another daemon or program using it? pass --port)"
-        )
-    })?;
+    let tcp = match TcpListener::bind((listen, port)).await {
+        Ok(l) => l,
+        // Only a port asked for explicitly must be this one: another daemon (of another
+        // project) may hold the configured one, and the local socket is what the CLI uses.
+        Err(e) if opts.port.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let l = TcpListener::bind((listen, 0))
+                .await
+                .with_context(|| format!("cannot listen on {listen} on any port"))?;
+            tracing::warn!(
+                "port {port} is taken (by another daemon or program); listening on port {} instead (recorded in {})",
+                l.local_addr()?.port(),
+                setup.data_dir.join(DAEMON_FILE).display()
+            );
+            l
+        }
+        Err(e) => {
+            let way_out = if opts.port.is_some() {
+                "given by --port (or BPM_PORT); pass another port, 0 for a free one, or no --port to take the configured one or else a free one"
+            } else {
+                "the configured mcp_port; set another in .mcp-run or pass --port"
+            };
+            return Err(e).with_context(|| format!("cannot listen on {listen}:{port}, {way_out}"));
+        }
+    };
     let unix = bind_socket(&setup.data_dir.join(SOCKET_FILE))?;
     let info = DaemonInfo {
         pid: std::process::id(),

@@ -240,6 +240,9 @@ pub fn managed_by_this_daemon(pid: u32) -> bool {
 
 /// "pid N: command (managed by bpm)" for a port's holder, for errors and events.
 pub fn describe_holder(port: u16) -> Option<String> {
+    if let Some(why) = crate::platform::unavailable("who holds a port") {
+        return Some(why);
+    }
     let h = port_holder(port)?;
     let managed = if managed_by_this_daemon(h.pid) {
         "managed by bpm"

@@ -232,8 +232,10 @@ fn color_true_tells_the_process_to_colour_its_pipe() {
         "[process.c]\ncommand = [\"sh\", \"-c\", \"echo force=$FORCE_COLOR clicolor=$CLICOLOR_FORCE; exec sleep 300\"]\ncolor = true\n",
     );
     env.serve();
+    // Until it has started, `bpm logs c` fails (no run yet): asked again.
     wait_for("the variables in its output", || {
-        env.ok(&["logs", "c"]) == "force=1 clicolor=1\n"
+        let out = env.bpm(&["logs", "c"]);
+        out.status.success() && out.stdout == b"force=1 clicolor=1\n"
     });
 }
 

@@ -24,6 +24,8 @@ pub struct Dirs {
     root: tempfile::TempDir,
     pub project: PathBuf,
     pub data: PathBuf,
+    /// `XDG_RUNTIME_DIR` of its `bpm` commands: the registry of running daemons is in it.
+    pub runtime: PathBuf,
 }
 
 impl Dirs {
@@ -34,10 +36,13 @@ impl Dirs {
         std::fs::create_dir(&project).unwrap();
         std::fs::create_dir(&data).unwrap();
         std::fs::create_dir(root.path().join("state")).unwrap();
+        let runtime = root.path().join("runtime");
+        std::fs::create_dir(&runtime).unwrap();
         Dirs {
             root,
             project,
             data,
+            runtime,
         }
     }
 
@@ -66,8 +71,9 @@ impl Dirs {
 
 /// The `bpm` binary with an environment of its own: nothing of the test process's
 /// environment that bpm (or a `cargo` it runs) reads gets through, except what is set
-/// here or by the caller. `XDG_STATE_HOME` points into `dirs`, so that even a command
-/// that finds no other data directory stays inside the test's directories.
+/// here or by the caller. `XDG_STATE_HOME` and `XDG_RUNTIME_DIR` point into `dirs`, so
+/// that even a command that finds no other data directory stays inside the test's
+/// directories, and daemons enter themselves in a registry of the test's own.
 pub fn bpm_command(dirs: &Dirs) -> Command {
     let mut c = Command::new(BPM);
     bpm_env(&mut c, dirs);
@@ -91,6 +97,7 @@ fn bpm_env(c: &mut Command, dirs: &Dirs) {
     c.env("BPM_LOG", "warn")
         .env("NO_COLOR", "1")
         .env("XDG_STATE_HOME", dirs.root.path().join("state"))
+        .env("XDG_RUNTIME_DIR", &dirs.runtime)
         .stdin(Stdio::null());
 }
 
@@ -109,15 +116,28 @@ impl Served {
 
     /// [`Self::start`] with more environment variables for the daemon.
     pub fn start_with(dirs: &Dirs, env: &[(&str, &str)]) -> Served {
+        Served::start_args(dirs, env, &["--port", "0"])
+    }
+
+    /// `bpm serve ARGS --no-prefix --data-dir DATA PROJECT`, with more environment
+    /// variables for the daemon.
+    pub fn start_args(dirs: &Dirs, env: &[(&str, &str)], args: &[&str]) -> Served {
         let mut cmd = bpm_command(dirs);
         cmd.envs(env.iter().copied());
-        cmd.args(["serve", "--port", "0", "--no-prefix", "--data-dir"])
+        cmd.arg("serve")
+            .args(args)
+            .args(["--no-prefix", "--data-dir"])
             .arg(&dirs.data)
             .arg(&dirs.project);
         Served {
             proc: Spawned::new(&mut cmd, Signal::SIGTERM),
             data: dirs.data.clone(),
         }
+    }
+
+    /// Its stderr so far.
+    pub fn err(&self) -> String {
+        self.proc.err()
     }
 
     /// [`Self::start`] with a limit on open files (`ulimit -n`): `soft` and `hard`.
