@@ -38,7 +38,7 @@ pub struct LogsArgs {
     #[arg(long, conflicts_with = "instance")]
     pub all_instances: bool,
     /// Only lines matching this regex (matches are marked on a terminal).
-    #[arg(long, short = 'g', value_name = "RE")]
+    #[arg(long, short = 'g', value_name = "RE", allow_hyphen_values = true)]
     pub grep: Option<String>,
     /// Match case-insensitively.
     #[arg(short = 'i', long)]
