@@ -7,9 +7,11 @@
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig};
+use rmcp::model::ClientConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::{Value, json};
+
+mod common;
 
 /// The predecessor's measured figures (p50) for the same calls.
 const PREDECESSOR_GET_STATUS_MS: f64 = 2.57;
@@ -27,42 +29,13 @@ fn main() {
 
 async fn bench() {
     let dir = tempfile::tempdir().unwrap();
-    let project = dir.path().join("project");
-    std::fs::create_dir_all(&project).unwrap();
-    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = bpm::daemon::Options {
-        dir: project.clone(),
-        data_dir: Some(dir.path().join("data")),
-        port: Some(0),
-        passthrough: Some(false),
-        ..Default::default()
-    };
-    let daemon = tokio::spawn(bpm::daemon::run(
-        opts,
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |info| {
-            let _ = port_tx.send(info.port);
-        },
-    ));
-    let port = port_rx.await.unwrap();
-    let transport = StreamableHttpClientTransport::from_uri(format!("http://127.0.0.1:{port}/mcp"));
+    let daemon = common::InProcess::start(dir.path()).await;
+    let transport =
+        StreamableHttpClientTransport::from_uri(format!("http://127.0.0.1:{}/mcp", daemon.port));
     let client = ClientConfig::default().serve(transport).await.unwrap();
     let call = |tool: &'static str, args: Value| {
-        let client = &client;
-        async move {
-            let Value::Object(args) = args else {
-                unreachable!()
-            };
-            let r: CallToolResult = client
-                .call_tool(CallToolRequestParams::new(tool).with_arguments(args))
-                .await
-                .unwrap();
-            assert_ne!(r.is_error, Some(true), "{tool}: {:?}", r.content);
-            r
-        }
+        let peer = client.peer().clone();
+        async move { common::call(&peer, tool, args).await }
     };
 
     // A 1,000,000-line instance of ~100-byte lines, ended (read from the store).
@@ -100,8 +73,8 @@ async fn bench() {
         .await;
     }
 
-    let status = measure(2000, || call("get_status", json!({}))).await;
-    let tail = measure(300, || {
+    let status = common::percentiles(2000, || call("get_status", json!({}))).await;
+    let tail = common::percentiles(300, || {
         call("search_logs", json!({"process": "big", "tail": 100}))
     })
     .await;
@@ -121,25 +94,5 @@ async fn bench() {
     );
 
     client.cancel().await.unwrap();
-    let _ = stop_tx.send(());
-    daemon.await.unwrap().unwrap();
-}
-
-/// p50 and p99 in milliseconds over `n` calls, after a warm-up.
-async fn measure<F, Fut, T>(n: usize, mut f: F) -> (f64, f64)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    for _ in 0..n / 10 {
-        f().await;
-    }
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f().await;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    times.sort_by(f64::total_cmp);
-    (times[n / 2], times[n * 99 / 100])
+    daemon.stop().await;
 }

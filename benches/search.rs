@@ -8,9 +8,11 @@
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig};
+use rmcp::model::ClientConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::{Value, json};
+
+mod common;
 
 const PROCESSES: u64 = 20;
 const LINES_EACH: u64 = 100_000;
@@ -34,41 +36,17 @@ fn generator(lines: u64, marker_at: u64) -> Value {
 
 async fn bench() {
     let dir = tempfile::tempdir().unwrap();
-    let project = dir.path().join("project");
-    std::fs::create_dir_all(&project).unwrap();
-    let (port_tx, port_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = bpm::daemon::Options {
-        dir: project.clone(),
-        data_dir: Some(dir.path().join("data")),
-        port: Some(0),
-        passthrough: Some(false),
-        ..Default::default()
-    };
-    let daemon = tokio::spawn(bpm::daemon::run(
-        opts,
-        async move {
-            let _ = stop_rx.await;
-        },
-        move |info| {
-            let _ = port_tx.send(info.port);
-        },
-    ));
-    let port = port_rx.await.unwrap();
-    let transport = StreamableHttpClientTransport::from_uri(format!("http://127.0.0.1:{port}/mcp"));
+    let daemon = common::InProcess::start(dir.path()).await;
+    let transport =
+        StreamableHttpClientTransport::from_uri(format!("http://127.0.0.1:{}/mcp", daemon.port));
     let client = ClientConfig::default().serve(transport).await.unwrap();
     let call = |tool: &'static str, args: Value| {
-        let client = &client;
+        let peer = client.peer().clone();
         async move {
-            let Value::Object(args) = args else {
-                unreachable!()
-            };
-            let r: CallToolResult = client
-                .call_tool(CallToolRequestParams::new(tool).with_arguments(args))
+            common::call(&peer, tool, args)
                 .await
-                .unwrap();
-            assert_ne!(r.is_error, Some(true), "{tool}: {:?}", r.content);
-            r.structured_content.unwrap()
+                .structured_content
+                .unwrap()
         }
     };
 
@@ -82,11 +60,11 @@ async fn bench() {
     wait_ended(&call).await;
     let found = call("search_logs", json!({"pattern": "needle-xyzzy"})).await;
     assert_eq!(found["matched"], json!(1), "{found}");
-    let every = measure(30, || {
+    let every = common::percentiles(30, || {
         call("search_logs", json!({"pattern": "needle-xyzzy"}))
     })
     .await;
-    let tail_every = measure(100, || call("search_logs", json!({"tail": 100}))).await;
+    let tail_every = common::percentiles(100, || call("search_logs", json!({"tail": 100}))).await;
 
     // The same lines in one process.
     let total = PROCESSES * LINES_EACH;
@@ -96,7 +74,7 @@ async fn bench() {
     )
     .await;
     wait_ended(&call).await;
-    let big = measure(30, || {
+    let big = common::percentiles(30, || {
         call(
             "search_logs",
             json!({"process": "big", "pattern": "needle-xyzzy"}),
@@ -121,8 +99,7 @@ async fn bench() {
     );
 
     client.cancel().await.unwrap();
-    let _ = stop_tx.send(());
-    daemon.await.unwrap().unwrap();
+    daemon.stop().await;
 }
 
 /// Until every process has exited (its output stored).
@@ -145,23 +122,4 @@ where
         assert!(Instant::now() < deadline, "the generators never finished");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// p50 and p99 in milliseconds over `n` calls, after a warm-up.
-async fn measure<F, Fut, T>(n: usize, mut f: F) -> (f64, f64)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    for _ in 0..n / 10 + 1 {
-        f().await;
-    }
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f().await;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    times.sort_by(f64::total_cmp);
-    (times[n / 2], times[n * 99 / 100])
 }

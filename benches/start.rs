@@ -17,9 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig};
+use rmcp::model::ClientConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::{Value, json};
+
+mod common;
 
 const BPM: &str = env!("CARGO_BIN_EXE_bpm");
 const STARTS: usize = 15;
@@ -93,18 +95,8 @@ async fn measure(bin: &str) -> Figures {
     let transport = StreamableHttpClientTransport::from_uri(format!("http://127.0.0.1:{port}/mcp"));
     let client = ClientConfig::default().serve(transport).await.unwrap();
     let call = |tool: &'static str, args: Value| {
-        let client = &client;
-        async move {
-            let Value::Object(args) = args else {
-                unreachable!()
-            };
-            let r: CallToolResult = client
-                .call_tool(CallToolRequestParams::new(tool).with_arguments(args))
-                .await
-                .unwrap();
-            assert_ne!(r.is_error, Some(true), "{tool}: {:?}", r.content);
-            r
-        }
+        let peer = client.peer().clone();
+        async move { common::call(&peer, tool, args).await }
     };
 
     let (mut accepts, mut answers, mut lags) = (Vec::new(), Vec::new(), Vec::new());
