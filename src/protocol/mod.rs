@@ -27,6 +27,11 @@ pub use crate::config::{Ready, ReadyCheck, RestartPolicy};
 pub use crate::logs::{ExitStatus, InstanceKind, StoreHealth, Stream};
 pub use crate::supervisor::process::{Mode, State, Status};
 
+/// The version of the JSON shapes documented in `docs/schemas/` (the CLI's `--json`,
+/// the API's answers, the NDJSON records): raised when a field is removed or changes
+/// meaning; new fields do not raise it.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// Lines a log read returns when it asks for neither a head nor a tail.
 pub const DEFAULT_TAIL: usize = 200;
 /// Lines of backlog `bpm logs --follow` shows before the live lines.

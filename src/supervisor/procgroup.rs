@@ -33,6 +33,15 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 pub use super::scope::{Member, Scope, describe};
 use tokio::time::{Instant, sleep};
 
+/// The variables systemd sets for the daemon that its processes must not inherit (a
+/// process that sets them itself, through its spec, still gets them).
+const DAEMON_ONLY_ENV: [&str; 4] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+];
+
 /// How often stops look at the group again. Short enough that a stop is not noticeably
 /// slower than the process's own exit, long enough not to matter as load.
 const POLL: Duration = Duration::from_millis(10);
@@ -163,7 +172,13 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let mut leaders = super::reaper::LEADERS
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    // What systemd told the daemon is the daemon's alone: a child that wrote to the
+    // notify socket would speak for it (a server of its own would try to).
+    for var in DAEMON_ONLY_ENV {
+        command.env_remove(var);
+    }
+    let mut child = command
         .args(args)
         .current_dir(&spec.cwd)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))

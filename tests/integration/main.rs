@@ -21,6 +21,7 @@ mod mcp;
 mod mcp_compat;
 mod migrations;
 mod orphans;
+mod schemas;
 mod service;
 mod setup;
 mod slow_disk;

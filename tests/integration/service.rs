@@ -197,6 +197,10 @@ fn the_daemon_notifies_ready_then_the_watchdog_then_stopping() {
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
+    // A process that would speak for the daemon if it were told the socket.
+    dirs.write_config(
+        "[process.child]\ncommand = [\"sh\", \"-c\", \"echo notify=[$NOTIFY_SOCKET] watchdog=[$WATCHDOG_USEC]; exec sleep 300\"]\n",
+    );
     let mut daemon = Served::start_with(
         &dirs,
         &[
@@ -210,6 +214,13 @@ fn the_daemon_notifies_ready_then_the_watchdog_then_stopping() {
     // It answers once it said it is ready.
     daemon.api().status();
     let ready = seen.len();
+    let api = daemon.api();
+    crate::helpers::wait_for("the child's line", || {
+        let (_, logs) = api.get("/api/logs/child");
+        logs["lines"][0]["text"].as_str().map(str::to_owned)
+    });
+    let (_, logs) = api.get("/api/logs/child");
+    assert_eq!(logs["lines"][0]["text"], "notify=[] watchdog=[]", "{logs}");
     // Keep-alives, again and again, after READY.
     receive_until(&sock, &mut seen, "3 WATCHDOG=1", |s| {
         count(&s[ready..], "WATCHDOG=1") >= 3
