@@ -42,10 +42,10 @@ pub(super) async fn logs(
         ..Default::default()
     };
     query.validate().map_err(UsageError)?;
-    let mut results = Vec::with_capacity(names.len());
-    for name in &names {
-        let r = match source {
-            Source::Empty(t) => return Err(Source::nothing_here(t)),
+    // One read each, all at once: the daemon answers them side by side.
+    let reads = names.iter().map(|name| async {
+        match source {
+            Source::Empty(t) => Err(Source::nothing_here(t)),
             Source::Daemon(client) => client.logs(name, &query).await.map_err(api_error),
             Source::Store(_, store) => {
                 let (store, name, query) = (store.clone(), name.clone(), query.clone());
@@ -53,7 +53,10 @@ pub(super) async fn logs(
                     .await?
                     .map_err(anyhow::Error::from)
             }
-        };
+        }
+    });
+    let mut results = Vec::with_capacity(names.len());
+    for r in futures_util::future::join_all(reads).await {
         match r {
             Ok(r) => results.push(r),
             // Nothing stored for it yet (a configured process never started).
