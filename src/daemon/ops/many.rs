@@ -27,8 +27,8 @@ impl Ops {
             match self.logs(name, query.clone()).await {
                 Ok(r) => results.push(r),
                 // Nothing stored for it yet: nothing to show, not a failure of the whole.
-                Err(OpError::Store(StoreError::NoInstances { .. })) if every => {}
-                Err(OpError::Store(StoreError::NoInstances { .. })) if names.len() > 1 => {}
+                Err(OpError::Store(StoreError::NoInstances { .. })) if every || names.len() > 1 => {
+                }
                 Err(e) => return Err(e),
             }
         }
