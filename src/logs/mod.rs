@@ -25,7 +25,7 @@ mod schema;
 mod writer;
 
 use open::reopen;
-pub use read::Follower;
+pub use read::{Follower, History};
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::ControlFlow;

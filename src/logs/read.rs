@@ -9,6 +9,18 @@ use super::*;
 /// migrated yet: its instances are numbered by their order, see `instances`).
 type Numbers = Option<redb::ReadOnlyTable<u64, u64>>;
 
+/// A process's history as a status report shows it.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Its runs and builds still retained.
+    pub runs: usize,
+    pub builds: usize,
+    /// The newest run.
+    pub last_run: Option<InstanceMeta>,
+    /// The newest events, oldest first.
+    pub events: Vec<Event>,
+}
+
 fn numbers_of(txn: &redb::ReadTransaction) -> Result<Numbers, StoreError> {
     match txn.open_table(schema::INSTANCE_NUMBERS) {
         Ok(t) => Ok(Some(t)),
@@ -171,6 +183,80 @@ impl Store {
         let metas = txn.open_table(INSTANCES)?;
         let numbers = numbers_of(&txn)?;
         self.meta_in(&metas, &numbers, id)
+    }
+
+    /// What status reports show of each process's history (see [`History`]), all read in
+    /// one transaction: a report of twenty processes costs one snapshot, not sixty.
+    pub fn histories(&self, processes: &[&str], events: usize) -> Result<Vec<History>, StoreError> {
+        // redb may panic on damaged pages: see `damage.rs`.
+        no_panic(|| self.histories_unguarded(processes, events))
+    }
+
+    fn histories_unguarded(
+        &self,
+        processes: &[&str],
+        events: usize,
+    ) -> Result<Vec<History>, StoreError> {
+        // Live instances first, then the snapshot, as in `instances`.
+        let lives = self.shared.lives();
+        let txn = self.shared.db()?.begin_read()?;
+        let idx = txn.open_table(PROCESS_INSTANCES)?;
+        let metas = txn.open_table(INSTANCES)?;
+        let numbers = numbers_of(&txn)?;
+        let event_idx = txn.open_table(PROCESS_EVENTS)?;
+        let event_rows = txn.open_table(EVENTS)?;
+        let mut out = Vec::with_capacity(processes.len());
+        for &process in processes {
+            let count = |kind: InstanceKind| -> Result<(usize, Option<u64>), StoreError> {
+                let range = (process, kind.code(), 0u64)..=(process, kind.code(), u64::MAX);
+                let mut n = idx.range(range.clone())?.count();
+                let mut last = idx
+                    .range(range)?
+                    .next_back()
+                    .transpose()?
+                    .map(|r| r.0.value().2);
+                // An instance that has just begun is live before its start is committed.
+                for l in lives
+                    .iter()
+                    .filter(|l| l.meta.process == process && l.meta.kind == kind)
+                {
+                    if idx.get((process, kind.code(), l.id))?.is_none() {
+                        n += 1;
+                        last = last.max(Some(l.id));
+                    }
+                }
+                Ok((n, last))
+            };
+            let (runs, last_run) = count(InstanceKind::Run)?;
+            let (builds, _) = count(InstanceKind::Build)?;
+            let mut last_run = last_run
+                .map(|id| self.meta_in(&metas, &numbers, id))
+                .transpose()?;
+            if numbers.is_none()
+                && let Some(m) = &mut last_run
+            {
+                // Not migrated yet (read-only): numbered by order, as in `instances`.
+                m.number = runs as u64;
+            }
+            let mut recent = Vec::new();
+            for row in event_idx
+                .range((process, 0u64)..=(process, u64::MAX))?
+                .rev()
+                .take(events)
+            {
+                if let Some(v) = event_rows.get(row?.0.value().1)? {
+                    recent.push(schema::decode("event", v.value())?);
+                }
+            }
+            recent.reverse();
+            out.push(History {
+                runs,
+                last_run,
+                builds,
+                events: recent,
+            });
+        }
+        Ok(out)
     }
 
     /// Resolve an index: -1 the newest, -2 the one before; 0 the oldest retained, 1 the next.

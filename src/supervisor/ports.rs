@@ -5,11 +5,11 @@
 //! command line, and its process group so the caller can tell whether bpm manages it)
 //! turns a dead end into a one-step fix.
 //!
-//! Everything here reads `/proc` (Linux only) and skips what it cannot read: another
+//! Everything here reads `/proc` and the kernel's socket diagnostics (Linux only) and skips what it cannot read: another
 //! user's processes hide their file descriptors, and processes come and go during a scan.
 //! The socket tables are those of our network namespace.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 
 use memchr::memmem;
@@ -27,37 +27,32 @@ const TCP_LISTEN: &str = "0A";
 
 /// The inodes of the sockets listening on TCP `port` (any address, IPv4 or IPv6).
 fn listening_inodes(port: u16) -> HashSet<u64> {
-    let mut inodes = HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        if let Ok(content) = std::fs::read_to_string(table) {
-            collect_listeners(&content, port, &mut inodes);
-        }
-    }
-    inodes
+    listening_sockets()
+        .into_iter()
+        .filter(|&(_, p)| p == port)
+        .map(|(inode, _)| inode)
+        .collect()
 }
 
-/// Add the inodes of LISTEN sockets on `port` from one `/proc/net/tcp{,6}` table.
+/// Add the LISTEN sockets (inode and port) of one `/proc/net/tcp{,6}` table.
 ///
 /// A row reads `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
 /// ...`, addresses as hex `ADDR:PORT`.
-fn collect_listeners(table: &str, port: u16, inodes: &mut HashSet<u64>) {
+fn collect_listeners(table: &str, out: &mut HashMap<u64, u16>) {
     for row in table.lines().skip(1) {
         let fields: Vec<&str> = row.split_ascii_whitespace().collect();
         let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9))
         else {
             continue;
         };
-        if *state != TCP_LISTEN {
-            continue;
-        }
-        let local_port = local
+        let port = local
             .rsplit_once(':')
             .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        if local_port == Some(port)
-            && let Ok(inode) = inode.parse::<u64>()
+        if *state == TCP_LISTEN
+            && let (Some(port), Ok(inode)) = (port, inode.parse::<u64>())
             && inode != 0
         {
-            inodes.insert(inode);
+            out.insert(inode, port);
         }
     }
 }
@@ -116,30 +111,19 @@ fn command_line(pid: u32) -> String {
 ///
 /// `None` also when the socket exists but its holder's descriptors cannot be read (another
 /// user's process) or it lives in another network namespace.
-/// Every listening TCP socket (IPv4 and IPv6): its inode and port. One read of the
-/// kernel's tables, which costs milliseconds on a busy machine: callers cache it.
-pub fn listening_sockets() -> std::collections::HashMap<u64, u16> {
-    let mut out = std::collections::HashMap::new();
+/// Every listening TCP socket (IPv4 and IPv6): its inode and port. Asked of the kernel
+/// through sock_diag (microseconds), else read from `/proc/net/tcp{,6}` (milliseconds on
+/// a machine with much memory: callers cache it).
+pub fn listening_sockets() -> HashMap<u64, u16> {
+    super::sockdiag::listening_sockets().unwrap_or_else(listening_sockets_from_proc)
+}
+
+/// [`listening_sockets`] from `/proc/net/tcp{,6}`.
+pub(crate) fn listening_sockets_from_proc() -> HashMap<u64, u16> {
+    let mut out = HashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(content) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for row in content.lines().skip(1) {
-            let fields: Vec<&str> = row.split_ascii_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) =
-                (fields.get(1), fields.get(3), fields.get(9))
-            else {
-                continue;
-            };
-            let port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if *state == TCP_LISTEN
-                && let (Some(port), Ok(inode)) = (port, inode.parse::<u64>())
-                && inode != 0
-            {
-                out.insert(inode, port);
-            }
+        if let Ok(content) = std::fs::read_to_string(table) {
+            collect_listeners(&content, &mut out);
         }
     }
     out
@@ -147,7 +131,7 @@ pub fn listening_sockets() -> std::collections::HashMap<u64, u16> {
 
 /// The TCP ports the processes of group `pgid` listen on, sorted, given
 /// [`listening_sockets`].
-pub fn group_ports(pgid: u32, listening: &std::collections::HashMap<u64, u16>) -> Vec<u16> {
+pub fn group_ports(pgid: u32, listening: &HashMap<u64, u16>) -> Vec<u16> {
     let mut ports: Vec<u16> = Vec::new();
     for pid in all_pids() {
         if super::procgroup::read_stat(pid).is_none_or(|s| s.pgrp != pgid) {
@@ -469,14 +453,17 @@ mod tests {
    2: 00000000:0BB9 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 333 1 0000000000000000 100 0 0 10 0
    3: garbage
 ";
-        let mut inodes = HashSet::new();
-        collect_listeners(table, 3000, &mut inodes);
-        assert_eq!(inodes, HashSet::from([111]));
+        let mut found = HashMap::new();
+        collect_listeners(table, &mut found);
+        assert_eq!(found, HashMap::from([(111, 3000), (333, 3001)]));
         let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000000000000000000000000000:0BB8 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 444 1 0000000000000000 100 0 0 10 0
 ";
-        collect_listeners(tcp6, 3000, &mut inodes);
-        assert_eq!(inodes, HashSet::from([111, 444]));
+        collect_listeners(tcp6, &mut found);
+        assert_eq!(
+            found,
+            HashMap::from([(111, 3000), (333, 3001), (444, 3000)])
+        );
     }
 
     #[test]

@@ -452,3 +452,72 @@ fn events_are_kept_per_process() {
     assert_eq!(store.events(Some("a"), 1).unwrap().len(), 1);
     store.close().unwrap();
 }
+
+/// A status report's history of each process, read in one transaction, says what the
+/// separate reads say: committed and just-begun instances, builds apart, recent events.
+#[test]
+fn histories_agree_with_instances_and_events() {
+    let dir = tempdir();
+    let store = open(&dir.path().join("s.redb"));
+    for i in 0..3 {
+        let w = store
+            .begin_instance("api", InstanceKind::Run, SpawnInfo::default())
+            .unwrap();
+        w.finish(ExitStatus::Code(i)).unwrap();
+    }
+    let b = store
+        .begin_instance("api", InstanceKind::Build, SpawnInfo::default())
+        .unwrap();
+    b.finish(ExitStatus::Code(0)).unwrap();
+    for i in 0..7 {
+        store.record(
+            Some("api"),
+            None,
+            EventKind::Note {
+                text: format!("n{i}"),
+            },
+        );
+    }
+    store.flush().unwrap();
+    // Begun after the flush: live, perhaps not committed yet.
+    let live = store
+        .begin_instance("web", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    let h = store.histories(&["api", "web", "none"], 5).unwrap();
+    assert_eq!(h.len(), 3);
+    let api_runs = store.instances("api", InstanceKind::Run).unwrap();
+    assert_eq!(h[0].runs, 3);
+    assert_eq!(h[0].builds, 1);
+    assert_eq!(
+        h[0].last_run.as_ref().map(|m| m.id),
+        api_runs.last().map(|m| m.id)
+    );
+    assert_eq!(h[0].last_run.as_ref().map(|m| m.number), Some(3));
+    assert_eq!(
+        h[0].events
+            .iter()
+            .map(|e| e.kind.clone())
+            .collect::<Vec<_>>(),
+        store
+            .events(Some("api"), 5)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(h[0].events.len(), 5);
+    assert_eq!(h[1].runs, 1);
+    assert_eq!(h[1].last_run.as_ref().map(|m| m.id), Some(live.id()));
+    assert!(h[1].last_run.as_ref().unwrap().is_live());
+    assert_eq!((h[2].runs, h[2].builds, h[2].events.len()), (0, 0, 0));
+    assert!(h[2].last_run.is_none());
+    live.finish(ExitStatus::Code(0)).unwrap();
+    store.flush().unwrap();
+    let again = store.histories(&["web"], 5).unwrap();
+    assert_eq!(again[0].runs, 1);
+    assert_eq!(
+        again[0].last_run.as_ref().unwrap().exit,
+        Some(ExitStatus::Code(0))
+    );
+    store.close().unwrap();
+}

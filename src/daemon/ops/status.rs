@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::{OpError, Ops, RuntimeSpec};
 use crate::config::Config;
-use crate::logs::{ExitStatus, Filter, InstanceKind, Store, StoreError, Window};
+use crate::logs::{ExitStatus, Filter, History, Store, StoreError, Window};
 use crate::protocol::{EventReport, ProcessReport, StatusReport};
 use crate::supervisor::process::{ProcessHandle, ProcessSpec, State, Status};
 
@@ -27,15 +27,25 @@ impl Ops {
         let store = self.inner.store.clone();
         let observed = self.observed();
         let processes = tokio::task::spawn_blocking(move || {
-            selected
-                .into_iter()
-                .map(|(_, handle, spec, runtime)| {
-                    let mut r =
-                        process_report(&store, handle.status_now(), spec.argv, spec.cwd, runtime)?;
-                    (r.ports, r.url) = observed.where_(&r.status);
-                    Ok(r)
-                })
-                .collect::<Result<Vec<_>, StoreError>>()
+            let names: Vec<&str> = selected.iter().map(|(n, ..)| n.as_str()).collect();
+            let histories = store.histories(&names, RECENT_EVENTS)?;
+            Ok::<_, StoreError>(
+                selected
+                    .into_iter()
+                    .zip(histories)
+                    .map(|((_, handle, spec, runtime), history)| {
+                        let mut r = process_report(
+                            handle.status_now(),
+                            history,
+                            spec.argv,
+                            spec.cwd,
+                            runtime,
+                        );
+                        (r.ports, r.url) = observed.where_(&r.status);
+                        r
+                    })
+                    .collect::<Vec<_>>(),
+            )
         })
         .await
         .map_err(|e| OpError::BadRequest(e.to_string()))??;
@@ -50,22 +60,20 @@ impl Ops {
     }
 }
 
-/// One process's report: its status as given, and what the store knows of it (instance
-/// counts, recent events). Blocking (store reads). Shared by the daemon's status and the
-/// offline one.
+/// How many recent events a process's report lists.
+const RECENT_EVENTS: usize = 5;
+
+/// One process's report: its status as given, and what the store knows of it (see
+/// [`History`]). Shared by the daemon's status and the offline one.
 fn process_report(
-    store: &Store,
     status: Status,
+    history: History,
     argv: Vec<String>,
     cwd: PathBuf,
     runtime: bool,
-) -> Result<ProcessReport, StoreError> {
-    let run_list = store.instances(&status.name, InstanceKind::Run)?;
-    let runs = run_list.len();
-    let builds = store.instances(&status.name, InstanceKind::Build)?.len();
-    let events = store.events(Some(&status.name), 5)?;
+) -> ProcessReport {
     let now_ms = chrono::Utc::now().timestamp_millis();
-    Ok(ProcessReport {
+    ProcessReport {
         uptime_seconds: status
             .started_at
             .filter(|_| status.state.is_running())
@@ -74,13 +82,13 @@ fn process_report(
         argv,
         cwd,
         runtime,
-        run_instances: runs,
-        run_number: run_list.last().map(|m| m.number),
-        build_instances: builds,
+        run_instances: history.runs,
+        run_number: history.last_run.map(|m| m.number),
+        build_instances: history.builds,
         ports: Vec::new(),
         url: None,
-        recent_events: events.iter().map(EventReport::from).collect(),
-    })
+        recent_events: history.events.iter().map(EventReport::from).collect(),
+    }
 }
 
 /// The status as the store alone tells it, when no daemon runs (post-crash
@@ -115,12 +123,12 @@ pub fn offline_status(
             known: known.keys().cloned().collect(),
         });
     }
+    known.retain(|name, _| process.is_none_or(|p| p == name));
+    let names: Vec<&str> = known.keys().map(String::as_str).collect();
+    let histories = store.histories(&names, RECENT_EVENTS)?;
     let mut processes = Vec::new();
-    for (name, (argv, cwd, runtime)) in known {
-        if process.is_some_and(|p| p != name) {
-            continue;
-        }
-        let last = store.instances(&name, InstanceKind::Run)?.pop();
+    for ((name, (argv, cwd, runtime)), history) in known.into_iter().zip(histories) {
+        let last = history.last_run.clone();
         // An instance the store still has as live was cut short by the daemon's death.
         let last_exit = last
             .as_ref()
@@ -144,7 +152,7 @@ pub fn offline_status(
             building: false,
             last_error: None,
         };
-        processes.push(process_report(store, status, argv, cwd, runtime)?);
+        processes.push(process_report(status, history, argv, cwd, runtime));
     }
     Ok(StatusReport {
         processes,
