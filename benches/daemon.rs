@@ -7,7 +7,8 @@
 //! starting it directly; the daemon's RSS idle and its peak during the flood; and daemon
 //! start until the listener accepts, on an empty store; and daemon start until systemd
 //! would get `READY=1` (a datagram on a `NOTIFY_SOCKET` the bench binds) with a 1 GiB
-//! store.
+//! store; and the daemon's peak RSS while 20 processes print 10,000 lines/s each and
+//! searches run against them (`load`; `BPM_BENCH_LOAD_SECS`, default 30).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -337,6 +338,10 @@ fn main() {
         d.stop();
     }
 
+    if want("load") {
+        load(&bin, project.path());
+    }
+
     if want("restart") {
         let (d, _) = Daemon::start(&bin, project.path());
         let port = free_port();
@@ -386,4 +391,118 @@ fn main() {
         );
         d.stop();
     }
+}
+
+/// A child printing `rate` lines/s of log-like text (about 90 bytes) for `secs` seconds,
+/// paced by the clock in batches every 10 ms, then its count as the last line.
+fn paced_printer(rate: u32, secs: u32) -> String {
+    format!(
+        r#"import sys, time
+rate, secs = {rate}, {secs}
+t0 = time.monotonic(); n = 0
+while True:
+    el = time.monotonic() - t0
+    if el >= secs: break
+    due = int(el * rate)
+    while n < due:
+        sys.stdout.write("%.6f INFO req id=%08d path=/api/items/%d status=%d took %dms\n" % (time.time(), n, n % 977, 200 + (n % 7 == 0) * 300, n % 1000))
+        n += 1
+    sys.stdout.flush()
+    time.sleep(0.01)
+print("printed", n, flush=True)
+"#
+    )
+}
+
+/// Peak daemon RSS under 20 processes x 10,000 lines/s with searches running beside them,
+/// the searches' latency, and every line accounted for.
+fn load(bin: &Path, project: &Path) {
+    const PROCS: usize = 20;
+    const RATE: u32 = 10_000;
+    let secs: u32 = std::env::var("BPM_BENCH_LOAD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let (d, _) = Daemon::start(bin, project);
+    let script = paced_printer(RATE, secs);
+    for i in 0..PROCS {
+        let body = serde_json::json!({
+            "name": format!("p{i:02}"),
+            "command": ["python3", "-c", &script],
+            "wait_seconds": 0,
+        })
+        .to_string();
+        let r = http(d.port, "POST", "/api/start", &body);
+        assert!(r["status"].is_object(), "{r}");
+    }
+    let t = Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (searches, peak_sampled) = std::thread::scope(|scope| {
+        let searcher = scope.spawn(|| {
+            let mut took = Vec::new();
+            let mut i = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let q = if i % 2 == 0 {
+                    "pattern=status%3D500&tail=200"
+                } else {
+                    "pattern=id%3D0000%5Cd%7B4%7D%20&tail=200"
+                };
+                let s = Instant::now();
+                let r = http(
+                    d.port,
+                    "GET",
+                    &format!("/api/logs/p{:02}?{q}", i % PROCS),
+                    "",
+                );
+                took.push(s.elapsed());
+                assert!(r["lines"].is_array(), "{r}");
+                i += 1;
+            }
+            took
+        });
+        let mut peak = 0;
+        while t.elapsed() < Duration::from_secs(u64::from(secs) + 2) {
+            peak = peak.max(d.rss_kib("VmRSS:"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (searcher.join().unwrap(), peak)
+    });
+    // Every printer's last line says how many it printed; the store must hold them all.
+    let (mut printed, mut stored, mut dropped) = (0u64, 0u64, 0u64);
+    for i in 0..PROCS {
+        let name = format!("p{i:02}");
+        let logs = wait_for(120, || {
+            let l = http(d.port, "GET", &format!("/api/logs/{name}?tail=1"), "");
+            let last = l["lines"][0]["text"].as_str()?.to_owned();
+            last.starts_with("printed ").then_some((l, last))
+        });
+        printed += logs.1["printed ".len()..].parse::<u64>().unwrap() + 1;
+        stored += logs.0["instances"][0]["lines"].as_u64().unwrap();
+        dropped += logs.0["instances"][0]["dropped"].as_u64().unwrap();
+    }
+    let hwm = d.rss_kib("VmHWM:");
+    let mut took = searches;
+    took.sort();
+    let pct = |p: f64| took[((took.len() - 1) as f64 * p) as usize];
+    println!(
+        "{:<52} {:>7} MiB   (sampled {:.1} MiB; target <= 83 MB, the figure before paged reads)",
+        format!("daemon peak RSS, {PROCS} x {RATE} lines/s for {secs} s + searches"),
+        format!("{:.1}", hwm as f64 / 1024.0),
+        peak_sampled as f64 / 1024.0
+    );
+    println!(
+        "{:<52} {:>10}   p99 {}   ({} searches)",
+        "  search (tail 200 of a growing process) p50",
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        took.len()
+    );
+    println!(
+        "{:<52} {:>10}   stored {stored}, dropped {dropped}, lost {}",
+        "  lines printed",
+        printed,
+        printed.saturating_sub(stored)
+    );
+    d.stop();
 }

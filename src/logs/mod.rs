@@ -446,6 +446,9 @@ pub enum Window {
     Head(usize),
     /// Lines with `from <= seq < to`.
     Seqs { from: u64, to: u64 },
+    /// The first `max` lines with `seq >= from`: past a gap of lines that were never
+    /// stored, to the next stored ones.
+    From { from: u64, max: usize },
 }
 
 /// Lines read, and how many could not be (damaged blocks, skipped).

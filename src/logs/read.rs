@@ -406,6 +406,7 @@ impl Store {
             Window::Tail(n) => return self.read_tail(id, n, filter),
             Window::Head(n) => (0, u64::MAX, n),
             Window::Seqs { from, to } => (from, to, usize::MAX),
+            Window::From { from, max } => (from, u64::MAX, max),
         };
         if limit == 0 || from >= to {
             return Ok(ReadResult::default());
@@ -529,10 +530,9 @@ impl Follower {
                 None => {
                     let store = self.store.clone();
                     let id = self.id;
-                    let window = Window::Seqs {
-                        from,
-                        to: from.saturating_add(max as u64),
-                    };
+                    // Not `Seqs { from, to: from + max }`: lines the store never got leave
+                    // gaps, and an empty window is not the end.
+                    let window = Window::From { from, max };
                     tokio::task::spawn_blocking(move || store.read(id, window, &Filter::default()))
                         .await
                         .map_err(|e| StoreError::Db(e.to_string()))??

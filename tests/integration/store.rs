@@ -521,3 +521,56 @@ fn histories_agree_with_instances_and_events() {
     );
     store.close().unwrap();
 }
+
+/// A follower of a finished instance goes past a gap of lines the store never got (more
+/// than one batch of them) to the lines stored after it.
+#[test]
+fn follow_crosses_a_gap_of_dropped_lines_to_the_end() {
+    let dir = tempdir();
+    let store = Store::open(
+        &dir.path().join("s.redb"),
+        StoreOptions {
+            queue_max_bytes: 4096,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+    .store;
+    let w = store
+        .begin_instance("g", InstanceKind::Run, SpawnInfo::default())
+        .unwrap();
+    let id = w.id();
+    w.append(Stream::Stdout, b"before\n");
+    store.flush().unwrap();
+    // Far more than the queue holds at once: most of it is dropped from the store.
+    w.append(Stream::Stdout, &numbered(20_000));
+    store.flush().unwrap();
+    w.append(Stream::Stdout, b"after\n");
+    w.finish(ExitStatus::Code(0)).unwrap();
+    store.flush().unwrap();
+    let dropped = store.instance(id).unwrap().dropped_lines;
+    assert!(
+        dropped > 5000,
+        "the test needs a gap wider than a batch: {dropped}"
+    );
+    let mut follower = store.follow(id, 0);
+    let mut seen = Vec::new();
+    let follow = async {
+        while let Some(batch) = follower.next_batch(1000).await.unwrap() {
+            seen.extend(batch.iter().map(|l| l.text().into_owned()));
+        }
+    };
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async { tokio::time::timeout(DEADLINE, follow).await })
+        .expect("the follow ends");
+    assert_eq!(seen.first().map(String::as_str), Some("before"));
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("after"),
+        "{} lines",
+        seen.len()
+    );
+    assert_eq!(seen.len() as u64, 20_002 - dropped);
+    store.close().unwrap();
+}
