@@ -78,6 +78,9 @@ pub fn http_service(
         Arc::new(sessions::CappedSessions::new(local, sessions::MAX_SESSIONS)),
         StreamableHttpServerConfig::default()
             .disable_allowed_hosts()
+            // A stateless (2026-07-28) call that sends nothing before its answer gets a
+            // plain JSON body instead of an event stream.
+            .with_json_response(true)
             .with_cancellation_token(cancel),
     )
 }

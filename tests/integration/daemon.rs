@@ -131,6 +131,50 @@ fn write_app(dirs: &Dirs, body: &str) {
     .unwrap();
 }
 
+/// In dev mode a crashed `type = "rust"` process is rebuilt with cargo before its
+/// restart, so the fix just made runs (the predecessor's behaviour).
+#[test]
+fn a_crashed_rust_process_is_rebuilt_before_it_restarts_in_dev_mode() {
+    let dirs = Dirs::new();
+    let p = &dirs.project;
+    std::fs::create_dir(p.join("src")).unwrap();
+    std::fs::write(
+        p.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    let crashing = |version: &str| {
+        format!(
+            r#"println!("{version}"); std::thread::sleep(std::time::Duration::from_millis(300)); std::process::exit(3);"#
+        )
+    };
+    write_app(&dirs, &crashing("version one"));
+    dirs.write_config(
+        "dev_crash_wait_seconds = 0.2\n[process.app]\ntype = \"rust\"\nrestart = \"on-failure\"\n",
+    );
+    let daemon = Served::start(&dirs);
+    let api = daemon.api();
+    let (code, r) = api.post("/api/mode", Some(&serde_json::json!({"mode": "dev"})));
+    assert_eq!(code, 200, "{r}");
+    let last_line = || api.get("/api/logs/app?tail=1").1["lines"][0]["text"].clone();
+    // A cold build of a small crate: longer than the usual deadline on a loaded machine.
+    wait_for_within(
+        "the first build and run",
+        std::time::Duration::from_secs(120),
+        || (last_line() == "version one").then_some(()),
+    );
+    // The fix: the next crash restart builds it, and the new version runs.
+    write_app(&dirs, &crashing("version two"));
+    wait_for_within(
+        "a run of the rebuilt version",
+        std::time::Duration::from_secs(120),
+        || (last_line() == "version two").then_some(()),
+    );
+    let status = api.get("/api/status/app").1;
+    let app = crate::helpers::api::process_in(&status, "app");
+    assert!(app["build_instances"].as_u64().unwrap() >= 2, "{app}");
+}
+
 #[test]
 fn a_rust_process_is_built_then_swapped_and_a_failed_build_keeps_the_old_one() {
     let dirs = Dirs::new();

@@ -266,6 +266,46 @@ async fn clients_older_than_2025_11_25_get_no_priming_events() {
     d.shutdown().await;
 }
 
+/// A 2026-07-28 call (stateless, no session) that sends nothing before its answer gets a
+/// plain JSON body: no event stream to open and parse for a one-message reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_call_is_answered_with_a_json_body() {
+    let dirs = Dirs::new();
+    let d = InProcess::start(options(&dirs));
+    let port = d.port;
+    let call = json!({
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {
+            "name": "get_status",
+            "arguments": {},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    })
+    .to_string();
+    let headers =
+        "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: get_status\r\n";
+    let r = exchange_async(port, mcp::post(port, headers, &call)).await;
+    assert_eq!(r.code, 200, "{r}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("application/json")),
+        "a JSON body: {r}"
+    );
+    let body: Value = serde_json::from_str(&r.body).expect("one JSON-RPC message");
+    assert_eq!(body["id"], 7, "{body}");
+    assert!(
+        body["result"]["structuredContent"]["processes"].is_array(),
+        "{body}"
+    );
+    d.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_schemas_use_only_standard_formats_and_no_type_arrays() {
     let dirs = Dirs::new();
