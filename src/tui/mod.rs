@@ -141,6 +141,7 @@ async fn run(source: Source) -> anyhow::Result<()> {
         source,
         tx,
         follow: None,
+        filter: None,
         status_busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     use tokio::signal::unix::{SignalKind, signal};
@@ -214,6 +215,7 @@ async fn run(source: Source) -> anyhow::Result<()> {
         }
     }
     exec.stop_follow();
+    exec.stop_filter();
     Ok(())
 }
 
@@ -369,12 +371,20 @@ struct Exec {
     source: Source,
     tx: UnboundedSender<Msg>,
     follow: Option<tokio::task::JoinHandle<()>>,
+    /// The filter's search and its follow stream of matches.
+    filter: Option<tokio::task::JoinHandle<()>>,
     status_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Exec {
     fn stop_follow(&mut self) {
         if let Some(h) = self.follow.take() {
+            h.abort();
+        }
+    }
+
+    fn stop_filter(&mut self) {
+        if let Some(h) = self.filter.take() {
             h.abort();
         }
     }
@@ -572,9 +582,27 @@ impl Exec {
                 build,
                 instance,
                 pattern,
+                live,
                 epoch,
+                generation,
             } => {
-                tokio::spawn(async move {
+                self.stop_filter();
+                self.filter = Some(tokio::spawn(async move {
+                    // The stream of new matches is opened first, from the instance's
+                    // end as it is then; the search after it reads to that end and
+                    // maybe beyond, so no match falls between the two (the app drops
+                    // the ones both bring).
+                    let mut stream = None;
+                    if live {
+                        let q = FollowQuery {
+                            instance: Some(instance),
+                            build,
+                            tail: Some(0),
+                            pattern: Some(pattern.clone()),
+                            ..Default::default()
+                        };
+                        stream = src.client.follow(&name, &q).await.ok();
+                    }
                     let q = LogQuery {
                         pattern: Some(pattern),
                         instance: Some(instance),
@@ -585,13 +613,27 @@ impl Exec {
                     match src.logs(online, &name, q).await {
                         Ok(r) => send(Msg::Filtered {
                             epoch,
+                            generation,
                             lines: r.lines,
                             matched: r.matched,
                         }),
                         Err(e) => send(Msg::Error(e)),
                     }
-                });
+                    let Some(mut stream) = stream else {
+                        send(Msg::FilterEnded { epoch, generation });
+                        return;
+                    };
+                    while let Ok(Some(records)) = stream.next().await {
+                        send(Msg::FilterFollow {
+                            epoch,
+                            generation,
+                            records,
+                        });
+                    }
+                    send(Msg::FilterEnded { epoch, generation });
+                }));
             }
+            Cmd::Unfilter => self.stop_filter(),
             Cmd::Restart(name) => {
                 tokio::spawn(async move {
                     send(started(src.client.restart(&name).await, "restarted"));
