@@ -174,12 +174,12 @@ async fn run(source: Source) -> anyhow::Result<()> {
             },
             msg = rx.recv() => {
                 if let Some(m) = msg {
-                    urgent |= !matches!(m, Msg::Follow { .. }) || app.out.lines.is_empty();
+                    urgent |= is_urgent(&m, &app);
                     cmds.extend(app.update(m));
                     // Everything else that arrived meanwhile, in one go (one frame).
                     let mut n = 0;
                     while let Ok(m) = rx.try_recv() {
-                        urgent |= !matches!(m, Msg::Follow { .. }) || app.out.lines.is_empty();
+                        urgent |= is_urgent(&m, &app);
                         cmds.extend(app.update(m));
                         n += 1;
                         if n > 10_000 {
@@ -209,7 +209,17 @@ async fn run(source: Source) -> anyhow::Result<()> {
         dirty = true;
         if urgent || last_draw.is_none_or(|t| t.elapsed() >= FRAME) {
             app.now_ms = chrono::Utc::now().timestamp_millis();
+            // One synchronized update per frame: the terminal shows it whole (and a
+            // reader of the terminal's output can count frames).
+            crossterm::queue!(
+                terminal.backend_mut(),
+                crossterm::terminal::BeginSynchronizedUpdate
+            )?;
             terminal.draw(|f| ui::draw(f, &app))?;
+            crossterm::execute!(
+                terminal.backend_mut(),
+                crossterm::terminal::EndSynchronizedUpdate
+            )?;
             last_draw = Some(Instant::now());
             dirty = false;
         }
@@ -217,6 +227,17 @@ async fn run(source: Source) -> anyhow::Result<()> {
     exec.stop_follow();
     exec.stop_filter();
     Ok(())
+}
+
+/// Whether an answer is drawn at once. Only the flow of followed lines (of the output,
+/// or of the filter's matches) waits for the next frame, except the first lines of an
+/// empty panel.
+fn is_urgent(m: &Msg, app: &App) -> bool {
+    match m {
+        Msg::Follow { .. } => app.out.lines.is_empty(),
+        Msg::FilterFollow { .. } => false,
+        _ => true,
+    }
 }
 
 /// Where answers come from: the daemon, else (locally) the store read-only.
