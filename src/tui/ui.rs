@@ -279,7 +279,7 @@ fn details_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
             "restarts {}  crashes {}  last exit {}  runs {}  builds {}",
             s.restarts,
             s.crash_count,
-            s.last_exit.as_ref().map_or("-".into(), |e| e.to_string()),
+            s.last_exit.as_ref().map_or("-".into(), short_exit),
             p.run_instances,
             p.build_instances
         )),
@@ -311,7 +311,14 @@ fn list_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
     let inner_w = r.width.saturating_sub(2) as usize;
     let mut lines: Vec<Line> = Vec::new();
     for (i, p) in app.processes().iter().enumerate() {
-        let (sym, text, color) = badge(p, app.now_ms);
+        let (sym, mut text, color) = badge(p, app.now_ms);
+        // A narrow list keeps the name readable: the state without its details.
+        let wanted = p.status.name.chars().count().min(8);
+        if inner_w.saturating_sub(text.chars().count() + 3) < wanted
+            && let Some(i) = text.find(" (")
+        {
+            text.truncate(i);
+        }
         let name_w = inner_w.saturating_sub(text.chars().count() + 3).max(1);
         let name: String = p.status.name.chars().take(name_w).collect();
         let pad = name_w.saturating_sub(name.chars().count());
@@ -348,8 +355,9 @@ fn list_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
     );
 }
 
-/// The output panel's title: which process and instance, and how it started and ended.
-fn output_title(app: &App) -> String {
+/// The output panel's title: which process and instance, and how it started and ended;
+/// the details go first when it is wider than `max` columns.
+fn output_title(app: &App, max: usize) -> String {
     let o = &app.out;
     let Some(name) = &o.process else {
         return " output ".into();
@@ -365,12 +373,16 @@ fn output_title(app: &App) -> String {
         (None, None, _) => "running".into(),
         (None, Some(_), _) => "ended".into(),
     };
-    format!(
-        " {name} · {kind} #{} ({}/{n}) · started {} · {ended} ",
-        s.number,
-        pos + 1,
-        clock(&s.started)
-    )
+    let which = format!("{kind} #{} ({}/{n})", s.number, pos + 1);
+    let started = format!("started {}", clock(&s.started));
+    let fits = |parts: &[&str]| {
+        let t = format!(" {} ", parts.join(" · "));
+        (t.chars().count() <= max).then_some(t)
+    };
+    fits(&[name, &which, &started, &ended])
+        .or_else(|| fits(&[name, &which, &ended]))
+        .or_else(|| fits(&[name, &format!("{kind} #{}", s.number), &ended]))
+        .unwrap_or_else(|| format!(" {name} · {kind} #{} ", s.number))
 }
 
 fn output_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
@@ -385,8 +397,11 @@ fn output_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
     if app.timestamps {
         flags.push("time");
     }
-    let mut b = block(output_title(app), app.focus == Focus::Output, t)
-        .title_top(Line::from(format!(" {} ", flags.join(" "))).right_aligned());
+    let flags = format!(" {} ", flags.join(" "));
+    // The title's room: the top border less its corners, the flags and a gap.
+    let room = (r.width as usize).saturating_sub(flags.chars().count() + 3);
+    let mut b = block(output_title(app, room), app.focus == Focus::Output, t)
+        .title_top(Line::from(flags).right_aligned());
     if let (Some(s), Some(fv)) = (&o.search, &o.filter) {
         b = b.title_bottom(Line::from(filter_footer(&s.pattern, fv, h)));
     } else if let Some(s) = &o.search {

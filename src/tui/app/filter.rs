@@ -68,10 +68,17 @@ impl App {
 
     /// The filter off; its follow stream ends.
     pub(super) fn leave_filter(&mut self) -> Vec<Cmd> {
-        match self.out.filter.take() {
-            Some(_) => vec![Cmd::Unfilter],
-            None => Vec::new(),
+        let Some(f) = self.out.filter.take() else {
+            return Vec::new();
+        };
+        // The filter counted the matches as they came: the search's count is as new.
+        if let Some(s) = &mut self.out.search
+            && f.instance == self.out.instance
+            && !f.loading
+        {
+            s.matches = Some(f.matched);
         }
+        vec![Cmd::Unfilter]
     }
 
     /// Read the filter's matches again (a new pattern).
