@@ -96,11 +96,16 @@ impl Exec {
                                 }
                             }
                         },
-                        // No run yet (a process that never started): nothing to follow.
-                        Err(ClientError::Api { status: 404, .. }) => {
-                            send(Msg::FollowEnded { epoch })
+                        // No run yet (a process that never started, or one whose
+                        // first run the store has not recorded yet): nothing to follow
+                        // until the status shows a run (the app follows again then).
+                        Err(ClientError::Api {
+                            status: 400 | 404, ..
+                        }) => send(Msg::FollowEnded { epoch }),
+                        Err(e) => {
+                            send(Msg::Error(e.to_string()));
+                            send(Msg::FollowEnded { epoch });
                         }
-                        Err(e) => send(Msg::Error(e.to_string())),
                     }
                 }));
             }
