@@ -595,6 +595,7 @@ fn key_hints(app: &App, width: usize, t: &Theme) -> Line<'static> {
         &[
             ("Esc", "all lines"),
             ("PgUp PgDn", "scroll"),
+            ("f", "follow"),
             ("/", "another pattern"),
             ("t", "time"),
         ]

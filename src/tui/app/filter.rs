@@ -66,6 +66,17 @@ impl App {
         self.reload_filter()
     }
 
+    /// `f` in the filter: hold the view where it is, or follow the newest matches again.
+    pub(super) fn pause_filter(&mut self) {
+        let h = self.height;
+        if let Some(f) = &mut self.out.filter {
+            f.top = match f.top {
+                Some(_) => None,
+                None => Some(f.lines.len().saturating_sub(h)),
+            };
+        }
+    }
+
     /// The filter off; its follow stream ends.
     pub(super) fn leave_filter(&mut self) -> Vec<Cmd> {
         let Some(f) = self.out.filter.take() else {

@@ -77,6 +77,7 @@ impl App {
             KeyCode::Char('d') if ctrl => self.scroll(page as i64 / 2),
             KeyCode::Home | KeyCode::Char('g') => self.jump_top(),
             KeyCode::End | KeyCode::Char('G') => self.jump_bottom(),
+            KeyCode::Char('f') if self.out.filter.is_some() => self.pause_filter(),
             KeyCode::Char('f') => {
                 if self.out.follow {
                     let (from, _) = self.out.visible(self.height);

@@ -528,4 +528,10 @@ fn the_filter_holds_the_newest_matches_and_a_scrolled_view_stays_put() {
     // n and N page through the matches.
     app.key(key('n'));
     assert_eq!(app.out.filter.as_ref().unwrap().top, Some(9));
+    // f follows the newest matches again, and holds the view.
+    app.key(key('f'));
+    assert_eq!(app.out.filter.as_ref().unwrap().top, None);
+    app.key(key('f'));
+    let f = app.out.filter.as_ref().unwrap();
+    assert_eq!(f.top, Some(FILTER_LINES - app.height));
 }
