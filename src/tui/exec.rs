@@ -4,12 +4,15 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::app::{self, App, Cmd, Msg};
 use super::source::Source;
-use crate::client::ClientError;
-use crate::protocol::{FollowQuery, LogQuery, LogResult, StartRequest};
+use crate::client::{ClientError, FollowStream};
+use crate::protocol::{FollowQuery, FollowRecord, LogQuery, LogResult, StartRequest};
 
 /// Carries out commands: each call is a task whose answer comes back as a [`Msg`].
 pub(super) struct Exec {
@@ -87,15 +90,12 @@ impl Exec {
                         ..Default::default()
                     };
                     match src.client.follow(&name, &q).await {
-                        Ok(mut stream) => loop {
-                            match stream.next().await {
-                                Ok(Some(records)) => send(Msg::Follow { epoch, records }),
-                                _ => {
-                                    send(Msg::FollowEnded { epoch });
-                                    break;
-                                }
+                        Ok(mut stream) => {
+                            while let Some(records) = gathered(&mut stream).await {
+                                send(Msg::Follow { epoch, records });
                             }
-                        },
+                            send(Msg::FollowEnded { epoch });
+                        }
                         // No run yet (a process that never started, or one whose
                         // first run the store has not recorded yet): nothing to follow
                         // until the status shows a run (the app follows again then).
@@ -289,7 +289,7 @@ impl Exec {
                         send(Msg::FilterEnded { epoch, generation });
                         return;
                     };
-                    while let Ok(Some(records)) = stream.next().await {
+                    while let Some(records) = gathered(&mut stream).await {
                         send(Msg::FilterFollow {
                             epoch,
                             generation,
@@ -330,6 +330,28 @@ impl Exec {
             }
         }
     }
+}
+
+/// A follow stream is read at most this often (about two reads a frame): what arrived
+/// in between comes as one message, one wake-up of the event loop instead of one for
+/// each write of a busy process (a thousand a second).
+const FOLLOW_EVERY: Duration = Duration::from_millis(15);
+
+/// The follow stream's next records: all that has arrived, waiting for one at least,
+/// then resting [`FOLLOW_EVERY`] (meanwhile the lines wait in the socket). `None` once
+/// the stream ended or failed.
+async fn gathered(stream: &mut FollowStream) -> Option<Vec<FollowRecord>> {
+    let mut records = stream.next().await.ok().flatten()?;
+    // `next` is cancel-safe: a record is taken only from a whole line received.
+    while let Some(more) = stream.next().now_or_never() {
+        match more {
+            Ok(Some(r)) => records.extend(r),
+            // Ended: these records first, the end at the next call.
+            _ => return Some(records),
+        }
+    }
+    tokio::time::sleep(FOLLOW_EVERY).await;
+    Some(records)
 }
 
 /// What a start or restart's answer says in the status panel (an error when the process

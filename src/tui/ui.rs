@@ -283,11 +283,14 @@ fn details_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
             p.run_instances,
             p.build_instances
         )),
-        Line::from(vec![
+    ];
+    // Offline, a configured process's command is known only from its project's config.
+    if !p.argv.is_empty() {
+        lines.push(Line::from(vec![
             Span::styled("$ ", t.dim()),
             Span::raw(p.argv.join(" ")),
-        ]),
-    ];
+        ]));
+    }
     if let Some(e) = &s.last_error {
         lines.push(Line::styled(
             format!("error: {}", e.lines().next().unwrap_or_default()),
