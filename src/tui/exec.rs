@@ -4,9 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::app::{self, App, Cmd, Msg};
@@ -90,8 +89,9 @@ impl Exec {
                         ..Default::default()
                     };
                     match src.client.follow(&name, &q).await {
-                        Ok(mut stream) => {
-                            while let Some(records) = gathered(&mut stream).await {
+                        Ok(stream) => {
+                            let mut stream = Gathered::new(stream);
+                            while let Some(records) = stream.next().await {
                                 send(Msg::Follow { epoch, records });
                             }
                             send(Msg::FollowEnded { epoch });
@@ -285,11 +285,12 @@ impl Exec {
                         }),
                         Err(e) => send(Msg::Error(e)),
                     }
-                    let Some(mut stream) = stream else {
+                    let Some(stream) = stream else {
                         send(Msg::FilterEnded { epoch, generation });
                         return;
                     };
-                    while let Some(records) = gathered(&mut stream).await {
+                    let mut stream = Gathered::new(stream);
+                    while let Some(records) = stream.next().await {
                         send(Msg::FilterFollow {
                             epoch,
                             generation,
@@ -332,26 +333,45 @@ impl Exec {
     }
 }
 
-/// A follow stream is read at most this often (about two reads a frame): what arrived
-/// in between comes as one message, one wake-up of the event loop instead of one for
-/// each write of a busy process (a thousand a second).
+/// A busy follow stream's records are gathered this long (about half a frame) and
+/// sent as one message: one wake-up of the event loop instead of one for each write of
+/// a process printing thousands of lines a second.
 const FOLLOW_EVERY: Duration = Duration::from_millis(15);
 
-/// The follow stream's next records: all that has arrived, waiting for one at least,
-/// then resting [`FOLLOW_EVERY`] (meanwhile the lines wait in the socket). `None` once
-/// the stream ended or failed.
-async fn gathered(stream: &mut FollowStream) -> Option<Vec<FollowRecord>> {
-    let mut records = stream.next().await.ok().flatten()?;
-    // `next` is cancel-safe: a record is taken only from a whole line received.
-    while let Some(more) = stream.next().now_or_never() {
-        match more {
-            Ok(Some(r)) => records.extend(r),
-            // Ended: these records first, the end at the next call.
-            _ => return Some(records),
-        }
+/// A follow stream read in gathered batches.
+struct Gathered {
+    stream: FollowStream,
+    /// When the last batch with lines went out; `None` until one has (the first lines
+    /// go out at once, so that the first frame does not wait).
+    last: Option<Instant>,
+}
+
+impl Gathered {
+    fn new(stream: FollowStream) -> Gathered {
+        Gathered { stream, last: None }
     }
-    tokio::time::sleep(FOLLOW_EVERY).await;
-    Some(records)
+
+    /// The next records, waiting for one at least; then, after lines went out less than
+    /// [`FOLLOW_EVERY`] ago, what else comes until then. `None` once the stream ended or
+    /// failed.
+    async fn next(&mut self) -> Option<Vec<FollowRecord>> {
+        let mut records = self.stream.next().await.ok().flatten()?;
+        if let Some(last) = self.last {
+            let until = (last + FOLLOW_EVERY).into();
+            // `next` is cancel-safe: a record is taken only from a whole line received.
+            while let Ok(more) = tokio::time::timeout_at(until, self.stream.next()).await {
+                match more {
+                    Ok(Some(r)) => records.extend(r),
+                    // Ended: these records first, the end at the next call.
+                    _ => break,
+                }
+            }
+        }
+        if records.iter().any(|r| matches!(r, FollowRecord::Line(_))) {
+            self.last = Some(Instant::now());
+        }
+        Some(records)
+    }
 }
 
 /// What a start or restart's answer says in the status panel (an error when the process
