@@ -333,30 +333,39 @@ impl Exec {
     }
 }
 
-/// A busy follow stream's records are gathered this long (about half a frame) and
-/// sent as one message: one wake-up of the event loop instead of one for each write of
-/// a process printing thousands of lines a second.
-const FOLLOW_EVERY: Duration = Duration::from_millis(15);
+/// A busy follow stream's records are gathered this long (under a third of a frame)
+/// and sent as one message: one wake-up of the event loop instead of one for each write
+/// of a process printing thousands of lines a second.
+const FOLLOW_EVERY: Duration = Duration::from_millis(10);
+/// For this long after a follow stream opens its records go out as they come: the
+/// backlog makes the first frame, which should not wait.
+const FOLLOW_SETTLE: Duration = Duration::from_millis(100);
 
 /// A follow stream read in gathered batches.
 struct Gathered {
     stream: FollowStream,
-    /// When the last batch with lines went out; `None` until one has (the first lines
-    /// go out at once, so that the first frame does not wait).
+    opened: Instant,
+    /// When the last batch with lines went out.
     last: Option<Instant>,
 }
 
 impl Gathered {
     fn new(stream: FollowStream) -> Gathered {
-        Gathered { stream, last: None }
+        Gathered {
+            stream,
+            opened: Instant::now(),
+            last: None,
+        }
     }
 
-    /// The next records, waiting for one at least; then, after lines went out less than
-    /// [`FOLLOW_EVERY`] ago, what else comes until then. `None` once the stream ended or
-    /// failed.
+    /// The next records, waiting for one at least; then, once settled and after lines
+    /// went out less than [`FOLLOW_EVERY`] ago, what else comes until then. `None` once
+    /// the stream ended or failed.
     async fn next(&mut self) -> Option<Vec<FollowRecord>> {
         let mut records = self.stream.next().await.ok().flatten()?;
-        if let Some(last) = self.last {
+        if let Some(last) = self.last
+            && self.opened.elapsed() > FOLLOW_SETTLE
+        {
             let until = (last + FOLLOW_EVERY).into();
             // `next` is cancel-safe: a record is taken only from a whole line received.
             while let Ok(more) = tokio::time::timeout_at(until, self.stream.next()).await {
