@@ -7,7 +7,7 @@ use std::path::Path;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
-use super::app::{App, Conn, Msg, Notice};
+use super::app::{App, Cmd, Conn, Msg, Notice};
 use super::ui;
 use crate::protocol::{
     EventReport, ExitStatus, FollowRecord, InstanceKind, InstanceSummary, LogLine, Mode,
@@ -212,6 +212,45 @@ fn running() {
         wrapped: false,
     });
     check("search", &render(&app, 100, 30));
+}
+
+#[test]
+fn filter() {
+    let mut app = online(vec![proc("web", State::Running), proc("api", State::Ready)]);
+    with_lines(&mut app, web_lines());
+    app.key(key('&'));
+    for c in "items/3".chars() {
+        app.key(key(c));
+    }
+    let cmds = app.key(code(ratatui::crossterm::event::KeyCode::Enter));
+    let Some(Cmd::Filter { generation, .. }) =
+        cmds.into_iter().find(|c| matches!(c, Cmd::Filter { .. }))
+    else {
+        panic!("a filter read")
+    };
+    let epoch = app.out.epoch;
+    check("filter_loading", &render(&app, 80, 24));
+    let matches = |seqs: std::ops::Range<u64>| -> Vec<LogLine> {
+        seqs.map(|i| line(i, Stream::Stdout, &format!("GET /api/items/{i} 200 3ms")))
+            .collect()
+    };
+    app.update(Msg::Filtered {
+        epoch,
+        generation,
+        lines: matches(30..40),
+        matched: 10,
+    });
+    // A match printed since: it scrolls in.
+    app.update(Msg::FilterFollow {
+        epoch,
+        generation,
+        records: vec![FollowRecord::Line(line(
+            57,
+            Stream::Stderr,
+            "GET /api/items/3 500 \x1b[31mfailed\x1b[0m",
+        ))],
+    });
+    check("filter", &render(&app, 100, 30));
 }
 
 #[test]

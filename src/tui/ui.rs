@@ -9,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 
 use super::ansi;
-use super::app::{App, Conn, Focus};
+use super::app::{App, Conn, FilterView, Focus};
 use crate::protocol::{LogLine, ProcessReport, State, Stream, human_duration};
 
 /// Where each panel goes on a screen of a given size. Small screens drop the top panels
@@ -279,15 +279,18 @@ fn details_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
             "restarts {}  crashes {}  last exit {}  runs {}  builds {}",
             s.restarts,
             s.crash_count,
-            s.last_exit.as_ref().map_or("-".into(), |e| e.to_string()),
+            s.last_exit.as_ref().map_or("-".into(), short_exit),
             p.run_instances,
             p.build_instances
         )),
-        Line::from(vec![
+    ];
+    // Offline, a configured process's command is known only from its project's config.
+    if !p.argv.is_empty() {
+        lines.push(Line::from(vec![
             Span::styled("$ ", t.dim()),
             Span::raw(p.argv.join(" ")),
-        ]),
-    ];
+        ]));
+    }
     if let Some(e) = &s.last_error {
         lines.push(Line::styled(
             format!("error: {}", e.lines().next().unwrap_or_default()),
@@ -311,7 +314,14 @@ fn list_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
     let inner_w = r.width.saturating_sub(2) as usize;
     let mut lines: Vec<Line> = Vec::new();
     for (i, p) in app.processes().iter().enumerate() {
-        let (sym, text, color) = badge(p, app.now_ms);
+        let (sym, mut text, color) = badge(p, app.now_ms);
+        // A narrow list keeps the name readable: the state without its details.
+        let wanted = p.status.name.chars().count().min(8);
+        if inner_w.saturating_sub(text.chars().count() + 3) < wanted
+            && let Some(i) = text.find(" (")
+        {
+            text.truncate(i);
+        }
         let name_w = inner_w.saturating_sub(text.chars().count() + 3).max(1);
         let name: String = p.status.name.chars().take(name_w).collect();
         let pad = name_w.saturating_sub(name.chars().count());
@@ -348,8 +358,9 @@ fn list_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
     );
 }
 
-/// The output panel's title: which process and instance, and how it started and ended.
-fn output_title(app: &App) -> String {
+/// The output panel's title: which process and instance, and how it started and ended;
+/// the details go first when it is wider than `max` columns.
+fn output_title(app: &App, max: usize) -> String {
     let o = &app.out;
     let Some(name) = &o.process else {
         return " output ".into();
@@ -365,29 +376,38 @@ fn output_title(app: &App) -> String {
         (None, None, _) => "running".into(),
         (None, Some(_), _) => "ended".into(),
     };
-    format!(
-        " {name} · {kind} #{} ({}/{n}) · started {} · {ended} ",
-        s.number,
-        pos + 1,
-        clock(&s.started)
-    )
+    let which = format!("{kind} #{} ({}/{n})", s.number, pos + 1);
+    let started = format!("started {}", clock(&s.started));
+    let fits = |parts: &[&str]| {
+        let t = format!(" {} ", parts.join(" · "));
+        (t.chars().count() <= max).then_some(t)
+    };
+    fits(&[name, &which, &started, &ended])
+        .or_else(|| fits(&[name, &which, &ended]))
+        .or_else(|| fits(&[name, &format!("{kind} #{}", s.number), &ended]))
+        .unwrap_or_else(|| format!(" {name} · {kind} #{} ", s.number))
 }
 
 fn output_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
     let o = &app.out;
     let h = r.height.saturating_sub(2) as usize;
     let mut flags = Vec::new();
-    if o.filter.is_none() {
-        flags.push(if o.follow { "follow" } else { "paused" });
-    } else {
-        flags.push("filter");
+    match &o.filter {
+        None => flags.push(if o.follow { "follow" } else { "paused" }),
+        Some(f) if f.live && f.top.is_none() => flags.push("filter follow"),
+        Some(_) => flags.push("filter"),
     }
     if app.timestamps {
         flags.push("time");
     }
-    let mut b = block(output_title(app), app.focus == Focus::Output, t)
-        .title_top(Line::from(format!(" {} ", flags.join(" "))).right_aligned());
-    if let Some(s) = &o.search {
+    let flags = format!(" {} ", flags.join(" "));
+    // The title's room: the top border less its corners, the flags and a gap.
+    let room = (r.width as usize).saturating_sub(flags.chars().count() + 3);
+    let mut b = block(output_title(app, room), app.focus == Focus::Output, t)
+        .title_top(Line::from(flags).right_aligned());
+    if let (Some(s), Some(fv)) = (&o.search, &o.filter) {
+        b = b.title_bottom(Line::from(filter_footer(&s.pattern, fv, h)));
+    } else if let Some(s) = &o.search {
         let count = match s.matches {
             Some(n) => format!("{n} matching lines"),
             None => "counting…".into(),
@@ -418,7 +438,7 @@ fn output_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
         } else {
             let bottom = fv.lines.len().saturating_sub(h);
             let top = fv.top.unwrap_or(bottom).min(bottom);
-            for l in fv.lines.iter().skip(top).take(h) {
+            for l in fv.lines.range(top..).take(h) {
                 lines.push(log_line(app, l, t, false));
             }
         }
@@ -443,6 +463,26 @@ fn output_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
         }
     }
     f.render_widget(Paragraph::new(lines).block(b), r);
+}
+
+/// The filter's footer: its pattern, how many lines match, and how many are held.
+fn filter_footer(pattern: &str, fv: &FilterView, h: usize) -> String {
+    let mut parts = vec![format!(" &/{pattern}")];
+    if fv.loading {
+        parts.push("searching…".into());
+    } else {
+        parts.push(format!("{} matching lines", fv.matched));
+        if fv.matched > fv.lines.len() as u64 {
+            parts.push(format!("newest {} shown", fv.lines.len()));
+        }
+        if let Some(top) = fv.top {
+            let bottom = fv.lines.len().saturating_sub(h);
+            parts.push(format!("{} of {}", top.min(bottom) + 1, fv.lines.len()));
+        }
+    }
+    let mut footer = parts.join(" · ");
+    footer.push(' ');
+    footer
 }
 
 /// The most characters of one line considered for drawing (no screen is wider).
@@ -524,9 +564,21 @@ fn highlight(
 
 fn key_bar(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
     let line = if let Some(p) = &app.prompt {
+        let (key, what) = if p.filter {
+            (
+                "&",
+                "  (only the lines matching this regex; Enter to filter, Esc to cancel)",
+            )
+        } else {
+            (
+                "/",
+                "  (a regex, searched through the whole instance; Enter, Esc to cancel)",
+            )
+        };
         Line::from(vec![
-            Span::styled("/", t.bold()),
-            Span::raw(format!("{p}█")),
+            Span::styled(key, t.bold()),
+            Span::raw(format!("{}█", p.text)),
+            Span::styled(what, t.dim()),
         ])
     } else if let Some(name) = &app.confirm {
         Line::styled(
@@ -534,26 +586,61 @@ fn key_bar(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
             t.fg(Color::Yellow).add_modifier(Modifier::BOLD),
         )
     } else {
-        let keys = [
+        key_hints(app, r.width as usize, t)
+    };
+    f.render_widget(Paragraph::new(line), r);
+}
+
+/// The key bar's hints for what is on screen, as many as fit in `width` (the first ones,
+/// and always `?` and `q`).
+fn key_hints(app: &App, width: usize, t: &Theme) -> Line<'static> {
+    let keys: &[(&str, &str)] = if app.out.filter.is_some() {
+        &[
+            ("Esc", "all lines"),
+            ("PgUp PgDn", "scroll"),
+            ("f", "follow"),
+            ("/", "another pattern"),
+            ("t", "time"),
+        ]
+    } else if app.focus == Focus::Output {
+        &[
+            ("↑↓ PgUp PgDn", "scroll"),
+            ("g G", "top/end"),
+            ("/", "search"),
+            ("&", "filter"),
+            ("f", "follow"),
+            ("Tab", "list"),
+        ]
+    } else {
+        &[
             ("↑↓", "select"),
             ("⏎", "output"),
             ("r", "restart"),
             ("s", "stop/start"),
             ("/", "search"),
+            ("&", "filter"),
             ("[ ]", "runs"),
             ("b", "builds"),
             ("f", "follow"),
-            ("?", "help"),
-            ("q", "quit"),
-        ];
-        let mut spans = Vec::new();
-        for (k, what) in keys {
-            spans.push(Span::styled(k, t.bold()));
-            spans.push(Span::styled(format!(" {what}  "), t.dim()));
-        }
-        Line::from(spans)
+        ]
     };
-    f.render_widget(Paragraph::new(line), r);
+    let always = [("?", "help"), ("q", "quit")];
+    let cost = |(k, what): &(&str, &str)| k.chars().count() + what.chars().count() + 3;
+    let mut room = width.saturating_sub(always.iter().map(cost).sum());
+    let mut spans = Vec::new();
+    for kw in keys.iter().take_while(|kw| {
+        let fits = cost(kw) <= room;
+        room = room.saturating_sub(cost(kw));
+        fits
+    }) {
+        spans.push(Span::styled(kw.0, t.bold()));
+        spans.push(Span::styled(format!(" {}  ", kw.1), t.dim()));
+    }
+    for (k, what) in always {
+        spans.push(Span::styled(k, t.bold()));
+        spans.push(Span::styled(format!(" {what}  "), t.dim()));
+    }
+    Line::from(spans)
 }
 
 /// Every key, for the help overlay and the README.
@@ -567,13 +654,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ("b", "builds instead of runs, and back"),
     ("/", "search (regex) the whole instance"),
     ("n N", "next (newer) / previous (older) match"),
-    ("&", "only the matching lines, and back"),
+    ("&", "only the matching lines, live; and back"),
     ("t", "timestamps on/off"),
     ("c", "clear the output panel"),
     ("r", "restart (rebuild first if it builds)"),
     ("s", "stop (asks) or start"),
     ("?", "this help"),
-    ("q  Esc", "quit (Esc first leaves a search or focus)"),
+    ("q  Esc", "quit (Esc leaves a filter or search first)"),
 ];
 
 fn help(f: &mut Frame, area: Rect, t: &Theme) {

@@ -196,6 +196,52 @@ fn browse_restart_earlier_runs_search_and_quit() {
     assert!(status.success(), "{status:?}");
 }
 
+/// The highest number after `prefix` among the output panel's lines.
+fn highest_after(screen: &str, prefix: &str) -> Option<u32> {
+    screen.lines().filter_map(|l| number_after(l, prefix)).max()
+}
+
+#[test]
+fn the_filter_shows_only_matches_and_follows_new_ones() {
+    let dirs = Dirs::new();
+    // An early match far out of view, then a tick every 20 ms with a match every
+    // tenth: the filter must find the early one through the store and follow the rest.
+    dirs.write_config(concat!(
+        "[process.ticker]\ncommand = [\"sh\", \"-c\", ",
+        "\"echo early-hit; seq 1 3000; i=0; while :; do i=$((i+1)); echo tick $i; ",
+        "[ $((i % 10)) = 0 ] && echo hit $i; sleep 0.02; done\"]\n",
+    ));
+    let mut daemon = Served::start(&dirs);
+    daemon.wait_listening();
+    let mut tui = Tui::start(&dirs);
+    tui.wait_text("the ticks", "tick ");
+
+    // & with no search asks for the pattern.
+    tui.keys("&");
+    tui.wait_text("the filter's prompt", "&█");
+    tui.keys("hit\r");
+    let seen = tui.wait("the matches only, the early one too", |s| {
+        let shown = s.contains("early-hit") && s.contains("filter follow");
+        (shown && !s.contains("tick ")).then(|| highest_after(s, "hit "))?
+    });
+    tui.wait_text("the filter's footer", "&/hit · ");
+    // New matches scroll in as they are printed; nothing else does.
+    tui.wait("a newer match", |s| {
+        assert!(!s.contains("tick "), "a line that does not match:\n{s}");
+        highest_after(s, "hit ").filter(|&n| n > seen)
+    });
+
+    // Esc: every line again, following.
+    tui.keys("\x1b");
+    tui.wait("every line again", |s| {
+        (s.contains("tick ") && !s.contains("&/hit")).then_some(())
+    });
+    tui.keys("q");
+    let status = wait_for("the TUI to exit", || tui.child.try_wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    daemon.terminate();
+}
+
 #[test]
 fn sigterm_restores_the_terminal() {
     let dirs = Dirs::new();

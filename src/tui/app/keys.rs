@@ -1,7 +1,11 @@
 //! What keys and the mouse do to the TUI's state: selection, scrolling, instances,
 //! search and the filter. Pure: keys in, commands out.
 
-use super::*;
+use super::{
+    App, Cmd, FilterView, Focus, KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind,
+    Prompt,
+};
+use crate::protocol::State;
 
 impl App {
     /// A key: what it changes, and the commands it leads to.
@@ -14,16 +18,19 @@ impl App {
             self.quit = true;
             return Vec::new();
         }
-        if let Some(text) = &mut self.prompt {
+        if let Some(p) = &mut self.prompt {
             match k.code {
                 KeyCode::Enter => {
-                    let pattern = std::mem::take(text);
+                    let Prompt { text, filter } = std::mem::take(p);
                     self.prompt = None;
-                    return self.start_search(pattern);
+                    if filter && !text.is_empty() && self.out.filter.is_none() {
+                        self.out.filter = Some(FilterView::default());
+                    }
+                    return self.start_search(text);
                 }
                 KeyCode::Esc => self.prompt = None,
-                KeyCode::Backspace if text.pop().is_none() => self.prompt = None,
-                KeyCode::Char(c) if !ctrl => text.push(c),
+                KeyCode::Backspace if p.text.pop().is_none() => self.prompt = None,
+                KeyCode::Char(c) if !ctrl => p.text.push(c),
                 _ => {}
             }
             return Vec::new();
@@ -45,7 +52,7 @@ impl App {
             KeyCode::Char('q') => self.quit = true,
             KeyCode::Esc => {
                 if self.out.filter.is_some() {
-                    self.out.filter = None;
+                    return self.leave_filter();
                 } else if self.out.search.is_some() {
                     self.out.search = None;
                 } else if self.focus == Focus::Output {
@@ -70,6 +77,7 @@ impl App {
             KeyCode::Char('d') if ctrl => self.scroll(page as i64 / 2),
             KeyCode::Home | KeyCode::Char('g') => self.jump_top(),
             KeyCode::End | KeyCode::Char('G') => self.jump_bottom(),
+            KeyCode::Char('f') if self.out.filter.is_some() => self.pause_filter(),
             KeyCode::Char('f') => {
                 if self.out.follow {
                     let (from, _) = self.out.visible(self.height);
@@ -83,20 +91,17 @@ impl App {
             KeyCode::Char('c') => {
                 self.out.cleared = self.out.end;
                 self.out.follow = true;
-                self.out.filter = None;
+                return self.leave_filter();
             }
             KeyCode::Char('r') => return self.action('r'),
             KeyCode::Char('s') => return self.action('s'),
-            KeyCode::Char('/') => self.prompt = Some(String::new()),
+            KeyCode::Char('/') => self.prompt = Some(Prompt::default()),
             KeyCode::Char('n') => return self.find_next(true),
             KeyCode::Char('N') => return self.find_next(false),
             KeyCode::Char('&') => return self.toggle_filter(),
             KeyCode::Char('[') => return self.step_instance(-1),
             KeyCode::Char(']') => return self.step_instance(1),
-            KeyCode::Char('b') if self.out.process.is_some() => {
-                self.out.build = !self.out.build;
-                return self.show_newest();
-            }
+            KeyCode::Char('b') => return self.toggle_builds(),
             _ => {}
         }
         Vec::new()
@@ -208,138 +213,5 @@ impl App {
                 vec![Cmd::Start(name)]
             }
         }
-    }
-
-    pub(super) fn step_instance(&mut self, d: i64) -> Vec<Cmd> {
-        let n = self.out.list().len();
-        if n == 0 {
-            return Vec::new();
-        }
-        let pos = self.out.summary().map_or(n - 1, |(i, _)| i) as i64;
-        let next = (pos + d).clamp(0, n as i64 - 1) as usize;
-        if next as i64 == pos {
-            let what = if self.out.build { "build" } else { "run" };
-            let msg = if d < 0 {
-                format!("this is the oldest {what} kept")
-            } else {
-                format!("this is the newest {what}")
-            };
-            self.say(msg, false);
-            return Vec::new();
-        }
-        self.show_instance(next)
-    }
-
-    pub(super) fn start_search(&mut self, pattern: String) -> Vec<Cmd> {
-        if pattern.is_empty() {
-            self.out.search = None;
-            return Vec::new();
-        }
-        let re = regex::RegexBuilder::new(&pattern).build();
-        if let Err(e) = &re {
-            self.say(format!("bad regex: {e}"), true);
-            return Vec::new();
-        }
-        // From the end (following): the newest match first; else from the view onwards.
-        let forward = !self.out.follow;
-        self.out.search = Some(Search {
-            pattern: pattern.clone(),
-            re: re.ok(),
-            matches: None,
-            current: None,
-            forward,
-        });
-        let mut cmds = Vec::new();
-        if let (Some(id), Some(name)) = (self.out.instance, self.out.process.clone()) {
-            cmds.push(Cmd::Count {
-                name,
-                build: self.out.build,
-                instance: id,
-                pattern: pattern.clone(),
-                epoch: self.out.epoch,
-            });
-        }
-        if self.out.filter.is_some() {
-            cmds.extend(self.load_filter());
-            return cmds;
-        }
-        let (from, _) = self.out.visible(self.height);
-        let from = if forward { from } else { self.out.end };
-        cmds.extend(self.find(from, forward));
-        cmds
-    }
-
-    pub(super) fn find(&mut self, from: u64, forward: bool) -> Vec<Cmd> {
-        let (Some(id), Some(name), Some(s)) = (
-            self.out.instance,
-            self.out.process.clone(),
-            self.out.search.as_ref(),
-        ) else {
-            return Vec::new();
-        };
-        vec![Cmd::Find {
-            name,
-            build: self.out.build,
-            instance: id,
-            pattern: s.pattern.clone(),
-            from,
-            forward,
-            epoch: self.out.epoch,
-        }]
-    }
-
-    /// `n` (newer) and `N` (older): the next match from the last one (or the view).
-    pub(super) fn find_next(&mut self, forward: bool) -> Vec<Cmd> {
-        let Some(s) = &self.out.search else {
-            self.say("no search: type / and a pattern", false);
-            return Vec::new();
-        };
-        let (from_view, _) = self.out.visible(self.height);
-        let from = match (s.current, forward) {
-            (Some(c), true) => c + 1,
-            (Some(c), false) => c,
-            (None, true) => from_view,
-            (None, false) => self.out.end,
-        };
-        self.find(from, forward)
-    }
-
-    pub(super) fn toggle_filter(&mut self) -> Vec<Cmd> {
-        if self.out.filter.take().is_some() {
-            return Vec::new();
-        }
-        if self.out.search.is_none() {
-            self.say(
-                "type / and a pattern first; & then shows only the matching lines",
-                false,
-            );
-            return Vec::new();
-        }
-        self.out.filter = Some(FilterView {
-            loading: true,
-            ..FilterView::default()
-        });
-        self.load_filter()
-    }
-
-    pub(super) fn load_filter(&mut self) -> Vec<Cmd> {
-        let (Some(id), Some(name), Some(s)) = (
-            self.out.instance,
-            self.out.process.clone(),
-            self.out.search.as_ref(),
-        ) else {
-            return Vec::new();
-        };
-        if let Some(f) = &mut self.out.filter {
-            f.loading = true;
-            f.top = None;
-        }
-        vec![Cmd::Filter {
-            name,
-            build: self.out.build,
-            instance: id,
-            pattern: s.pattern.clone(),
-            epoch: self.out.epoch,
-        }]
     }
 }
