@@ -8,7 +8,8 @@
 //! start until the listener accepts, on an empty store; and daemon start until systemd
 //! would get `READY=1` (a datagram on a `NOTIFY_SOCKET` the bench binds) with a 1 GiB
 //! store; and the daemon's peak RSS while 20 processes print 10,000 lines/s each and
-//! searches run against them (`load`; `BPM_BENCH_LOAD_SECS`, default 30).
+//! searches run against them (`load`; `BPM_BENCH_LOAD_SECS`, default 30; `BPM_BASELINE`
+//! runs the same load on another build).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -340,6 +341,11 @@ fn main() {
 
     if want("load") {
         load(&bin, project.path());
+        // The same load on a build to compare with (`BPM_BASELINE=/path/to/bpm`).
+        if let Some(base) = std::env::var_os("BPM_BASELINE") {
+            println!("  baseline {}:", Path::new(&base).display());
+            load(Path::new(&base), project.path());
+        }
     }
 
     if want("restart") {
