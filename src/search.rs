@@ -213,7 +213,8 @@ fn search_into(
                 ControlFlow::Continue(())
             },
         )?;
-        if out.stopped {
+        // The head is complete: the next instances need not even be opened.
+        if out.stopped || stop_at_head && !out.wants() {
             break;
         }
     }

@@ -108,9 +108,12 @@ pub struct StoreOptions {
     /// redb's page cache.
     pub cache_bytes: usize,
     /// Store a filter beside each block (`migrations/0004-block-filters.md`), which lets
-    /// searches skip blocks. Off by default for now: a store damaged inside its pages
-    /// does not yet keep its readable history as well with the filters' pages among the
-    /// blocks' (see `tests/integration/store_faults.rs`).
+    /// searches skip blocks. Off by default for now: the filter records are small rows,
+    /// and redb places the small pages of every later commit (the table directory, the
+    /// instance records) among them, all through the file; a stretch of damaged disk
+    /// then takes the whole store instead of a few blocks (as
+    /// `tests/integration/store_faults.rs` finds, with 1 MiB zeroed mid-file). Reading
+    /// is safe either way: a filter that cannot be read means the block is read.
     pub block_filters: bool,
     /// After a failed write the writer reopens the store and retries after this long,
     /// doubling up to `retry_max`.

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Mutex, mpsc};
 
 /// Threads a scan uses: the machine's cores, at most four.
@@ -23,19 +24,32 @@ pub fn ordered<J: Send, R: Send>(
     work: &(impl Fn(J) -> R + Sync),
     mut consume: impl FnMut(R) -> ControlFlow<()>,
 ) {
+    // No thread is started for a scan with nothing to read (a rare literal skips most
+    // instances whole), nor for one with a single job.
+    let Some(first) = next() else { return };
     if threads <= 1 {
-        while let Some(job) = next() {
+        for job in std::iter::once(first).chain(std::iter::from_fn(next)) {
             if consume(work(job)).is_break() {
                 return;
             }
         }
         return;
     }
+    let Some(second) = next() else {
+        let _ = consume(work(first));
+        return;
+    };
+    let mut made = [Some(first), Some(second)].into_iter().flatten();
+    let mut next = || made.next().or_else(&mut next);
     let window = threads * 2;
     let (job_tx, job_rx) = mpsc::channel::<(usize, J)>();
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|s| {
-        let (res_tx, res_rx) = mpsc::channel::<(usize, R)>();
+        // Owned here, so that it is dropped (and the workers end) however this closure
+        // ends: a panic in `next` or `consume` (redb on a damaged page, under the caller's
+        // `no_panic`) must not leave the scope waiting for workers that wait for jobs.
+        let job_tx = job_tx;
+        let (res_tx, res_rx) = mpsc::channel::<(usize, std::thread::Result<R>)>();
         for _ in 0..threads {
             let res_tx = res_tx.clone();
             let job_rx = &job_rx;
@@ -43,7 +57,9 @@ pub fn ordered<J: Send, R: Send>(
                 loop {
                     let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok((i, job)) = job else { return };
-                    if res_tx.send((i, work(job))).is_err() {
+                    // A panic goes back to the calling thread with the job's result.
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| work(job)));
+                    if res_tx.send((i, r)).is_err() {
                         return;
                     }
                 }
@@ -52,7 +68,7 @@ pub fn ordered<J: Send, R: Send>(
         drop(res_tx);
         let (mut sent, mut done) = (0usize, 0usize);
         let mut exhausted = false;
-        let mut ready: BTreeMap<usize, R> = BTreeMap::new();
+        let mut ready: BTreeMap<usize, std::thread::Result<R>> = BTreeMap::new();
         loop {
             while !exhausted && sent - done < window {
                 match next() {
@@ -76,16 +92,17 @@ pub fn ordered<J: Send, R: Send>(
                     Ok((i, r)) => {
                         ready.insert(i, r);
                     }
-                    // A worker panicked: the scope re-raises it.
+                    // Every worker is gone (they only end once the jobs do).
                     Err(_) => return,
                 }
             };
             done += 1;
+            // Unwinding drops `job_tx`, which ends the workers.
+            let r = r.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             if consume(r).is_break() {
                 break;
             }
         }
-        drop(job_tx);
     });
 }
 
@@ -122,6 +139,36 @@ mod tests {
             );
             assert_eq!(got, (1..=100).map(|j| j * 2).collect::<Vec<_>>());
             assert!(made <= 100 + threads * 2 + 1, "{made}");
+        }
+    }
+
+    /// A panic while making jobs, in a job, or while taking results reaches the caller
+    /// (as a panic it can catch), instead of leaving the pool waiting forever.
+    #[test]
+    fn a_panic_anywhere_reaches_the_caller() {
+        for threads in [1, 2, 4] {
+            for at in ["next", "work", "consume"] {
+                let r = std::panic::catch_unwind(|| {
+                    let mut i = 0u32;
+                    ordered(
+                        threads,
+                        || {
+                            i += 1;
+                            assert!(!(at == "next" && i == 50), "next");
+                            (i <= 1000).then_some(i)
+                        },
+                        &|j: u32| {
+                            assert!(!(at == "work" && j == 50), "work");
+                            j
+                        },
+                        |j| {
+                            assert!(!(at == "consume" && j == 50), "consume");
+                            ControlFlow::Continue(())
+                        },
+                    );
+                });
+                assert!(r.is_err(), "{threads} threads, panic in {at}");
+            }
         }
     }
 }

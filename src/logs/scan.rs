@@ -80,6 +80,11 @@ impl Store {
                 (_, resume) => {
                     let from = resume.unwrap_or(seqs.start);
                     let (flow, skipped) = damage::scan(&txn, id, from, end, &mut |view| {
+                        // The walk starts at the block holding `from`, which is the last
+                        // one consumed when no block starts right after it.
+                        if view.end_seq() <= from {
+                            return ControlFlow::Continue(());
+                        }
                         let r = work(view, true);
                         consume(view, r)
                     })?;
