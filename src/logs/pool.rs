@@ -9,11 +9,15 @@ use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Mutex, mpsc};
 
-/// Threads a scan uses: the machine's cores, at most four.
+/// Threads a scan uses: the machine's cores, at most four. Found once: asking reads
+/// cgroup files on Linux, which would cost a search more than skipping a whole instance.
 pub fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+    })
 }
 
 /// Run `work` over the jobs `next` makes (until it returns `None`), and hand each result
