@@ -3,7 +3,14 @@
 //! beside the same search over one process of 2,000,000 lines (the same text in all).
 //! Target (the habits issue): p50 at most 2x the one-process search.
 //!
-//! `cargo bench --bench search`
+//! Then the store-level search over a generated history (5 runs x 1,000,000 lines of one
+//! process, a rare marker line in one run; and 20 processes x 250,000 lines), beside
+//! `grep -c` over the same text in a flat file, in the same run: a rare literal, a regex
+//! whose literal is in most blocks, a regex with no literal, the first page of a common
+//! word, and the bytes the block filters take.
+//!
+//! `cargo bench --bench search` (both parts), `-- history` or `-- mcp` for one.
+//! `BPM_BENCH_QUICK=1` makes the history a tenth of the size.
 
 use std::time::{Duration, Instant};
 
@@ -13,11 +20,24 @@ use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::{Value, json};
 
 mod common;
+#[path = "search/history.rs"]
+mod history;
 
 const PROCESSES: u64 = 20;
 const LINES_EACH: u64 = 100_000;
 
 fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    if want("history") {
+        history::bench();
+    }
+    if !want("mcp") {
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -36,6 +36,10 @@ fn big_options() -> StoreOptions {
             max_bytes: 8 << 30,
         },
         store_max_bytes: 16 << 30,
+        // `BPM_BENCH_FILTERS=0|1` stores blocks without or with filters (default: as the
+        // store does by default).
+        block_filters: std::env::var("BPM_BENCH_FILTERS")
+            .map_or(StoreOptions::default().block_filters, |v| v != "0"),
         ..StoreOptions::default()
     }
 }

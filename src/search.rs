@@ -11,7 +11,11 @@ use std::ops::{ControlFlow, Range};
 use regex::bytes::{Regex, RegexBuilder};
 
 use crate::logs::block::LineMeta;
-use crate::logs::{BlockView, Filter, Line, Store, StoreError};
+use crate::logs::filter::BlockFilter;
+use crate::logs::{BlockView, Filter, Line, Store, StoreError, Verdict};
+
+mod literals;
+pub use literals::Need;
 
 /// What to look for.
 #[derive(Clone, Debug, Default)]
@@ -102,6 +106,18 @@ pub fn search(store: &Store, instances: &[u64], q: &Query) -> Result<SearchResul
     search_in(store, instances, q, 0..u64::MAX, false)
 }
 
+/// [`search`] reading every block in the range, as if no block had a filter: what a
+/// filtered search must answer exactly (tests and benches compare the two).
+#[doc(hidden)]
+pub fn search_without_filters(
+    store: &Store,
+    instances: &[u64],
+    q: &Query,
+) -> Result<SearchResult, SearchError> {
+    let out = Collector::new(q.head, q.tail);
+    search_into(store, instances, q, 0..u64::MAX, false, out, false)
+}
+
 /// [`search`] over the lines whose sequence numbers are in `seqs` only: the blocks before
 /// the range are not read, nor those after it. Lines outside the range are neither
 /// matched nor context. With a head, the search stops once the head is complete (the
@@ -129,7 +145,7 @@ pub fn search_each(
 ) -> Result<SearchResult, SearchError> {
     let mut out = Collector::new(q.head, None);
     out.sink = Some(sink);
-    search_into(store, instances, q, seqs, true, out)
+    search_into(store, instances, q, seqs, true, out, true)
 }
 
 fn search_in(
@@ -146,6 +162,7 @@ fn search_in(
         seqs,
         stop_at_head,
         Collector::new(q.head, q.tail),
+        true,
     )
 }
 
@@ -156,12 +173,20 @@ fn search_into(
     seqs: Range<u64>,
     stop_at_head: bool,
     mut out: Collector<'_>,
+    use_filters: bool,
 ) -> Result<SearchResult, SearchError> {
     let re = compile(&q.pattern, q.case_insensitive)?;
+    let verdict = block_verdict(q, use_filters);
+    let work = |view: BlockView<'_>, search: bool| {
+        if search {
+            candidate_lines(&re, view.data)
+        } else {
+            Vec::new()
+        }
+    };
     let mut unreadable_lines = 0;
     for &id in instances {
         let mut s = Searcher {
-            re: &re,
             q,
             id,
             seqs: seqs.clone(),
@@ -170,22 +195,56 @@ fn search_into(
             after_left: 0,
             out: &mut out,
         };
-        unreadable_lines += store.scan_blocks(id, seqs.start, &mut |view| {
-            if view.first_seq >= seqs.end {
-                return ControlFlow::Break(());
-            }
-            s.block(view);
-            // A head already filled (with no context owed) needs no further block.
-            if s.out.stopped || stop_at_head && !s.out.wants() && s.after_left == 0 {
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        })?;
+        unreadable_lines += store.scan_for_search(
+            id,
+            seqs.clone(),
+            &verdict,
+            q.context,
+            &work,
+            &mut |view, starts| {
+                if view.first_seq >= seqs.end {
+                    return ControlFlow::Break(());
+                }
+                s.block(view, starts);
+                // A head already filled (with no context owed) needs no further block.
+                if s.out.stopped || stop_at_head && !s.out.wants() && s.after_left == 0 {
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            },
+        )?;
+        // The head is complete: the next instances need not even be opened.
+        if out.stopped || stop_at_head && !out.wants() {
+            break;
+        }
     }
     Ok(SearchResult {
         unreadable_lines,
         ..out.finish()
     })
+}
+
+/// What a search makes of a stored block from its filter: outside the time range it is
+/// skipped; when the filter rules out the pattern's required literals it cannot match.
+/// With context and a stream or time filter, the lines around a match are the nearest
+/// lines that pass the filter, which may be anywhere: every block in the range is read.
+fn block_verdict(
+    q: &Query,
+    use_filters: bool,
+) -> impl Fn(&BlockFilter<'_>) -> Verdict + Sync + use<> {
+    let need = Need::of(&q.pattern, q.case_insensitive);
+    let prune =
+        use_filters && need != Need::Anything && (q.context == 0 || q.filter == Filter::default());
+    let (since, until) = (q.filter.since_us, q.filter.until_us);
+    move |f: &BlockFilter<'_>| {
+        if use_filters && !f.overlaps(since, until) {
+            Verdict::Skip
+        } else if prune && !need.eval(&mut |lit| f.may_contain(lit)) {
+            Verdict::NoMatch
+        } else {
+            Verdict::Read
+        }
+    }
 }
 
 /// Keeps the head or tail of the result lines (or hands them to a sink), and counts them
@@ -265,7 +324,6 @@ impl Collector<'_> {
 
 /// The per-instance state of a search as it walks the blocks in order.
 struct Searcher<'a, 'b> {
-    re: &'a Regex,
     q: &'a Query,
     id: u64,
     /// Only lines with these sequence numbers count.
@@ -279,8 +337,9 @@ struct Searcher<'a, 'b> {
 }
 
 impl Searcher<'_, '_> {
-    fn block(&mut self, view: BlockView<'_>) {
-        let starts = candidate_lines(self.re, view.data);
+    /// Take in the next block, given the starts of its candidate lines
+    /// ([`candidate_lines`], computed on the pool).
+    fn block(&mut self, view: BlockView<'_>, starts: Vec<usize>) {
         let ctx = self.q.context;
         let in_range = self.seqs.start <= view.first_seq
             && view.first_seq + view.count as u64 <= self.seqs.end;

@@ -5,6 +5,8 @@
 //! - `live`: the append path of live instances and their ring cache.
 //! - `writer`: the one thread that writes redb, commits in groups, and applies retention.
 //! - `schema`: tables, encodings, migrations.
+//! - [`filter`]: each stored block's filter (trigrams, line count, time range), which lets
+//!   a search skip blocks; `scan` reads the blocks a search needs on a small pool.
 //! - [`model`]: instances and events.
 //!
 //! Reads combine the ring and the store so that they answer exactly as the store alone
@@ -17,15 +19,19 @@
 
 pub mod block;
 mod damage;
+pub mod filter;
 mod live;
 pub mod model;
 mod open;
+mod pool;
 mod read;
+mod scan;
 mod schema;
 mod writer;
 
 use open::reopen;
 pub use read::{Follower, History};
+pub use scan::{BlockStats, Verdict};
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::ControlFlow;
@@ -101,6 +107,14 @@ pub struct StoreOptions {
     pub max_line: usize,
     /// redb's page cache.
     pub cache_bytes: usize,
+    /// Store a filter beside each block (`migrations/0004-block-filters.md`), which lets
+    /// searches skip blocks. Off by default for now: the filter records are small rows,
+    /// and redb places the small pages of every later commit (the table directory, the
+    /// instance records) among them, all through the file; a stretch of damaged disk
+    /// then takes the whole store instead of a few blocks (as
+    /// `tests/integration/store_faults.rs` finds, with 1 MiB zeroed mid-file). Reading
+    /// is safe either way: a filter that cannot be read means the block is read.
+    pub block_filters: bool,
     /// After a failed write the writer reopens the store and retries after this long,
     /// doubling up to `retry_max`.
     pub retry_min: Duration,
@@ -125,6 +139,7 @@ impl Default for StoreOptions {
             seal_interval: Duration::from_millis(50),
             max_line: block::DEFAULT_MAX_LINE,
             cache_bytes: 16 << 20,
+            block_filters: false,
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
             #[cfg(test)]

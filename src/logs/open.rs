@@ -96,12 +96,13 @@ impl Store {
         // Two stages, in order: one thread compresses blocks while the other writes and
         // waits on fsync, so compression and the disk overlap instead of adding up.
         let (tx_w, rx_w) = mpsc::channel();
+        let filters = shared.opts.block_filters;
         let compressor = std::thread::Builder::new()
             .name("bpm-store-compress".into())
             .spawn(move || {
                 for msg in rx {
                     if let Msg::Block(b) = &msg {
-                        b.compress();
+                        b.compress(filters);
                     }
                     if tx_w.send(msg).is_err() {
                         return;

@@ -10,7 +10,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::StoreError;
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// `meta`: key -> value. Holds `schema_version`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -36,6 +36,11 @@ pub const INSTANCE_NUMBERS: TableDefinition<u64, u64> = TableDefinition::new("in
 pub const PROCESS_NUMBERS: TableDefinition<(&str, u8), u64> =
     TableDefinition::new("process_numbers");
 
+/// `block_filters`: (instance id, first seq) -> the filter record of the block with that
+/// key (see `filter.rs`): its line count, timestamp range and trigram filter (version 4).
+/// A block without one is scanned.
+pub const BLOCK_FILTERS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("block_filters");
+
 const VERSION_KEY: &str = "schema_version";
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -57,7 +62,8 @@ struct Step {
 
 /// Version 0 is an empty file; version 1 creates every table; version 2 adds event kinds
 /// only (migrations/0002-store-health.md); version 3 numbers each process's instances
-/// (migrations/0003-instance-numbers.md).
+/// (migrations/0003-instance-numbers.md); version 4 adds block filters
+/// (migrations/0004-block-filters.md).
 const STEPS: &[Step] = &[
     Step {
         from: 0,
@@ -70,6 +76,10 @@ const STEPS: &[Step] = &[
     Step {
         from: 2,
         run: to_v3,
+    },
+    Step {
+        from: 3,
+        run: to_v4,
     },
 ];
 
@@ -119,6 +129,14 @@ fn to_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
         numbers.insert(*id, n)?;
         last.insert((process.as_str(), *kind), n)?;
     }
+    Ok(())
+}
+
+/// Version 4 adds the `block_filters` table, empty: blocks stored before have no filter
+/// and are scanned by every search (as every block was before) until retention removes
+/// them. Migrating stays one quick step however large the store.
+fn to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(BLOCK_FILTERS)?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@ mod mcp_compat;
 mod migrations;
 mod orphans;
 mod schemas;
+mod search_filters;
 mod service;
 mod setup;
 mod slow_disk;

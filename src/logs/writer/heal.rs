@@ -92,7 +92,7 @@ impl Writer {
             else {
                 break;
             };
-            let Op::Block { block, stored } = self.group.remove(pos) else {
+            let Op::Block { block, stored, .. } = self.group.remove(pos) else {
                 unreachable!("found above");
             };
             self.give_up_block(&block, stored.len() as u64);
@@ -210,7 +210,7 @@ impl Writer {
                         let op = self.group.remove(i);
                         tracing::error!("left out of the log store: {e}");
                         match op {
-                            Op::Block { block, stored } => {
+                            Op::Block { block, stored, .. } => {
                                 self.give_up_block(&block, stored.len() as u64)
                             }
                             Op::RemoveInstance { id, .. } | Op::TrimBlocks { id, .. } => {
@@ -233,7 +233,7 @@ impl Writer {
             .group
             .drain(..)
             .filter_map(|op| match op {
-                Op::Block { block, stored } => Some((block, stored.len() as u64)),
+                Op::Block { block, stored, .. } => Some((block, stored.len() as u64)),
                 _ => None,
             })
             .collect();

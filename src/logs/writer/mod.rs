@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 use super::block::{self, Block, BlockView};
 use super::model::{Event, EventKind, ExitStatus, InstanceKind, InstanceMeta, now_us};
 use super::schema::{
-    self, BLOCKS, EVENTS, INSTANCE_NUMBERS, INSTANCES, PROCESS_EVENTS, PROCESS_INSTANCES,
-    PROCESS_NUMBERS, PROCESSES,
+    self, BLOCK_FILTERS, BLOCKS, EVENTS, INSTANCE_NUMBERS, INSTANCES, PROCESS_EVENTS,
+    PROCESS_INSTANCES, PROCESS_NUMBERS, PROCESSES,
 };
 use super::{Limits, Shared, StoreError, StoreOptions};
 
@@ -78,6 +78,8 @@ enum Op {
     Block {
         block: Arc<Block>,
         stored: Vec<u8>,
+        /// Its filter record (see `filter.rs`), unless filters are off.
+        filter: Option<Vec<u8>>,
     },
     Start {
         process: String,
@@ -120,9 +122,17 @@ enum Op {
 
 fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
     match op {
-        Op::Block { block, stored } => {
-            txn.open_table(BLOCKS)?
-                .insert((block.instance, block.first_seq), stored.as_slice())?;
+        Op::Block {
+            block,
+            stored,
+            filter,
+        } => {
+            let key = (block.instance, block.first_seq);
+            txn.open_table(BLOCKS)?.insert(key, stored.as_slice())?;
+            if let Some(filter) = filter {
+                txn.open_table(BLOCK_FILTERS)?
+                    .insert(key, filter.as_slice())?;
+            }
         }
         Op::Start {
             process,
@@ -165,6 +175,9 @@ fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
             if *blocks {
                 txn.open_table(BLOCKS)?
                     .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)?;
+                // Filters go with their blocks (a damaged instance keeps both).
+                txn.open_table(BLOCK_FILTERS)?
+                    .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)?;
             }
             txn.open_table(PROCESS_INSTANCES)?
                 .remove((process.as_str(), *kind, *id))?;
@@ -172,6 +185,8 @@ fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
         }
         Op::TrimBlocks { id, below } => {
             txn.open_table(BLOCKS)?
+                .retain_in((*id, 0)..(*id, *below), |_, _| false)?;
+            txn.open_table(BLOCK_FILTERS)?
                 .retain_in((*id, 0)..(*id, *below), |_, _| false)?;
         }
         Op::PutMeta { id, bytes } => {
@@ -539,7 +554,10 @@ impl Writer {
     fn apply(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Block(block) => {
-                let stored = block.take_stored();
+                let block::Stored {
+                    bytes: stored,
+                    filter,
+                } = block.take_stored(self.opts.block_filters);
                 let len = stored.len() as u64;
                 let lines = u64::from(block.view().count);
                 if let Some(m) = self.metas.get_mut(&block.instance) {
@@ -558,7 +576,11 @@ impl Writer {
                     shared.signal_room();
                 }
                 self.retention_due = true;
-                self.push(Op::Block { block, stored });
+                self.push(Op::Block {
+                    block,
+                    stored,
+                    filter,
+                });
                 false
             }
             Msg::Start(meta) => {
