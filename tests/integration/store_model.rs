@@ -689,7 +689,16 @@ impl Harness {
                 .iter()
                 .filter(|l| spec.accepts(l))
                 .collect();
-            let is: Vec<bool> = acc.iter().map(|l| re.is_match(&l.bytes)).collect();
+            // A line is matched as it reads on a terminal: with escape codes, on the
+            // text without them.
+            let reads = |b: &[u8]| {
+                if b.contains(&0x1b) {
+                    strip_ansi_escapes::strip(b)
+                } else {
+                    b.to_vec()
+                }
+            };
+            let is: Vec<bool> = acc.iter().map(|l| re.is_match(&reads(&l.bytes))).collect();
             matched += is.iter().filter(|&&b| b).count() as u64;
             for (k, l) in acc.iter().enumerate() {
                 let lo = k.saturating_sub(context);
