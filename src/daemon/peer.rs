@@ -70,20 +70,15 @@ pub fn socket_owner(local: SocketAddr, remote: SocketAddr) -> Option<u32> {
 
 /// [`socket_owner`] through netlink: `Err` only when netlink itself fails.
 pub fn diag_owner(local: SocketAddr, remote: SocketAddr) -> std::io::Result<Option<u32>> {
-    use nix::sys::socket::{
-        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
-        socket,
+    use crate::supervisor::sockdiag::{
+        self, HEADER_LEN, INODE_AT, LOOKUP_REQUEST, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, SockId,
+        UID_AT,
     };
+    use nix::sys::socket::{AddressFamily, MsgFlags, recv};
     use std::os::fd::AsRawFd as _;
 
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const NLM_F_REQUEST: u16 = 1;
-    const NLMSG_ERROR: u16 = 2;
-    const IPPROTO_TCP: u8 = 6;
-    const NLMSG_HDRLEN: usize = 16;
-
     // An IPv4 pair is looked up as IPv4 (the kernel finds dual-stack sockets so too).
-    let (family, l, r) = match (local.ip().to_canonical(), remote.ip().to_canonical()) {
+    let (family, src, dst) = match (local.ip().to_canonical(), remote.ip().to_canonical()) {
         (IpAddr::V4(l), IpAddr::V4(r)) => {
             let wide = |ip: Ipv4Addr| {
                 let mut b = [0u8; 16];
@@ -100,34 +95,18 @@ pub fn diag_owner(local: SocketAddr, remote: SocketAddr) -> std::io::Result<Opti
             (libc_af(AddressFamily::Inet6), v6(l), v6(r))
         }
     };
-    // nlmsghdr, then inet_diag_req_v2 with its inet_diag_sockid.
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
-    req.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-    req.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    req.extend_from_slice(&local.port().to_be_bytes());
-    req.extend_from_slice(&remote.port().to_be_bytes());
-    req.extend_from_slice(&l);
-    req.extend_from_slice(&r);
-    req.extend_from_slice(&0u32.to_ne_bytes()); // any interface
-    req.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
-    debug_assert_eq!(req.len(), 72);
-
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )?;
-    sendto(
-        fd.as_raw_fd(),
-        &req,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
+    let id = SockId {
+        sport: local.port(),
+        dport: remote.port(),
+        src,
+        dst,
+        cookie: [0xff; 8], // INET_DIAG_NOCOOKIE
+    };
+    let fd = sockdiag::open()?;
+    // In every state.
+    sockdiag::send(
+        &fd,
+        &sockdiag::request(family, LOOKUP_REQUEST, u32::MAX, &id),
     )?;
     // The kernel answers within the send; never wait here.
     let mut buf = [0u8; 512];
@@ -144,7 +123,7 @@ pub fn diag_owner(local: SocketAddr, remote: SocketAddr) -> std::io::Result<Opti
         .map(|b| u16::from_ne_bytes([b[0], b[1]]))
         .ok_or_else(|| std::io::Error::other("short socket diagnostics answer"))?;
     if kind == NLMSG_ERROR {
-        let errno = -(word(NLMSG_HDRLEN)? as i32);
+        let errno = -(word(HEADER_LEN)? as i32);
         // ENOENT: no such socket.
         return if errno == nix::errno::Errno::ENOENT as i32 {
             Ok(None)
@@ -157,9 +136,8 @@ pub fn diag_owner(local: SocketAddr, remote: SocketAddr) -> std::io::Result<Opti
             "unexpected socket diagnostics answer type {kind}"
         )));
     }
-    // inet_diag_msg: family state timer retrans, sockid (48), expires rqueue wqueue, uid, inode.
-    let uid = word(NLMSG_HDRLEN + 64)?;
-    let inode = word(NLMSG_HDRLEN + 68)?;
+    let uid = word(HEADER_LEN + UID_AT)?;
+    let inode = word(HEADER_LEN + INODE_AT)?;
     Ok((inode != 0).then_some(uid))
 }
 

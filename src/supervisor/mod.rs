@@ -25,4 +25,4 @@ pub mod process;
 pub mod procgroup;
 pub mod reaper;
 pub mod scope;
-mod sockdiag;
+pub(crate) mod sockdiag;

@@ -9,30 +9,34 @@
 //!
 //! Only what is needed is decoded: each answer's source port and socket inode. Layouts
 //! are those of `linux/inet_diag.h` and `linux/netlink.h`; header fields are in the
-//! host's byte order, ports in network order.
+//! host's byte order, ports in network order. The request and the socket are shared with
+//! the daemon's lookup of a TCP peer's uid (`daemon::peer`).
 
 use std::collections::HashMap;
 
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
 };
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
-/// `SOCK_DIAG_BY_FAMILY`: the request type of an inet_diag dump.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `SOCK_DIAG_BY_FAMILY`: the request (and answer) type of inet_diag.
+pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `NLM_F_REQUEST`: one socket, named by the request's sockid.
+pub(crate) const LOOKUP_REQUEST: u16 = 0x1;
 /// `NLM_F_REQUEST | NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).
 const DUMP_REQUEST: u16 = 0x1 | 0x300;
-const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 /// `struct nlmsghdr`: len u32, type u16, flags u16, seq u32, pid u32.
-const HEADER_LEN: usize = 16;
+pub(crate) const HEADER_LEN: usize = 16;
 /// `struct inet_diag_req_v2`: family, protocol, ext, pad (u8 each), states u32, and a
 /// 48-byte `inet_diag_sockid`.
 const REQUEST_LEN: usize = 56;
-/// In `struct inet_diag_msg`: the source port (after family, state, timer, retrans) and
-/// the inode (after the 48-byte sockid and expires, rqueue, wqueue, uid).
+/// In `struct inet_diag_msg`: the source port (after family, state, timer, retrans), the
+/// uid and the inode (after the 48-byte sockid and expires, rqueue, wqueue).
 const SPORT_AT: usize = 4;
-const INODE_AT: usize = 4 + 48 + 16;
+pub(crate) const UID_AT: usize = 4 + 48 + 12;
+pub(crate) const INODE_AT: usize = 4 + 48 + 16;
 /// `TCP_LISTEN` in the kernel's `tcp_states.h`; the request's `states` is a bit mask.
 const TCP_LISTEN: u32 = 10;
 const IPPROTO_TCP: u8 = 6;
@@ -43,34 +47,44 @@ const SEQ: u32 = 0x6270_6d31;
 /// `None` when the kernel does not offer sock_diag (not Linux, no `CONFIG_INET_DIAG`, a
 /// sandbox that forbids netlink): the caller falls back to `/proc/net/tcp`.
 pub fn listening_sockets() -> Option<HashMap<u64, u16>> {
-    let fd = socket(
+    let fd = open().ok()?;
+    let mut out = HashMap::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        dump(&fd, family as u8, &mut out)?;
+    }
+    Some(out)
+}
+
+/// A socket to ask the kernel's socket diagnostics through.
+pub(crate) fn open() -> nix::Result<OwnedFd> {
+    socket(
         AddressFamily::Netlink,
         SockType::Raw,
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkSockDiag,
     )
-    .ok()?;
-    let mut out = HashMap::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        dump(fd.as_raw_fd(), family as u8, &mut out)?;
-    }
-    Some(out)
 }
 
-/// One dump of `family`'s listening TCP sockets into `out`.
-fn dump(fd: std::os::fd::RawFd, family: u8, out: &mut HashMap<u64, u16>) -> Option<()> {
+/// Send `request` to the kernel on `fd`.
+pub(crate) fn send(fd: &OwnedFd, request: &[u8]) -> nix::Result<()> {
     sendto(
-        fd,
-        &request(family),
+        fd.as_raw_fd(),
+        request,
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )
-    .ok()?;
+    .map(drop)
+}
+
+/// One dump of `family`'s listening TCP sockets into `out`.
+fn dump(fd: &OwnedFd, family: u8, out: &mut HashMap<u64, u16>) -> Option<()> {
+    let listening = request(family, DUMP_REQUEST, 1 << TCP_LISTEN, &SockId::default());
+    send(fd, &listening).ok()?;
     // The kernel sends as much as fits in the receiver's buffer per datagram; `ss` uses
     // 32 KiB too.
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        let n = recv(fd, &mut buf, MsgFlags::empty()).ok()?;
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).ok()?;
         if n == 0 {
             return None;
         }
@@ -81,17 +95,43 @@ fn dump(fd: std::os::fd::RawFd, family: u8, out: &mut HashMap<u64, u16>) -> Opti
     }
 }
 
-fn request(family: u8) -> [u8; HEADER_LEN + REQUEST_LEN] {
+/// An `inet_diag_sockid`: the socket a lookup names (all zero in a dump, which matches
+/// every socket). Addresses are 16 bytes, an IPv4 one in the first 4.
+#[derive(Default)]
+pub(crate) struct SockId {
+    pub sport: u16,
+    pub dport: u16,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// `INET_DIAG_NOCOOKIE` (all ones) in a lookup that does not know the cookie.
+    pub cookie: [u8; 8],
+}
+
+/// A TCP inet_diag request of `family` (`AF_INET`, `AF_INET6`) for the sockets in
+/// `states` (a bit mask of TCP states), with `flags` ([`LOOKUP_REQUEST`] or a dump).
+pub(crate) fn request(
+    family: u8,
+    flags: u16,
+    states: u32,
+    id: &SockId,
+) -> [u8; HEADER_LEN + REQUEST_LEN] {
     let mut msg = [0u8; HEADER_LEN + REQUEST_LEN];
     msg[0..4].copy_from_slice(&((HEADER_LEN + REQUEST_LEN) as u32).to_ne_bytes());
     msg[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    msg[6..8].copy_from_slice(&DUMP_REQUEST.to_ne_bytes());
+    msg[6..8].copy_from_slice(&flags.to_ne_bytes());
     msg[8..12].copy_from_slice(&SEQ.to_ne_bytes());
-    // pid 0: the kernel. The sockid (left zero) matches every socket in a dump.
+    // pid 0: the kernel.
     let req = &mut msg[HEADER_LEN..];
     req[0] = family;
     req[1] = IPPROTO_TCP;
-    req[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    req[4..8].copy_from_slice(&states.to_ne_bytes());
+    let sockid = &mut req[8..];
+    sockid[0..2].copy_from_slice(&id.sport.to_be_bytes());
+    sockid[2..4].copy_from_slice(&id.dport.to_be_bytes());
+    sockid[4..20].copy_from_slice(&id.src);
+    sockid[20..36].copy_from_slice(&id.dst);
+    // 36..40: the interface, 0 for any.
+    sockid[40..48].copy_from_slice(&id.cookie);
     msg
 }
 
