@@ -6,6 +6,8 @@
 //!   every 0.2 ms during the same start). Target: the answer at most 10 ms after the port
 //!   accepts.
 //! - `get_status` with 20 such servers (their ports in the report): p50. Target <= 0.5 ms.
+//!   Beside it, the p50 of an MCP `ping` on the same session: the round trip of the
+//!   transport and both rmcp peers alone, which no server work can go below.
 //!
 //! Each figure is measured for this build and, with `BPM_BASELINE=/path/to/bpm` (a build
 //! of the version to compare with), for that binary in the same run.
@@ -17,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
-use rmcp::model::ClientConfig;
+use rmcp::model::{ClientConfig, ClientRequest, PingRequest};
 use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::{Value, json};
 
@@ -84,6 +86,7 @@ struct Figures {
     lag_ms: f64,
     status_p50_ms: f64,
     status_p99_ms: f64,
+    ping_p50_ms: f64,
 }
 
 async fn measure(bin: &str) -> Figures {
@@ -162,6 +165,19 @@ async fn measure(bin: &str) -> Figures {
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
+    let mut pings = Vec::with_capacity(STATUS_CALLS);
+    for _ in 0..STATUS_CALLS {
+        let t = Instant::now();
+        client
+            .peer()
+            .send_request(ClientRequest::PingRequest(PingRequest {
+                method: Default::default(),
+                extensions: Default::default(),
+            }))
+            .await
+            .unwrap();
+        pings.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
     client.cancel().await.unwrap();
     Figures {
         accept_ms: median(accepts),
@@ -169,6 +185,7 @@ async fn measure(bin: &str) -> Figures {
         lag_ms: median(lags),
         status_p50_ms: times[STATUS_CALLS / 2],
         status_p99_ms: times[STATUS_CALLS * 99 / 100],
+        ping_p50_ms: median(pings),
     }
 }
 
@@ -181,6 +198,11 @@ fn report(what: &str, f: &Figures) {
     println!(
         "    get_status, {SERVERS} servers with their ports: p50 {:.3} ms  p99 {:.3} ms (target p50 <= 0.5 ms)",
         f.status_p50_ms, f.status_p99_ms
+    );
+    println!(
+        "    MCP ping on the same session: p50 {:.3} ms; get_status - ping {:.3} ms",
+        f.ping_p50_ms,
+        f.status_p50_ms - f.ping_p50_ms
     );
 }
 

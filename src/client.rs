@@ -239,6 +239,11 @@ fn query<T: serde::Serialize>(q: &T) -> Result<String, ClientError> {
 pub struct Client {
     target: Target,
     remote: Option<Remote>,
+    /// The front end that acts, as the daemon records it in events ([`CLIENT_HEADER`]'s
+    /// value: `cli` or `tui`).
+    ///
+    /// [`CLIENT_HEADER`]: crate::daemon::http::CLIENT_HEADER
+    front_end: &'static str,
 }
 
 /// A daemon reached over TCP: `HOST:PORT`, and the bearer token its guard wants.
@@ -254,6 +259,15 @@ impl Client {
         Client {
             target,
             remote: None,
+            front_end: "cli",
+        }
+    }
+
+    /// This client's actions are the TUI's (the daemon's events say so).
+    pub fn for_tui(self) -> Client {
+        Client {
+            front_end: "tui",
+            ..self
         }
     }
 
@@ -286,6 +300,7 @@ impl Client {
                 project_dir: None,
             },
             remote: Some(Remote { authority, token }),
+            front_end: "cli",
         })
     }
 
@@ -357,7 +372,7 @@ impl Client {
         extra: &[(&str, &str)],
     ) -> Result<Response, ClientError> {
         // The API refuses a POST without one of these (a web page could have sent it).
-        let mut headers = vec![(crate::daemon::http::CLIENT_HEADER, "1")];
+        let mut headers = vec![(crate::daemon::http::CLIENT_HEADER, self.front_end)];
         if body.is_some() {
             headers.push(("content-type", "application/json"));
         }

@@ -308,7 +308,7 @@ fn print_report(o: &StatusOutput, offline: bool, color: bool) -> anyhow::Result<
         }
         writeln!(out, "\nrecent events:")?;
         for e in &p.recent_events {
-            writeln!(out, "  {}  {}", e.at, e.what)?;
+            writeln!(out, "  {}  {}", e.at, e.line())?;
         }
         if let Some(lines) = o.last_lines.as_ref().filter(|l| !l.is_empty()) {
             writeln!(out, "\nlast lines:")?;

@@ -24,8 +24,18 @@ use crate::logs::{Actor, StoreError};
 use crate::protocol::{ApiError, FollowQuery, LogQuery, ModeBody, StartRequest, StopQuery};
 use crate::search::SearchError;
 
-/// The header that marks a request as coming from a program, not a web page.
+/// The header that marks a request as coming from a program, not a web page. Its value
+/// names the front end, which events record as the actor: `tui` for the TUI, anything
+/// else (bpm's CLI sends `cli`) for the CLI.
 pub const CLIENT_HEADER: &str = "x-bpm-client";
+
+/// Who acts, from [`CLIENT_HEADER`].
+fn actor(headers: &HeaderMap) -> Actor {
+    match headers.get(CLIENT_HEADER).map(|v| v.as_bytes()) {
+        Some(b"tui") => Actor::Tui,
+        _ => Actor::Cli,
+    }
+}
 
 /// How long a follow stream may stay silent before it sends an empty line: a client that
 /// went away is noticed when that write fails, and its stream ends.
@@ -119,22 +129,31 @@ async fn status_one(State(ops): State<Ops>, Path(name): Path<String>) -> Result<
     Ok(Json(ops.status(Some(&name)).await?).into_response())
 }
 
-async fn start(State(ops): State<Ops>, bytes: Bytes) -> Result<Response, OpError> {
+async fn start(
+    State(ops): State<Ops>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, OpError> {
     let req: StartRequest = body(&bytes)?;
-    Ok(Json(ops.start(req, Actor::Cli).await?).into_response())
+    Ok(Json(ops.start(req, actor(&headers)).await?).into_response())
 }
 
 async fn stop(
     State(ops): State<Ops>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, OpError> {
     let q: StopQuery = query(q)?;
-    Ok(Json(ops.stop(&name, q.force, Actor::Cli).await?).into_response())
+    Ok(Json(ops.stop(&name, q.force, actor(&headers)).await?).into_response())
 }
 
-async fn restart(State(ops): State<Ops>, Path(name): Path<String>) -> Result<Response, OpError> {
-    Ok(Json(ops.restart(&name, Actor::Cli, None).await?).into_response())
+async fn restart(
+    State(ops): State<Ops>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, OpError> {
+    Ok(Json(ops.restart(&name, actor(&headers), None).await?).into_response())
 }
 
 async fn remove(
@@ -211,8 +230,12 @@ async fn get_mode(State(ops): State<Ops>) -> Response {
     Json(ModeBody { mode: ops.mode() }).into_response()
 }
 
-async fn set_mode(State(ops): State<Ops>, bytes: Bytes) -> Result<Response, OpError> {
+async fn set_mode(
+    State(ops): State<Ops>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Result<Response, OpError> {
     let b: ModeBody = body(&bytes)?;
-    let mode = ops.set_mode(b.mode, Actor::Cli).await?;
+    let mode = ops.set_mode(b.mode, actor(&headers)).await?;
     Ok(Json(ModeBody { mode }).into_response())
 }

@@ -30,7 +30,7 @@ mod schema;
 mod writer;
 
 use open::reopen;
-pub use read::{Follower, History};
+pub use read::{Follower, History, HistoryEvent};
 pub use scan::{BlockStats, Verdict};
 
 use std::collections::{BTreeSet, HashMap};
@@ -336,6 +336,11 @@ pub(crate) struct Shared {
     writer: Mutex<Option<std::thread::JoinHandle<Option<Arc<Database>>>>>,
     /// Written by the writer on failures and recoveries only (never per line).
     pub(crate) health: Mutex<StoreHealth>,
+    /// Counts the changes a reader of instance records and events could see: every
+    /// commit, and every instance entering or leaving the live map. Bumped after the
+    /// change, so a reader that loads it before its transaction sees at least that
+    /// generation (see [`Store::generation`]).
+    pub(crate) generation: AtomicU64,
 }
 
 impl Shared {
@@ -424,6 +429,7 @@ impl Shared {
             let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
             live.remove(&id)
         };
+        self.generation.fetch_add(1, Ordering::Release);
         if let Some(l) = removed {
             // Wake followers: the instance is over and all of it is in the store now.
             l.seq_tx.send_modify(|_| {});
@@ -508,6 +514,13 @@ impl Store {
             DbState::Open(Db::Rw(_)) | DbState::Reopening(_) => Ok(()),
             DbState::Closed => Err(StoreError::WriterGone),
         }
+    }
+
+    /// A number that changes whenever what [`Store::histories`] reads may have changed
+    /// (a commit, an instance beginning or leaving the live map). Load it before a read:
+    /// while it stays the same, that read still holds. Cheap (no I/O).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// How the store is doing: whether writes reach the disk, the last error, and the
@@ -611,6 +624,7 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, live.clone());
+        self.shared.generation.fetch_add(1, Ordering::Release);
         if !self.shared.send(Msg::Start(Box::new(meta))) {
             self.shared.remove_live(id);
             return Err(StoreError::WriterGone);

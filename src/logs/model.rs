@@ -135,6 +135,20 @@ pub enum Actor {
     Daemon,
 }
 
+/// Who acted, as event lines name it: "restart requested by the TUI".
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Actor::Mcp => "an agent (MCP)",
+            Actor::Cli => "the CLI",
+            Actor::Tui => "the TUI",
+            Actor::CrashPolicy => "the restart policy",
+            Actor::ModeSwitch => "a mode switch",
+            Actor::Daemon => "the daemon",
+        })
+    }
+}
+
 /// A lifecycle record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
@@ -236,8 +250,8 @@ impl std::fmt::Display for EventKind {
             EventKind::BackoffWait { seconds } => {
                 write!(f, "waiting {seconds:.1}s before restarting")
             }
-            EventKind::RestartRequested { by } => write!(f, "restart requested by {by:?}"),
-            EventKind::StopRequested { by } => write!(f, "stop requested by {by:?}"),
+            EventKind::RestartRequested { by } => write!(f, "restart requested by {by}"),
+            EventKind::StopRequested { by } => write!(f, "stop requested by {by}"),
             EventKind::BuildStarted { argv } => write!(f, "build started: {}", argv.join(" ")),
             EventKind::BuildFinished { ok, duration_ms } => write!(
                 f,
@@ -246,7 +260,7 @@ impl std::fmt::Display for EventKind {
                 secs(duration_ms)
             ),
             EventKind::ModeSwitched { from, to, by } => {
-                write!(f, "mode {from} -> {to} by {by:?}")
+                write!(f, "mode {from} -> {to} by {by}")
             }
             EventKind::DaemonStarted { pid } => write!(f, "daemon started (pid {pid})"),
             EventKind::DaemonStopped => f.write_str("daemon stopped"),
@@ -264,7 +278,7 @@ impl std::fmt::Display for EventKind {
                 )
             }
             EventKind::RetentionRemoved { instance, why, .. } => {
-                write!(f, "retention removed instance #{instance}: {why}")
+                write!(f, "removed instance #{instance}: {why}")
             }
             EventKind::PortConflict { port, holder } => match holder {
                 Some(h) => write!(f, "port {port} is in use by {h}"),

@@ -82,6 +82,7 @@ impl Store {
             next_instance: AtomicU64::new(next_instance),
             numbers: Mutex::new(numbers),
             live: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             writer: Mutex::new(None),
             health: Mutex::new(StoreHealth {
                 writable: true,
@@ -186,6 +187,7 @@ impl Store {
                 next_instance: AtomicU64::new(0),
                 numbers: Mutex::new(HashMap::new()),
                 live: RwLock::new(HashMap::new()),
+                generation: AtomicU64::new(0),
                 writer: Mutex::new(None),
                 health: Mutex::new(StoreHealth::default()),
             }),

@@ -18,7 +18,15 @@ pub struct History {
     /// The newest run.
     pub last_run: Option<InstanceMeta>,
     /// The newest events, oldest first.
-    pub events: Vec<Event>,
+    pub events: Vec<HistoryEvent>,
+}
+
+/// An event, and the run or build it is about as the process numbers them (run #3),
+/// where the event names one still retained.
+#[derive(Debug, Clone)]
+pub struct HistoryEvent {
+    pub event: Event,
+    pub instance: Option<(InstanceKind, u64)>,
 }
 
 fn numbers_of(txn: &redb::ReadTransaction) -> Result<Numbers, StoreError> {
@@ -245,7 +253,17 @@ impl Store {
                 .take(events)
             {
                 if let Some(v) = event_rows.get(row?.0.value().1)? {
-                    recent.push(schema::decode("event", v.value())?);
+                    let event: Event = schema::decode("event", v.value())?;
+                    // Numbered as `instances` numbers them: not migrated yet, none.
+                    let instance = match (event.instance, &numbers) {
+                        (Some(id), Some(_)) => match self.meta_in(&metas, &numbers, id) {
+                            Ok(m) => Some((m.kind, m.number)),
+                            Err(StoreError::NoSuchInstance(_)) => None,
+                            Err(e) => return Err(e),
+                        },
+                        _ => None,
+                    };
+                    recent.push(HistoryEvent { event, instance });
                 }
             }
             recent.reverse();

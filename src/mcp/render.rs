@@ -223,7 +223,7 @@ pub fn status_text(r: &StatusReport, single: bool) -> String {
             &p.recent_events[p.recent_events.len().saturating_sub(1)..]
         };
         for e in events {
-            let _ = writeln!(out, "    {} {}", e.at, e.what);
+            let _ = writeln!(out, "    {} {}", e.at, e.line());
         }
     }
     out

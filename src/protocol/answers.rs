@@ -191,16 +191,49 @@ pub struct ProcessReport {
 pub struct EventReport {
     /// When (ISO 8601, UTC).
     pub at: String,
+    /// The store's id of the run or build it is about (global, as `instance` in log
+    /// queries).
     pub instance: Option<u64>,
+    /// That run or build as the process numbers them: `{"kind": "run", "number": 3}` is
+    /// its run #3. Absent when the event is about none, or it is no longer retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of: Option<InstanceNumber>,
     /// What happened, in words.
     pub what: String,
 }
 
-impl From<&crate::logs::Event> for EventReport {
-    fn from(e: &crate::logs::Event) -> EventReport {
+/// A run or build as its process numbers them (run #3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InstanceNumber {
+    pub kind: InstanceKind,
+    pub number: u64,
+}
+
+impl std::fmt::Display for InstanceNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} #{}", self.kind.noun(), self.number)
+    }
+}
+
+impl EventReport {
+    /// The event in words, with the run it is about: "exited (code 3) after 0.2s (run #2)".
+    pub fn line(&self) -> String {
+        match &self.of {
+            Some(of) => format!("{} ({of})", self.what),
+            None => self.what.clone(),
+        }
+    }
+}
+
+impl From<&crate::logs::HistoryEvent> for EventReport {
+    fn from(h: &crate::logs::HistoryEvent) -> EventReport {
+        let e = &h.event;
         EventReport {
             at: format_ts(e.ts_us),
             instance: e.instance,
+            of: h
+                .instance
+                .map(|(kind, number)| InstanceNumber { kind, number }),
             what: e.kind.to_string(),
         }
     }

@@ -34,12 +34,17 @@ impl Source {
                     .ok()
                     .map(|t| t.trim().to_owned())
                     .filter(|t| !t.is_empty());
-                (Client::remote(url, token).map_err(|e| e.to_string())?, None)
+                (
+                    Client::remote(url, token)
+                        .map_err(|e| e.to_string())?
+                        .for_tui(),
+                    None,
+                )
             }
             None => {
                 let opts = client::DaemonOptions::new(args.data_dir.clone(), false);
                 let target = client::locate(opts.data_dir.as_deref(), &opts.cwd);
-                (Client::new(target.clone()), Some(target))
+                (Client::new(target.clone()).for_tui(), Some(target))
             }
         };
         Ok(Source {

@@ -353,5 +353,20 @@ fn bpm_rm_with_logs_deletes_them_from_the_store_and_without_keeps_them() {
     };
     assert_eq!(runs("gone"), 0);
     assert_eq!(runs("keep"), 1);
+    // The removal is recorded as the user's, with the runs' own numbers.
+    let events: Vec<String> = store
+        .events(Some("gone"), 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.kind.to_string())
+        .filter(|e| e.starts_with("removed instance"))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.ends_with("run #2, with its process (`bpm rm --logs`)")),
+        "{events:?}"
+    );
     assert!(!store.process_names().unwrap().contains(&"gone".to_owned()));
 }

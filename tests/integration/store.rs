@@ -288,11 +288,17 @@ fn retention_keeps_the_newest_instances_and_trims_a_huge_one() {
         .collect();
     assert_eq!(kept, ids[2..]);
     let ev = store.events(Some("r"), 100).unwrap();
-    let removed = ev
+    let removed: Vec<String> = ev
         .iter()
         .filter(|e| matches!(e.kind, EventKind::RetentionRemoved { .. }))
-        .count();
-    assert_eq!(removed, 2);
+        .map(|e| e.kind.to_string())
+        .collect();
+    assert_eq!(removed.len(), 2);
+    // Named by the run number people know, and by what removed it.
+    assert!(
+        removed[0].contains(": run #1, by retention: more than 3 run instances"),
+        "{removed:?}"
+    );
 
     // One instance alone over max_bytes loses its oldest lines, keeps its newest.
     let w = store
@@ -459,6 +465,12 @@ fn events_are_kept_per_process() {
 fn histories_agree_with_instances_and_events() {
     let dir = tempdir();
     let store = open(&dir.path().join("s.redb"));
+    // Another process's run first, so api's global ids are not its run numbers.
+    store
+        .begin_instance("other", InstanceKind::Run, SpawnInfo::default())
+        .unwrap()
+        .finish(ExitStatus::Code(0))
+        .unwrap();
     for i in 0..3 {
         let w = store
             .begin_instance("api", InstanceKind::Run, SpawnInfo::default())
@@ -478,11 +490,27 @@ fn histories_agree_with_instances_and_events() {
             },
         );
     }
+    // An event about api's second run, which the store knows by another id.
+    let second = store.instances("api", InstanceKind::Run).unwrap()[1].id;
+    assert_ne!(second, 2);
+    store.record(
+        Some("api"),
+        Some(second),
+        EventKind::Note {
+            text: "about run 2".into(),
+        },
+    );
     store.flush().unwrap();
+    let before = store.generation();
     // Begun after the flush: live, perhaps not committed yet.
     let live = store
         .begin_instance("web", InstanceKind::Run, SpawnInfo::default())
         .unwrap();
+    assert_ne!(
+        store.generation(),
+        before,
+        "a new instance is a change status sees"
+    );
     let h = store.histories(&["api", "web", "none"], 5).unwrap();
     assert_eq!(h.len(), 3);
     let api_runs = store.instances("api", InstanceKind::Run).unwrap();
@@ -496,7 +524,7 @@ fn histories_agree_with_instances_and_events() {
     assert_eq!(
         h[0].events
             .iter()
-            .map(|e| e.kind.clone())
+            .map(|e| e.event.kind.clone())
             .collect::<Vec<_>>(),
         store
             .events(Some("api"), 5)
@@ -506,13 +534,21 @@ fn histories_agree_with_instances_and_events() {
             .collect::<Vec<_>>()
     );
     assert_eq!(h[0].events.len(), 5);
+    let numbered: Vec<_> = h[0].events.iter().map(|e| e.instance).collect();
+    assert_eq!(
+        numbered,
+        [None, None, None, None, Some((InstanceKind::Run, 2))],
+        "only the last event names a run, by its number"
+    );
     assert_eq!(h[1].runs, 1);
     assert_eq!(h[1].last_run.as_ref().map(|m| m.id), Some(live.id()));
     assert!(h[1].last_run.as_ref().unwrap().is_live());
     assert_eq!((h[2].runs, h[2].builds, h[2].events.len()), (0, 0, 0));
     assert!(h[2].last_run.is_none());
+    let before = store.generation();
     live.finish(ExitStatus::Code(0)).unwrap();
     store.flush().unwrap();
+    assert_ne!(store.generation(), before, "an end is a change status sees");
     let again = store.histories(&["web"], 5).unwrap();
     assert_eq!(again[0].runs, 1);
     assert_eq!(

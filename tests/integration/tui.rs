@@ -154,6 +154,14 @@ fn browse_restart_earlier_runs_search_and_quit() {
         number_after(s, "last ").filter(|&p| p != first && s.contains("(2/2)"))
     });
     tui.wait_text("the restart's result", "restarted web");
+    // The daemon records who asked.
+    let api = daemon.api();
+    wait_for("the restart event", || {
+        let events = api.process("web")["recent_events"].to_string();
+        events
+            .contains("restart requested by the TUI")
+            .then_some(())
+    });
 
     // `[` shows the previous run, and how it ended.
     tui.keys("[");

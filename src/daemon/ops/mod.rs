@@ -145,6 +145,8 @@ struct Inner {
     /// Where running processes listen (see [`Ops::observe`]). A std lock: held only to
     /// copy or replace the map.
     observed: Mutex<status::Observed>,
+    /// The last histories status read from the store (see `status.rs`).
+    histories: Mutex<status::HistoryCache>,
     /// Cancelled when the daemon shuts down, so that open `follow` streams end (the HTTP
     /// server's graceful shutdown waits for them). A child of the daemon's token.
     closing: CancellationToken,
@@ -168,6 +170,7 @@ impl Ops {
                 config,
                 passthrough,
                 processes: RwLock::new(BTreeMap::new()),
+                histories: Mutex::default(),
                 start_lock: tokio::sync::Mutex::new(()),
                 // Starts in release: after a boot nobody is developing yet.
                 mode: watch::channel(Mode::Release).0,

@@ -24,31 +24,19 @@ impl Ops {
                 .map(|(n, m)| (n.clone(), m.handle.clone(), m.spec.clone(), m.runtime))
                 .collect()
         };
-        let store = self.inner.store.clone();
         let observed = self.observed();
-        let processes = tokio::task::spawn_blocking(move || {
-            let names: Vec<&str> = selected.iter().map(|(n, ..)| n.as_str()).collect();
-            let histories = store.histories(&names, RECENT_EVENTS)?;
-            Ok::<_, StoreError>(
-                selected
-                    .into_iter()
-                    .zip(histories)
-                    .map(|((_, handle, spec, runtime), history)| {
-                        let mut r = process_report(
-                            handle.status_now(),
-                            history,
-                            spec.argv,
-                            spec.cwd,
-                            runtime,
-                        );
-                        (r.ports, r.url) = observed.where_(&r.status);
-                        r
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .await
-        .map_err(|e| OpError::BadRequest(e.to_string()))??;
+        let names: Vec<String> = selected.iter().map(|(n, ..)| n.clone()).collect();
+        let histories = self.histories(names).await?;
+        let processes = selected
+            .into_iter()
+            .zip(histories)
+            .map(|((_, handle, spec, runtime), history)| {
+                let mut r =
+                    process_report(handle.status_now(), history, spec.argv, spec.cwd, runtime);
+                (r.ports, r.url) = observed.where_(&r.status);
+                r
+            })
+            .collect();
         Ok(StatusReport {
             mode: self.mode(),
             daemon_pid: std::process::id(),
@@ -57,6 +45,65 @@ impl Ops {
             store: self.inner.store.health(),
             processes,
         })
+    }
+}
+
+impl Ops {
+    /// The processes' histories, from the store, or from the last read while the store
+    /// has not changed since (agents poll status; most polls find nothing new, and then
+    /// answer without a blocking thread or a read transaction).
+    async fn histories(&self, names: Vec<String>) -> Result<Vec<History>, OpError> {
+        let generation = self.inner.store.generation();
+        if let Some(hit) = self.cache().get(generation, &names) {
+            return Ok(hit);
+        }
+        let store = self.inner.store.clone();
+        let (names, histories) = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let histories = store.histories(&refs, RECENT_EVENTS)?;
+            Ok::<_, StoreError>((names, histories))
+        })
+        .await
+        .map_err(|e| OpError::BadRequest(e.to_string()))??;
+        self.cache().put(generation, &names, &histories);
+        Ok(histories)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HistoryCache> {
+        self.inner
+            .histories
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Histories read at one store generation ([`Store::generation`]), by process name.
+#[derive(Default)]
+pub(crate) struct HistoryCache {
+    generation: u64,
+    by_name: std::collections::HashMap<String, History>,
+}
+
+impl HistoryCache {
+    fn get(&self, generation: u64, names: &[String]) -> Option<Vec<History>> {
+        if generation != self.generation {
+            return None;
+        }
+        names.iter().map(|n| self.by_name.get(n).cloned()).collect()
+    }
+
+    /// Keeps what was read at `generation`; what was kept of an older one goes.
+    fn put(&mut self, generation: u64, names: &[String], histories: &[History]) {
+        if generation < self.generation {
+            return;
+        }
+        if generation > self.generation {
+            self.by_name.clear();
+            self.generation = generation;
+        }
+        for (n, h) in names.iter().zip(histories) {
+            self.by_name.insert(n.clone(), h.clone());
+        }
     }
 }
 

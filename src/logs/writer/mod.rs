@@ -758,6 +758,9 @@ impl Writer {
         self.group_bytes = 0;
         self.group_lines = 0;
         let shared = self.shared.upgrade();
+        if let Some(shared) = &shared {
+            shared.generation.fetch_add(1, Ordering::Release);
+        }
         for id in self.ended.drain(..) {
             self.metas.remove(&id);
             if let Some(shared) = &shared {

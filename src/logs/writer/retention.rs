@@ -82,7 +82,7 @@ impl Writer {
         for (process, _) in &self.remove_logs {
             for x in per_proc.get(process.as_str()).into_iter().flatten() {
                 if !x.3 && gone.insert(x.0) {
-                    removals.push((x.0, "removed with its process (`rm --logs`)".to_owned()));
+                    removals.push((x.0, "with its process (`bpm rm --logs`)".to_owned()));
                 }
             }
         }
@@ -96,7 +96,10 @@ impl Writer {
                 let excess = ids.len().saturating_sub(keep.max(1) as usize);
                 for x in ids.iter().take(excess) {
                     if !x.3 && gone.insert(x.0) {
-                        removals.push((x.0, format!("more than {keep} {} instances", kind.noun())));
+                        removals.push((
+                            x.0,
+                            format!("by retention: more than {keep} {} instances", kind.noun()),
+                        ));
                     }
                 }
             }
@@ -121,7 +124,10 @@ impl Writer {
                     bytes = lim.max_bytes;
                 } else {
                     gone.insert(x.0);
-                    removals.push((x.0, format!("process over {} bytes", lim.max_bytes)));
+                    removals.push((
+                        x.0,
+                        format!("by retention: process over {} bytes", lim.max_bytes),
+                    ));
                     bytes -= x.2;
                 }
             }
@@ -146,7 +152,7 @@ impl Writer {
                 total = cap;
             } else {
                 gone.insert(*id);
-                removals.push((*id, format!("store over {cap} bytes")));
+                removals.push((*id, format!("by retention: store over {cap} bytes")));
                 total -= r.bytes;
             }
         }
@@ -178,12 +184,16 @@ impl Writer {
             return Ok(());
         };
         let damaged = self.damaged.contains(&id);
-        let meta: Option<InstanceMeta> = {
+        let (meta, number): (Option<InstanceMeta>, Option<u64>) = {
             let txn = self.txn()?;
             let t = txn.open_table(INSTANCES)?;
             let v = t.get(id)?;
-            v.map(|v| schema::decode("instance", v.value()))
-                .transpose()?
+            let numbers = txn.open_table(INSTANCE_NUMBERS)?;
+            let number = numbers.get(id)?.map(|n| n.value());
+            let meta = v
+                .map(|v| schema::decode("instance", v.value()))
+                .transpose()?;
+            (meta, number)
         };
         self.push_inner(Op::RemoveInstance {
             id,
@@ -194,6 +204,11 @@ impl Writer {
             blocks: !damaged,
         })?;
         let lines = meta.map_or(0, |m| m.next_seq - m.first_seq);
+        // "run #3, by retention: ...": the number people know it by.
+        let why = match number {
+            Some(n) => format!("{} #{n}, {why}", r.kind.noun()),
+            None => why,
+        };
         let why = if damaged {
             format!("{why} (its blocks are damaged and were left in place)")
         } else {
