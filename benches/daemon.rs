@@ -434,7 +434,9 @@ fn load(bin: &Path, project: &Path) {
     for i in 0..PROCS {
         let body = serde_json::json!({
             "name": format!("p{i:02}"),
-            "command": ["python3", "-c", &script],
+            // Its name as an (unused) argument: twenty distinct commands, which builds
+            // that attach a start to a running twin also start twenty processes.
+            "command": ["python3", "-c", &script, format!("p{i:02}")],
             "wait_seconds": 0,
         })
         .to_string();

@@ -295,6 +295,7 @@ fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> 
 }
 
 fn serve(opts: bpm::daemon::Options) -> anyhow::Result<()> {
+    bpm::platform::limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

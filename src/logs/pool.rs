@@ -9,13 +9,17 @@ use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Mutex, mpsc};
 
-/// Threads a scan uses: the machine's cores, at most four. Found once: asking reads
+/// Threads a scan uses: the machine's cores, at most four, or `BPM_SCAN_THREADS` (1 to
+/// 4) where searches should leave the cores to the processes. Found once: asking reads
 /// cgroup files on Linux, which would cost a search more than skipping a whole instance.
 pub fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
+        let asked = std::env::var("BPM_SCAN_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        asked
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .clamp(1, 4)
     })
 }
