@@ -10,8 +10,8 @@ use ratatui::backend::TestBackend;
 use super::app::{App, Cmd, Conn, Msg, Notice};
 use super::ui;
 use crate::protocol::{
-    EventReport, ExitStatus, FollowRecord, InstanceKind, InstanceSummary, LogLine, Mode,
-    ProcessReport, State, Status, StatusReport, Stream,
+    EventReport, ExitStatus, FollowRecord, InstanceKind, InstanceNumber, InstanceSummary, LogLine,
+    Mode, ProcessReport, State, Status, StatusReport, Stream,
 };
 
 /// 2026-01-01T12:00:00Z.
@@ -47,11 +47,19 @@ fn proc(name: &str, state: State) -> ProcessReport {
             EventReport {
                 at: "2026-01-01T11:56:54.000Z".into(),
                 instance: Some(6),
+                of: Some(InstanceNumber {
+                    kind: InstanceKind::Run,
+                    number: 6,
+                }),
                 what: "exited (killed by signal 15) after 2m".into(),
             },
             EventReport {
                 at: "2026-01-01T11:56:55.000Z".into(),
                 instance: Some(7),
+                of: Some(InstanceNumber {
+                    kind: InstanceKind::Run,
+                    number: 7,
+                }),
                 what: "spawned pid 4242: npm run dev".into(),
             },
         ],

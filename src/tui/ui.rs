@@ -300,7 +300,7 @@ fn details_panel(f: &mut Frame, r: Rect, app: &App, t: &Theme) {
     for e in p.recent_events.iter().rev().take(3) {
         lines.push(Line::from(vec![
             Span::styled(format!("{} ", clock(&e.at)), t.dim()),
-            Span::raw(e.what.clone()),
+            Span::raw(e.line()),
         ]));
     }
     f.render_widget(
