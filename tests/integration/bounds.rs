@@ -455,3 +455,71 @@ fn follow_streams_are_capped_and_a_gone_client_frees_its_place() {
     });
     assert!(head.contains("application/x-ndjson"), "{head}");
 }
+
+/// Open a streamed (NDJSON) read of all of `name`'s lines over TCP, read its answer's
+/// head, and read nothing more: a client slower than the daemon.
+fn open_stream(port: u16, name: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /api/logs/{name}?all=true HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "the answer's head ended early ({other:?}): {}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    (s, String::from_utf8(head).unwrap())
+}
+
+/// At most `MAX_STREAMS` streamed log reads are served at once (each holds a thread while
+/// its client reads): one more is a 503 that says why and what to do, and a client that
+/// goes away gives its place back.
+#[test]
+fn streamed_reads_are_capped_and_a_gone_client_frees_its_place() {
+    let dirs = Dirs::new();
+    let daemon = InProcess::start(options(&dirs));
+    let api = daemon.api();
+    // Far more NDJSON than the socket buffers hold: a client that does not read stalls
+    // its stream.
+    seq_process(&api, "big", 500_000);
+    let max = bpm::daemon::ops::MAX_STREAMS;
+    let mut open: Vec<TcpStream> = (0..max)
+        .map(|i| {
+            let (s, head) = open_stream(api.port, "big");
+            assert!(head.starts_with("HTTP/1.1 200"), "stream {i}: {head}");
+            s
+        })
+        .collect();
+    let (mut refused, head) = open_stream(api.port, "big");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let mut body = String::new();
+    refused.read_to_string(&mut body).unwrap();
+    assert!(
+        body.contains(&format!("{max} log reads are streaming")) && body.contains("try again"),
+        "{body}"
+    );
+    // Answers that are not streamed are still served.
+    let (code, tail) = api.get("/api/logs/big?tail=1");
+    assert_eq!(code, 200, "{tail}");
+    assert_eq!(tail["lines"][0]["text"], "500000");
+
+    // A client goes away: its read ends at its next page, and its place is free again.
+    drop(open.pop());
+    let (mut again, head) = wait_for("a streamed read to be accepted again", || {
+        let (s, head) = open_stream(api.port, "big");
+        head.starts_with("HTTP/1.1 200").then_some((s, head))
+    });
+    assert!(head.contains("application/x-ndjson"), "{head}");
+    let mut first = [0u8; 64];
+    let n = again.read(&mut first).unwrap();
+    assert!(n > 0, "the new stream sends its records");
+}

@@ -19,6 +19,7 @@ mod status;
 pub use follow::MAX_FOLLOWERS;
 pub use logs::read_logs;
 pub use many::merge as merge_logs;
+pub use pages::MAX_STREAMS;
 pub use pages::{LogStream, PAGE_LINES, ndjson};
 pub use status::offline_status;
 
@@ -154,6 +155,8 @@ struct Inner {
     searches: Arc<tokio::sync::Semaphore>,
     /// Follow streams open at once (see `follow.rs`).
     followers: Arc<tokio::sync::Semaphore>,
+    /// Streamed log reads at once (see `pages.rs`).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Ops {
@@ -180,6 +183,7 @@ impl Ops {
                 observed: Mutex::default(),
                 searches: Arc::new(tokio::sync::Semaphore::new(logs::MAX_SEARCHES)),
                 followers: Arc::new(tokio::sync::Semaphore::new(follow::MAX_FOLLOWERS)),
+                streams: Arc::new(tokio::sync::Semaphore::new(pages::MAX_STREAMS)),
             }),
         }
     }

@@ -24,6 +24,11 @@ pub const PAGE_LINES: usize = 4096;
 /// Pages of NDJSON waiting for a slow client, besides the one being read.
 const PAGES_AHEAD: usize = 2;
 
+/// Streamed reads served at once. Each holds a blocking thread while its client reads
+/// (a slow one holds it longest); past this many, a read is refused with a message
+/// rather than taking threads from the store and the supervisor.
+pub const MAX_STREAMS: usize = 64;
+
 /// A log read ready to stream: the query checked, its instances resolved.
 pub struct LogStream {
     name: String,
@@ -226,6 +231,17 @@ impl Ops {
     {
         query.validate().map_err(OpError::BadRequest)?;
         let (name, _) = self.find_or_stored(process).await?;
+        let streaming = self
+            .inner
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                OpError::Busy(format!(
+                    "{MAX_STREAMS} log reads are streaming, the most the daemon serves at once; \
+                 try again when one ends, or read fewer lines (--tail N)"
+                ))
+            })?;
         let searching = query.pattern().is_some();
         let mut turn = self.search_turn(searching).await?;
         let store = self.inner.store.clone();
@@ -240,6 +256,8 @@ impl Ops {
         let closing = self.inner.closing.clone();
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            // Given back when the read ends, however it ends.
+            let _streaming = streaming;
             let r = plan.run(&store, &mut |page| {
                 if closing.is_cancelled() {
                     return ControlFlow::Break(());
