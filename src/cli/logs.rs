@@ -132,23 +132,27 @@ async fn logs(mut args: LogsArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     query.validate().map_err(UsageError)?;
-    // Every line, or JSON: printed as the records come, page by page, so memory stays
-    // flat however long the instance. A text head or tail is one bounded answer, which
-    // also says how many lines it left out.
-    if args.common.json || query.all {
-        stream_logs(&args, &source, query, &render).await?;
+    // Every line, JSON, or a tail longer than a page: printed as the records come, page
+    // by page, so memory stays flat however long the instance. A text head or a shorter
+    // tail is one bounded answer, which also says how many lines it left out.
+    let long_tail = args.grep.is_none() && query.tail.is_some_and(|t| t > ops::PAGE_LINES);
+    if args.common.json || query.all || long_tail {
+        let printed = stream_logs(&args, &source, query.clone(), &render).await?;
+        if long_tail && !args.common.json {
+            // How many lines the tail left out: the count alone (a tail of none).
+            let counted = read_once(
+                &args,
+                &source,
+                LogQuery {
+                    tail: Some(0),
+                    ..query
+                },
+            )
+            .await?;
+            report_omitted(counted.matched.saturating_sub(printed), &args);
+        }
     } else {
-        let result = match &source {
-            Source::Empty(t) => return Err(Source::nothing_here(t)),
-            Source::Daemon(client) => client.logs(&args.name, &query).await.map_err(api_error)?,
-            Source::Store(_, store) => {
-                let store = store.clone();
-                let name = args.name.clone();
-                tokio::task::spawn_blocking(move || ops::read_logs(&store, &name, &query))
-                    .await?
-                    .map_err(offline_error)?
-            }
-        };
+        let result = read_once(&args, &source, query).await?;
         render_result(&result, &args, &render)?;
     }
     if args.follow {
@@ -158,6 +162,21 @@ async fn logs(mut args: LogsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One bounded answer, from the daemon or the store opened read-only.
+async fn read_once(args: &LogsArgs, source: &Source, query: LogQuery) -> anyhow::Result<LogResult> {
+    Ok(match source {
+        Source::Empty(t) => return Err(Source::nothing_here(t)),
+        Source::Daemon(client) => client.logs(&args.name, &query).await.map_err(api_error)?,
+        Source::Store(_, store) => {
+            let store = store.clone();
+            let name = args.name.clone();
+            tokio::task::spawn_blocking(move || ops::read_logs(&store, &name, &query))
+                .await?
+                .map_err(offline_error)?
+        }
+    })
 }
 
 /// An error of a read of the store opened read-only, as the CLI reports it: bad input
@@ -181,7 +200,7 @@ async fn stream_logs(
     source: &Source,
     query: LogQuery,
     render: &Render,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let mut printer = Printer::new(args, render.clone());
     match source {
         Source::Empty(t) => return Err(Source::nothing_here(t)),
@@ -216,8 +235,22 @@ async fn stream_logs(
             .await??;
         }
     }
-    printer.finish()?;
-    Ok(())
+    Ok(printer.finish()?)
+}
+
+/// Says on stderr how many lines a head or tail left out.
+fn report_omitted(omitted: u64, args: &LogsArgs) {
+    if omitted > 0 {
+        eprintln!(
+            "bpm: {omitted} more line{} not shown ({})",
+            if omitted == 1 { "" } else { "s" },
+            if args.head.is_some() {
+                "raise --head"
+            } else {
+                "raise --tail, or use --head"
+            }
+        );
+    }
 }
 
 /// Prints a log read's records: as text (instance headers with `--all-instances`, `--`
@@ -232,6 +265,7 @@ struct Printer {
     out: std::io::BufWriter<std::io::Stdout>,
     prev: Option<(u64, u64)>,
     matched: u64,
+    lines: u64,
 }
 
 impl Printer {
@@ -246,6 +280,7 @@ impl Printer {
             out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
             prev: None,
             matched: 0,
+            lines: 0,
         }
     }
 
@@ -254,6 +289,7 @@ impl Printer {
         for rec in batch {
             if let FollowRecord::Line(l) = rec {
                 self.matched += u64::from(l.matched);
+                self.lines += 1;
             }
             if self.render.json {
                 self.render.json_record(&mut *out, rec)?;
@@ -299,12 +335,13 @@ impl Printer {
         out.flush()
     }
 
-    fn finish(mut self) -> std::io::Result<()> {
+    /// Flush, and say when nothing matched. Returns the lines printed.
+    fn finish(mut self) -> std::io::Result<u64> {
         self.out.flush()?;
         if self.grep && self.matched == 0 {
             eprintln!("bpm: no line matches");
         }
-        Ok(())
+        Ok(self.lines)
     }
 }
 
@@ -440,18 +477,7 @@ fn render_result(r: &LogResult, args: &LogsArgs, render: &Render) -> anyhow::Res
         render.line(&mut out, &l.ts, &l.text, l.matched)?;
     }
     out.flush()?;
-    if r.omitted > 0 {
-        eprintln!(
-            "bpm: {} more line{} not shown ({})",
-            r.omitted,
-            if r.omitted == 1 { "" } else { "s" },
-            if args.head.is_some() {
-                "raise --head"
-            } else {
-                "raise --tail, or use --head"
-            }
-        );
-    }
+    report_omitted(r.omitted, args);
     if args.grep.is_some() && r.matched == 0 {
         eprintln!("bpm: no line matches");
     }

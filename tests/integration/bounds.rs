@@ -332,7 +332,8 @@ fn sample_peak(pid: u32) -> std::thread::JoinHandle<u64> {
 /// `bpm logs NAME` of a 2,000,000-line instance, through the real binary into a pipe:
 /// every line arrives, in order, while the CLI's and the daemon's memory stay flat (the
 /// read is streamed page by page; it used to be built whole: 2 GB in the CLI, +520 MB
-/// in the daemon). `benches/cli.rs` reports the exact figures.
+/// in the daemon); then its last million lines (`--tail`), also streamed.
+/// `benches/cli.rs` reports the exact figures.
 #[test]
 fn logs_of_two_million_lines_stream_in_bounded_memory() {
     use std::io::BufRead as _;
@@ -365,6 +366,41 @@ fn logs_of_two_million_lines_stream_in_bounded_memory() {
     );
     assert_eq!(next - 1, N, "every line arrives");
     let cli_kib = cli_peak.join().unwrap();
+
+    // The longest tail there is (a million lines) streams too.
+    let tail = bpm::protocol::MAX_LINES as u64;
+    let mut child = dirs
+        .bpm(&["logs", "big", "--no-autostart", "--tail", &tail.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = crate::helpers::process::KillOnDrop::process(child.id());
+    let tail_peak = sample_peak(child.id());
+    let out = std::io::BufReader::with_capacity(1 << 16, child.stdout.take().unwrap());
+    let mut next = N - tail + 1;
+    for line in out.lines() {
+        let line = line.unwrap();
+        assert_eq!(line, next.to_string(), "tail line {next}");
+        next += 1;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(next - 1, N, "the tail reaches the last line");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{} more lines not shown", N - tail)),
+        "{err}"
+    );
+    let tail_kib = tail_peak.join().unwrap();
+    assert!(
+        tail_kib > 0 && tail_kib < BOUND_KIB,
+        "CLI peak for the tail {tail_kib} KiB"
+    );
     let daemon_kib = vm_kib(daemon.pid(), "VmHWM");
     eprintln!("peak RSS: CLI {cli_kib} KiB, daemon {daemon_kib} KiB");
     assert!(cli_kib > 0 && cli_kib < BOUND_KIB, "CLI peak {cli_kib} KiB");

@@ -610,3 +610,89 @@ fn follow_crosses_a_gap_of_dropped_lines_to_the_end() {
     assert_eq!(seen.len() as u64, 20_002 - dropped);
     store.close().unwrap();
 }
+
+/// A long tail without a pattern is streamed (found by counting backwards, then read
+/// forwards): it gives exactly the records of the tail read whole, across instances, with
+/// a stream filter, and from a live instance.
+#[test]
+fn a_streamed_long_tail_is_the_tail_read_whole() {
+    use bpm::daemon::ops::{LogStream, PAGE_LINES, read_logs};
+    use bpm::protocol::{FollowRecord, LogQuery, StreamFilter};
+    let dir = tempdir();
+    let store = open(&dir.path().join("s.redb"));
+    // Three runs of different lengths, stdout and stderr interleaved unevenly; the last
+    // one still running.
+    let mut live = None;
+    for (run, n) in [3 * PAGE_LINES + 17, 123, 2 * PAGE_LINES + 5]
+        .into_iter()
+        .enumerate()
+    {
+        let w = store
+            .begin_instance("p", InstanceKind::Run, SpawnInfo::default())
+            .unwrap();
+        for i in 0..n {
+            let stream = if i % 7 == 3 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            w.append(stream, format!("run {run} line {i}\n").as_bytes());
+        }
+        if run < 2 {
+            w.finish(ExitStatus::Code(run as i32)).unwrap();
+        } else {
+            live = Some(w);
+        }
+    }
+    store.flush().unwrap();
+    let lines = |records: &[FollowRecord]| -> Vec<(u64, u64, String)> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                FollowRecord::Line(l) => Some((l.instance, l.seq, l.text.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    for stream in [StreamFilter::Both, StreamFilter::Stderr] {
+        for tail in [
+            PAGE_LINES + 1,
+            2 * PAGE_LINES + 5,
+            2 * PAGE_LINES + 200,
+            100_000,
+        ] {
+            let q = LogQuery {
+                tail: Some(tail),
+                all_instances: true,
+                stream,
+                ..LogQuery::default()
+            };
+            let whole = read_logs(&store, "p", &q).unwrap();
+            let plan = LogStream::plan(&store, "p", q.clone()).unwrap();
+            let mut records = Vec::new();
+            plan.run(&store, &mut |page| {
+                assert!(page.len() <= PAGE_LINES);
+                records.extend(page);
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            let expected: Vec<_> = whole
+                .lines
+                .iter()
+                .map(|l| (l.instance, l.seq, l.text.clone()))
+                .collect();
+            assert_eq!(lines(&records), expected, "tail {tail}, {stream:?}");
+            // Every instance is introduced, and the ended ones end.
+            let starts = records
+                .iter()
+                .filter(|r| matches!(r, FollowRecord::Instance { .. }))
+                .count();
+            let exits = records
+                .iter()
+                .filter(|r| matches!(r, FollowRecord::Exit { .. }))
+                .count();
+            assert_eq!((starts, exits), (3, 2), "tail {tail}, {stream:?}");
+        }
+    }
+    drop(live);
+}

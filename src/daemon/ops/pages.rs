@@ -5,8 +5,9 @@
 //!
 //! A read without a head or a tail (every line), or with a head, streams: lines are read
 //! [`PAGE_LINES`] sequence numbers at a time, searches hand each result line on as they
-//! find it. A tail, or the lines around one line, is read whole first (at most
-//! [`crate::protocol::MAX_LINES`] lines) and then sent in pages.
+//! find it. A tail longer than a page without a pattern is found by counting backwards,
+//! then streamed. A tail of matches, a short one, or the lines around one line, is read
+//! whole first (at most [`crate::protocol::MAX_LINES`] lines) and then sent in pages.
 
 use std::ops::ControlFlow;
 
@@ -105,10 +106,10 @@ impl LogStream {
             page,
         };
         let q = &self.query;
-        if q.effective_tail().is_some() || q.around.is_some() {
-            self.bounded(store, &mut pager)?;
-        } else {
-            self.streamed(store, &mut pager)?;
+        match (q.effective_tail(), q.around, q.pattern()) {
+            (Some(t), None, None) if t > PAGE_LINES => self.tail_streamed(store, &mut pager, t)?,
+            (None, None, _) => self.streamed(store, &mut pager)?,
+            _ => self.bounded(store, &mut pager)?,
         }
         let _ = pager.flush();
         Ok(())
@@ -136,15 +137,96 @@ impl LogStream {
         Ok(())
     }
 
-    /// Every line, or a head: read page by page.
-    fn streamed(&self, store: &Store, pager: &mut Pager<'_>) -> Result<(), OpError> {
+    /// A long tail without a pattern: where it starts in each instance is found by
+    /// counting lines backwards a page at a time, then its lines are read forwards from
+    /// there. The tail is read twice, and held a page at a time.
+    fn tail_streamed(
+        &self,
+        store: &Store,
+        pager: &mut Pager<'_>,
+        tail: usize,
+    ) -> Result<(), OpError> {
+        let filter = self.filter();
+        let seqs = self.seqs();
+        // Where the tail starts in each instance, newest first; `None`: none of its lines.
+        let mut starts = vec![None; self.metas.len()];
+        let mut left = tail;
+        for (k, m) in self.metas.iter().enumerate().rev() {
+            if left == 0 {
+                break;
+            }
+            let from = seqs.start.max(m.first_seq);
+            let mut at = seqs.end.min(m.next_seq);
+            let mut start = at;
+            while at > from && left > 0 {
+                let begin = at.saturating_sub(PAGE_LINES as u64).max(from);
+                let lines = store.read(
+                    m.id,
+                    Window::Seqs {
+                        from: begin,
+                        to: at,
+                    },
+                    &filter,
+                )?;
+                if lines.len() >= left {
+                    start = lines[lines.len() - left].seq;
+                    left = 0;
+                } else {
+                    left -= lines.len();
+                    start = begin;
+                }
+                at = begin;
+            }
+            starts[k] = Some(start);
+        }
+        for (k, m) in self.metas.iter().enumerate() {
+            if pager.push(FollowRecord::instance(m, k > 0)).is_break() {
+                return Ok(());
+            }
+            if let Some(start) = starts[k] {
+                let to = seqs.end.min(m.next_seq);
+                let mut at = start;
+                while at < to {
+                    let end = at.saturating_add(PAGE_LINES as u64).min(to);
+                    for l in store.read(m.id, Window::Seqs { from: at, to: end }, &filter)? {
+                        if pager
+                            .push(FollowRecord::Line(LogLine::new(l, false)))
+                            .is_break()
+                        {
+                            return Ok(());
+                        }
+                    }
+                    at = end;
+                }
+            }
+            if let Some(exit) = exit_record(m, self.newest)
+                && pager.push(exit).is_break()
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn filter(&self) -> Filter {
         let q = &self.query;
-        let filter = Filter {
+        Filter {
             stream: q.stream.only(),
             since_us: q.since_us,
             until_us: q.until_us,
-        };
-        let seqs = q.from_seq.unwrap_or(0)..q.to_seq.unwrap_or(u64::MAX);
+        }
+    }
+
+    fn seqs(&self) -> std::ops::Range<u64> {
+        let q = &self.query;
+        q.from_seq.unwrap_or(0)..q.to_seq.unwrap_or(u64::MAX)
+    }
+
+    /// Every line, or a head: read page by page.
+    fn streamed(&self, store: &Store, pager: &mut Pager<'_>) -> Result<(), OpError> {
+        let q = &self.query;
+        let filter = self.filter();
+        let seqs = self.seqs();
         let mut left = q.head.unwrap_or(usize::MAX);
         for (k, m) in self.metas.iter().enumerate() {
             if left == 0 {
