@@ -22,12 +22,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::block::{self, BlockView};
-use super::filter_file::{self, COVERED, Covered, FILTERS, FileTrouble, guarded, trouble};
+use super::filter_file::{self, COVERED, Covered, FILTERS, FileTrouble, Wake, guarded, trouble};
 use super::model::InstanceMeta;
 use super::schema::{self, BLOCKS, INSTANCES};
 use super::writer::no_panic;
@@ -40,12 +40,18 @@ const DISK_RESERVE: u64 = 256 << 20;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
+/// A pass that finds nothing to do is repeated at least this often even without new
+/// blocks: it notices a filter file deleted or replaced, and instances removed.
+const RECHECK: Duration = Duration::from_secs(5);
+
 /// Start the builder thread of a writable store.
 pub(super) fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
     let weak = Arc::downgrade(shared);
+    let wake = shared.filters.wake.clone();
+    let idle = shared.opts.filter_idle;
     let handle = std::thread::Builder::new()
         .name("bpm-store-filters".into())
-        .spawn(move || run(weak))?;
+        .spawn(move || run(weak, &wake, idle))?;
     *shared
         .filters
         .builder
@@ -85,26 +91,37 @@ impl From<FileTrouble> for Trouble {
     }
 }
 
-fn run(weak: Weak<Shared>) {
+/// The builder's loop. It waits on `wake` without holding the store, so a store dropped
+/// without a close is not kept open by it.
+fn run(weak: Weak<Shared>, wake: &Wake, idle: Duration) {
     lowest_priority();
     let mut backoff = Duration::ZERO;
     let mut hurry = false;
+    // The writer's mark when a pass last found nothing to do, and when that was.
+    let mut caught_up: Option<(u64, Instant)> = None;
     loop {
+        if hurry {
+            hurry = false;
+            if wake.stopping() {
+                return;
+            }
+        } else if wake.wait_stop(backoff.max(idle / 4)) {
+            return;
+        }
         let Some(shared) = weak.upgrade() else {
             return;
         };
         let state = &shared.filters;
-        let idle = shared.opts.filter_idle;
-        if hurry {
-            hurry = false;
-            if state.stopping() {
-                return;
-            }
-        } else if state.wait_stop(backoff.max(idle / 4)) {
-            return;
-        }
         // Only once the writer is quiet: nothing queued, no block committed for a while.
         if shared.queued_bytes.load(Ordering::Acquire) > 0 || state.since_write() < idle {
+            continue;
+        }
+        // Nothing new since the last pass found nothing to do: look again only now and then.
+        if let Some((mark, at)) = caught_up
+            && mark == state.write_mark()
+            && at.elapsed() < RECHECK
+            && !state.suspect.load(Ordering::Relaxed)
+        {
             continue;
         }
         match pass(&shared) {
@@ -112,14 +129,17 @@ fn run(weak: Weak<Shared>) {
                 backoff = Duration::ZERO;
                 state.note_progress();
                 if more {
+                    caught_up = None;
                     hurry = true;
                     continue;
                 }
+                caught_up = Some((state.write_mark(), Instant::now()));
                 backoff = idle;
             }
             Err(Trouble::Store(why)) => {
                 tracing::debug!("filter builder waits: {why}");
-                backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                caught_up = None;
+                backoff = (idle * 4).max(BACKOFF_MIN);
             }
             Err(Trouble::File(t)) => {
                 tracing::warn!(
@@ -133,6 +153,7 @@ fn run(weak: Weak<Shared>) {
                     // redb refuses every later transaction after an I/O error.
                     state.set_db(None);
                 }
+                caught_up = None;
                 backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
             }
         }

@@ -180,28 +180,27 @@ fn stored<R: Send>(
             let Some(r) = &mut rows else {
                 return Ok(None);
             };
-            let next = filter_file::next_record(r);
-            Ok(match next {
-                Ok(Some((first, record))) => {
-                    Some(match record.as_deref().and_then(BlockFilter::parse) {
-                        Some(f) => Entry {
+            let next = filter_file::next_record(r, |first, record| {
+                match record.and_then(BlockFilter::parse) {
+                    Some(f) => Entry {
+                        first,
+                        count: Some(f.count),
+                        verdict: verdict(&f),
+                    },
+                    // A record that is damaged or of another version: read the block (and
+                    // have the builder check the file).
+                    None => {
+                        file.state.suspect.store(true, Ordering::Relaxed);
+                        Entry {
                             first,
-                            count: Some(f.count),
-                            verdict: verdict(&f),
-                        },
-                        // A record that is damaged or of another version: read the block
-                        // (and have the builder check the file).
-                        None => {
-                            file.state.suspect.store(true, Ordering::Relaxed);
-                            Entry {
-                                first,
-                                count: None,
-                                verdict: Verdict::Read,
-                            }
+                            count: None,
+                            verdict: Verdict::Read,
                         }
-                    })
+                    }
                 }
-                Ok(None) => None,
+            });
+            Ok(match next {
+                Ok(entry) => entry,
                 Err(_) => {
                     file.state.suspect.store(true, Ordering::Relaxed);
                     rows = None;
