@@ -120,9 +120,9 @@ pub struct Block {
     pub first_seq: u64,
     /// The encoding above, uncompressed (what the ring reads).
     pub bytes: Vec<u8>,
-    /// The compressed form for the store and the block's filter, made by the writer's
-    /// compression stage (beside the capture side, not on it) and taken by the writer.
-    stored: Mutex<Option<Stored>>,
+    /// The compressed form for the store, made by the writer's compression stage (beside
+    /// the capture side, not on it) and taken by the writer.
+    stored: Mutex<Option<Vec<u8>>>,
     /// Set by the writer once the block is durable, so the ring may evict it.
     committed: AtomicBool,
     /// Set when the writer queue was full and the block never reached the store.
@@ -140,22 +140,17 @@ impl Block {
             dropped: AtomicBool::new(false),
         })
     }
-    /// Compress the block for the store, and build its filter when `filter` (once).
-    pub fn compress(&self, filter: bool) {
+    /// Compress the block for the store (once).
+    pub fn compress(&self) {
         let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
         if stored.is_none() {
-            *stored = Some(self.encode(filter));
+            *stored = Some(encode_stored(&self.bytes));
         }
     }
-    fn encode(&self, filter: bool) -> Stored {
-        let bytes = encode_stored(&self.bytes);
-        let filter = filter.then(|| super::filter::build(&self.view(), bytes.len()));
-        Stored { bytes, filter }
-    }
-    /// The stored form (and filter), made now if nobody did yet.
-    pub fn take_stored(&self, filter: bool) -> Stored {
+    /// The stored form, made now if nobody did yet.
+    pub fn take_stored(&self) -> Vec<u8> {
         let taken = self.stored.lock().unwrap_or_else(|p| p.into_inner()).take();
-        taken.unwrap_or_else(|| self.encode(filter))
+        taken.unwrap_or_else(|| encode_stored(&self.bytes))
     }
     pub fn view(&self) -> BlockView<'_> {
         BlockView::parse(self.first_seq, &self.bytes).expect("blocks built here are well formed")
@@ -170,13 +165,6 @@ impl Block {
     pub fn evictable(&self) -> bool {
         self.committed.load(Ordering::Acquire) || self.dropped.load(Ordering::Acquire)
     }
-}
-
-/// A block as the store keeps it: the (compressed) encoding, and its filter record.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub bytes: Vec<u8>,
-    pub filter: Option<Vec<u8>>,
 }
 
 /// The stored form of a block's encoding: compressed when that is smaller.

@@ -6,7 +6,9 @@
 //! - `writer`: the one thread that writes redb, commits in groups, and applies retention.
 //! - `schema`: tables, encodings, migrations.
 //! - [`filter`]: each stored block's filter (trigrams, line count, time range), which lets
-//!   a search skip blocks; `scan` reads the blocks a search needs on a small pool.
+//!   a search skip blocks; `filter_file` keeps them in an advisory file of their own,
+//!   `filter_builder` builds them in the background; `scan` reads the blocks a search
+//!   needs on a small pool.
 //! - [`model`]: instances and events.
 //!
 //! Reads combine the ring and the store so that they answer exactly as the store alone
@@ -20,6 +22,8 @@
 pub mod block;
 mod damage;
 pub mod filter;
+mod filter_builder;
+mod filter_file;
 mod live;
 pub mod model;
 mod open;
@@ -29,6 +33,7 @@ mod scan;
 mod schema;
 mod writer;
 
+pub use filter_file::path_for as filter_file_path;
 use open::reopen;
 pub use read::{Follower, History, HistoryEvent};
 pub use scan::{BlockStats, Verdict};
@@ -107,14 +112,15 @@ pub struct StoreOptions {
     pub max_line: usize,
     /// redb's page cache.
     pub cache_bytes: usize,
-    /// Store a filter beside each block (`migrations/0004-block-filters.md`), which lets
-    /// searches skip blocks. Off by default for now: the filter records are small rows,
-    /// and redb places the small pages of every later commit (the table directory, the
-    /// instance records) among them, all through the file; a stretch of damaged disk
-    /// then takes the whole store instead of a few blocks (as
-    /// `tests/integration/store_faults.rs` finds, with 1 MiB zeroed mid-file). Reading
-    /// is safe either way: a filter that cannot be read means the block is read.
+    /// Keep a filter for each stored block in an advisory file beside the store
+    /// (`logs.filters.redb`, see `filter_file.rs` and `migrations/0005-filter-file.md`),
+    /// which lets searches skip blocks. A background thread builds them at the lowest
+    /// priority once the writer is quiet; the store's own file is the same either way,
+    /// and a block without a filter is read.
     pub block_filters: bool,
+    /// The filter builder starts once the writer has committed no block for this long
+    /// (and nothing waits to be written), so an ingest burst never shares its cores.
+    pub filter_idle: Duration,
     /// After a failed write the writer reopens the store and retries after this long,
     /// doubling up to `retry_max`.
     pub retry_min: Duration,
@@ -139,7 +145,8 @@ impl Default for StoreOptions {
             seal_interval: Duration::from_millis(50),
             max_line: block::DEFAULT_MAX_LINE,
             cache_bytes: 16 << 20,
-            block_filters: false,
+            block_filters: true,
+            filter_idle: Duration::from_millis(250),
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
             #[cfg(test)]
@@ -341,6 +348,8 @@ pub(crate) struct Shared {
     /// change, so a reader that loads it before its transaction sees at least that
     /// generation (see [`Store::generation`]).
     pub(crate) generation: AtomicU64,
+    /// The filter file and its builder.
+    pub(crate) filters: filter_file::FilterState,
 }
 
 impl Shared {
@@ -548,8 +557,9 @@ impl Store {
             DbState::Open(Db::Ro(_)) | DbState::Closed => return Ok(()),
         }
         // Readers let go of the database; the writer hands back its own (it may have
-        // reopened it since).
+        // reopened it since). The filter builder stops and lets go of its file.
         drop(taken);
+        self.shared.filters.stop();
         // Seal the live instances' open blocks while the writer can still receive them
         // (once its inbox is closed, a sealed block could only be dropped).
         for live in self.shared.lives() {

@@ -67,7 +67,9 @@ impl Store {
             next_instance,
             numbers,
             loaded,
+            store_id,
         } = start;
+        let filters = filter_file::FilterState::new(path, store_id, opts.block_filters);
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
@@ -88,6 +90,7 @@ impl Store {
                 writable: true,
                 ..StoreHealth::default()
             }),
+            filters,
         });
         let writer = Writer::new(db, shared.clone(), loaded);
         let io_err = |source| StoreError::Io {
@@ -97,13 +100,12 @@ impl Store {
         // Two stages, in order: one thread compresses blocks while the other writes and
         // waits on fsync, so compression and the disk overlap instead of adding up.
         let (tx_w, rx_w) = mpsc::channel();
-        let filters = shared.opts.block_filters;
         let compressor = std::thread::Builder::new()
             .name("bpm-store-compress".into())
             .spawn(move || {
                 for msg in rx {
                     if let Msg::Block(b) = &msg {
-                        b.compress(filters);
+                        b.compress();
                     }
                     if tx_w.send(msg).is_err() {
                         return;
@@ -120,6 +122,9 @@ impl Store {
             })
             .map_err(io_err)?;
         *shared.writer.lock().unwrap() = Some(handle);
+        if shared.opts.block_filters {
+            filter_builder::start(&shared).map_err(io_err)?;
+        }
         Ok(Opened {
             store: Store { shared },
             moved_aside,
@@ -190,6 +195,8 @@ impl Store {
                 generation: AtomicU64::new(0),
                 writer: Mutex::new(None),
                 health: Mutex::new(StoreHealth::default()),
+                // Offline, without a daemon: every block is read.
+                filters: filter_file::FilterState::new(path, 0, false),
             }),
         })
     }
@@ -287,17 +294,26 @@ struct Start {
     /// The last instance number of each (process, kind code).
     numbers: HashMap<(String, u8), u64>,
     loaded: writer::Loaded,
+    /// The store's id (`schema::STORE_ID_KEY`).
+    store_id: u64,
 }
 
 /// Bring an opened store to the current schema, mark it open, and read what the store
 /// handle and the writer start from.
 fn start_db(db: &Database, path: &Path) -> Result<Start, StoreError> {
     schema::migrate(db, path)?;
-    let (unclean, interrupted) = mark_open(db)?;
+    let (unclean, interrupted, store_id) = mark_open(db)?;
     let next_instance = {
         let txn = db.begin_read()?;
         let t = txn.open_table(INSTANCES)?;
-        t.last()?.map_or(1, |(k, _)| k.value() + 1)
+        let after_last = t.last()?.map_or(1, |(k, _)| k.value() + 1);
+        // Also past instances that retention removed (a store from before version 5 has
+        // no such mark).
+        let marked = txn
+            .open_table(META)?
+            .get(schema::NEXT_INSTANCE_KEY)?
+            .map_or(0, |v| v.value());
+        after_last.max(marked)
     };
     let numbers = {
         let txn = db.begin_read()?;
@@ -316,6 +332,7 @@ fn start_db(db: &Database, path: &Path) -> Result<Start, StoreError> {
         next_instance,
         numbers,
         loaded: writer::Loaded::read(db)?,
+        store_id,
     })
 }
 
@@ -421,12 +438,14 @@ fn refuse_too_new(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Mark the store open (not cleanly closed) and end the instances the previous daemon left
-/// live. Returns whether the previous close was unclean, and those instances.
-fn mark_open(db: &Database) -> Result<(bool, Vec<InstanceMeta>), StoreError> {
+/// Mark the store open (not cleanly closed), give it an id if it has none, and end the
+/// instances the previous daemon left live. Returns whether the previous close was
+/// unclean, those instances, and the store's id.
+fn mark_open(db: &Database) -> Result<(bool, Vec<InstanceMeta>, u64), StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_quick_repair(true);
     let unclean;
+    let store_id;
     let mut interrupted = Vec::new();
     {
         let mut meta = txn.open_table(META)?;
@@ -434,6 +453,15 @@ fn mark_open(db: &Database) -> Result<(bool, Vec<InstanceMeta>), StoreError> {
         // A new store has no flag: nothing was left behind.
         unclean = clean == Some(0);
         meta.insert(CLEAN_KEY, 0)?;
+        let id = meta.get(schema::STORE_ID_KEY)?.map(|v| v.value());
+        store_id = match id {
+            Some(id) => id,
+            None => {
+                let id = random_id();
+                meta.insert(schema::STORE_ID_KEY, id)?;
+                id
+            }
+        };
         let mut t = txn.open_table(INSTANCES)?;
         let mut live = Vec::new();
         for row in t.iter()? {
@@ -452,5 +480,18 @@ fn mark_open(db: &Database) -> Result<(bool, Vec<InstanceMeta>), StoreError> {
         }
     }
     txn.commit()?;
-    Ok((unclean, interrupted))
+    Ok((unclean, interrupted, store_id))
+}
+
+/// A random, non-zero id (std's hasher keys are random per process; the time and pid
+/// make two ids of one process differ).
+fn random_id() -> u64 {
+    use std::hash::BuildHasher as _;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    std::collections::hash_map::RandomState::new()
+        .hash_one((nanos, std::process::id()))
+        .max(1)
 }

@@ -3,8 +3,8 @@
 //! the results come back in block order, with the ring's newest blocks after them.
 //!
 //! Which blocks are read is decided by the caller, block by block, from the block's
-//! filter record ([`Verdict`]); a block without a record (stored before schema version 4,
-//! or with a record this version cannot read) is always read. Context lines need the
+//! filter record in the filter file ([`Verdict`], `filter_file.rs`); a block without a
+//! record (not built yet, no usable file, a damaged record, a stale one) is always read. Context lines need the
 //! blocks around a match: a block that cannot match is still read when it is within
 //! `context` lines of one that may.
 //!
@@ -13,12 +13,14 @@
 
 use std::collections::VecDeque;
 use std::ops::{ControlFlow, Range};
+use std::sync::atomic::Ordering;
 
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use super::block::{self, BlockView};
 use super::filter::BlockFilter;
-use super::schema::{BLOCK_FILTERS, BLOCKS};
+use super::filter_file::{self, FilterState};
+use super::schema::BLOCKS;
 use super::writer::no_panic;
 use super::{Store, StoreError, damage, pool};
 
@@ -70,8 +72,21 @@ impl Store {
         let mut unreadable = 0;
         if seqs.start < ring_start {
             let txn = self.shared.db()?.begin_read()?;
+            let file = Filters {
+                state: &self.shared.filters,
+                txn: self.shared.filters.snapshot(),
+            };
             let end = seqs.end.min(ring_start);
-            let (flow, resume) = stored(&txn, id, seqs.start..end, verdict, context, work, consume);
+            let (flow, resume) = stored(
+                &txn,
+                &file,
+                id,
+                seqs.start..end,
+                verdict,
+                context,
+                work,
+                consume,
+            );
             let flow = match (flow, resume) {
                 (Err(e), _) if e.is_disk() => return Err(e),
                 (Ok(flow), None) => flow,
@@ -114,11 +129,19 @@ impl Store {
     }
 }
 
+/// The filter file as one search sees it.
+struct Filters<'a> {
+    state: &'a FilterState,
+    /// `None`: no usable file, every block is read.
+    txn: Option<ReadTransaction>,
+}
+
 /// The stored part of [`Store::scan_for_search`]. On damage, returns the error and the
 /// sequence number to go on from (`Some`), having consumed every block before it.
 #[allow(clippy::too_many_arguments)]
 fn stored<R: Send>(
     txn: &ReadTransaction,
+    file: &Filters<'_>,
     id: u64,
     seqs: Range<u64>,
     verdict: &(dyn Fn(&BlockFilter<'_>) -> Verdict + Sync),
@@ -133,72 +156,88 @@ fn stored<R: Send>(
     let mut consumed_to: Option<u64> = None;
     let walked = no_panic(|| {
         let blocks: Blocks = txn.open_table(BLOCKS)?;
-        let filters = match txn.open_table(BLOCK_FILTERS) {
-            Ok(t) => Some(t),
-            // A version 3 store opened read-only: no filters yet.
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
+        // The file's records of this instance, if they count (see `filter_file.rs`).
+        let records = file.txn.as_ref().and_then(|f| {
+            let started = filter_file::started_us(txn, id)?;
+            filter_file::records_of(f, id, started)
+        });
         // The block holding the first line asked for.
         let start = blocks
             .range((id, 0)..=(id, seqs.start))?
             .next_back()
             .transpose()?
             .map_or(seqs.start, |(k, _)| k.value().1);
-        let mut rows = match &filters {
-            Some(f) => Some(f.range((id, start)..(id, seqs.end))?),
-            None => None,
-        };
+        let mut rows = records.and_then(|t| {
+            filter_file::guarded(|| {
+                t.range((id, start)..(id, seqs.end))
+                    .map_err(filter_file::trouble)
+            })
+            .ok()
+        });
+        // The next block with a record. A file that cannot be read on ends the records:
+        // the blocks after the last one are all read.
         let mut fetch = || -> Result<Option<Entry>, StoreError> {
-            let Some(rows) = &mut rows else {
+            let Some(r) = &mut rows else {
                 return Ok(None);
             };
-            Ok(rows.next().transpose()?.map(|(k, v)| {
-                let first = k.value().1;
-                match BlockFilter::parse(v.value()) {
+            let next = filter_file::next_record(r, |first, record| {
+                match record.and_then(BlockFilter::parse) {
                     Some(f) => Entry {
                         first,
                         count: Some(f.count),
                         verdict: verdict(&f),
                     },
-                    None => Entry {
-                        first,
-                        count: None,
-                        verdict: Verdict::Read,
-                    },
+                    // A record that is damaged or of another version: read the block (and
+                    // have the builder check the file).
+                    None => {
+                        file.state.suspect.store(true, Ordering::Relaxed);
+                        Entry {
+                            first,
+                            count: None,
+                            verdict: Verdict::Read,
+                        }
+                    }
                 }
-            }))
+            });
+            Ok(match next {
+                Ok(entry) => entry,
+                Err(_) => {
+                    file.state.suspect.store(true, Ordering::Relaxed);
+                    rows = None;
+                    None
+                }
+            })
         };
         let mut plan = Planner::new(context, start, seqs.end);
         // Make the jobs (reading the stored bytes here, where the transaction is) and
         // run them on the pool.
         let mut error: Option<StoreError> = None;
         let next_job = || -> Option<(u64, bool, Vec<u8>)> {
-            let job = loop {
-                if let Some(job) = plan.ready.pop_front() {
-                    break job;
-                }
-                match plan.next_entry(&blocks, id, &mut fetch) {
-                    Ok(Some(e)) => plan.push(e),
-                    Ok(None) => {
-                        plan.finish();
-                        break plan.ready.pop_front()?;
+            loop {
+                let job = loop {
+                    if let Some(job) = plan.ready.pop_front() {
+                        break job;
                     }
+                    match plan.next_entry(&blocks, id, &mut fetch) {
+                        Ok(Some(e)) => plan.push(e),
+                        Ok(None) => {
+                            plan.finish();
+                            break plan.ready.pop_front()?;
+                        }
+                        Err(e) => {
+                            error = Some(e);
+                            return None;
+                        }
+                    }
+                };
+                match blocks.get((id, job.first)) {
+                    Ok(Some(v)) => return Some((job.first, job.search, v.value().to_vec())),
+                    // A record of a block removed since (retention): no lines to read.
+                    Ok(None) => continue,
                     Err(e) => {
-                        error = Some(e);
+                        error = Some(e.into());
                         return None;
                     }
-                }
-            };
-            match blocks.get((id, job.first)) {
-                Ok(Some(v)) => Some((job.first, job.search, v.value().to_vec())),
-                Ok(None) => {
-                    error = Some(StoreError::Corrupt("a filtered block is missing".into()));
-                    None
-                }
-                Err(e) => {
-                    error = Some(e.into());
-                    None
                 }
             }
         };
@@ -388,33 +427,28 @@ pub struct BlockStats {
     pub blocks: u64,
     /// Bytes of the stored (compressed) blocks.
     pub block_bytes: u64,
-    /// Blocks with a filter, and the bytes of their filter records.
+    /// Records in the filter file, and their bytes.
     pub filtered_blocks: u64,
     pub filter_bytes: u64,
+    /// The filter file's size on disk.
+    pub filter_file_bytes: u64,
 }
 
 impl Store {
-    /// Counts and bytes of the stored blocks and of their filters (walks both tables:
+    /// Counts and bytes of the stored blocks and of their filter records (walks both:
     /// for benches, tests and diagnostics, not for a hot path).
     pub fn block_stats(&self) -> Result<BlockStats, StoreError> {
-        no_panic(|| {
+        let mut s = no_panic(|| {
             let txn = self.shared.db()?.begin_read()?;
             let mut s = BlockStats::default();
             for row in txn.open_table(BLOCKS)?.iter()? {
                 s.blocks += 1;
                 s.block_bytes += row?.1.value().len() as u64;
             }
-            match txn.open_table(BLOCK_FILTERS) {
-                Ok(t) => {
-                    for row in t.iter()? {
-                        s.filtered_blocks += 1;
-                        s.filter_bytes += row?.1.value().len() as u64;
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
             Ok(s)
-        })
+        })?;
+        (s.filtered_blocks, s.filter_bytes, s.filter_file_bytes) =
+            filter_file::stats(&self.shared.filters);
+        Ok(s)
     }
 }

@@ -10,9 +10,10 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::StoreError;
 
 /// The schema version this binary writes.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
-/// `meta`: key -> value. Holds `schema_version`.
+/// `meta`: key -> value. Holds `schema_version`, `clean_shutdown`, `store_id` and
+/// `next_instance` (see `migrations/0005-filter-file.md`).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `processes`: name -> opaque bytes owned by the supervisor (its persisted spec).
 pub const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes");
@@ -37,11 +38,17 @@ pub const PROCESS_NUMBERS: TableDefinition<(&str, u8), u64> =
     TableDefinition::new("process_numbers");
 
 /// `block_filters`: (instance id, first seq) -> the filter record of the block with that
-/// key (see `filter.rs`): its line count, timestamp range and trigram filter (version 4).
-/// A block without one is scanned.
+/// key (version 4 only: version 5 drops it, the filters live in their own file, see
+/// `filter_file.rs`).
 pub const BLOCK_FILTERS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("block_filters");
 
 const VERSION_KEY: &str = "schema_version";
+/// A random id given to the store when it is first opened, never changed: the filter
+/// file names the store it belongs to with it (version 5).
+pub const STORE_ID_KEY: &str = "store_id";
+/// One more than the largest instance id ever given (version 5), so that an id is never
+/// given twice, also once retention removed the newest instance.
+pub const NEXT_INSTANCE_KEY: &str = "next_instance";
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(v, bincode::config::standard())
@@ -63,7 +70,8 @@ struct Step {
 /// Version 0 is an empty file; version 1 creates every table; version 2 adds event kinds
 /// only (migrations/0002-store-health.md); version 3 numbers each process's instances
 /// (migrations/0003-instance-numbers.md); version 4 adds block filters
-/// (migrations/0004-block-filters.md).
+/// (migrations/0004-block-filters.md); version 5 moves them out to a file of their own
+/// (migrations/0005-filter-file.md).
 const STEPS: &[Step] = &[
     Step {
         from: 0,
@@ -80,6 +88,10 @@ const STEPS: &[Step] = &[
     Step {
         from: 3,
         run: to_v4,
+    },
+    Step {
+        from: 4,
+        run: to_v5,
     },
 ];
 
@@ -132,11 +144,18 @@ fn to_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Version 4 adds the `block_filters` table, empty: blocks stored before have no filter
-/// and are scanned by every search (as every block was before) until retention removes
-/// them. Migrating stays one quick step however large the store.
+/// Version 4 adds the `block_filters` table, empty (version 5 drops it again).
 fn to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(BLOCK_FILTERS)?;
+    Ok(())
+}
+
+/// Version 5 drops the `block_filters` table: filters live in an advisory file beside the
+/// store, built in the background (`filter_builder.rs`), so that the store's own layout
+/// is the same with filters as without. The store's id and the next instance id are
+/// written when the store is opened and when an instance starts.
+fn to_v5(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.delete_table(BLOCK_FILTERS)?;
     Ok(())
 }
 

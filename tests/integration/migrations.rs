@@ -3,7 +3,7 @@
 //!
 //! `migrations/fixtures/vN.redb` is a frozen store written by schema version N (by the
 //! ignored generators below; run one only to create a fixture for a new version, never to
-//! rewrite an existing one).
+//! rewrite an existing one). Versions 4 and 5 (block filters) are in `migrations_filters.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -16,9 +16,9 @@ use crate::helpers::store::read_texts;
 use crate::helpers::tempdir;
 
 /// Line timestamps of the fixture: fixed, so the test can check them exactly.
-const TS: i64 = 1_700_000_000_000_000;
+pub(crate) const TS: i64 = 1_700_000_000_000_000;
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("migrations/fixtures")
         .join(name)
@@ -562,134 +562,5 @@ fn the_v3_fixture_keeps_its_numbers_after_retention() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no run #1") && err.contains("#3..#5"), "{err}");
-    store.close().unwrap();
-}
-
-/// Writes `migrations/fixtures/v4.redb`. Run with
-/// `cargo test --test integration -- --ignored --exact migrations::generate_v4_fixture`.
-#[test]
-#[ignore = "writes the frozen v4 fixture; run once, by hand"]
-fn generate_v4_fixture() {
-    assert_eq!(SCHEMA_VERSION, 4, "this generator writes a version 4 store");
-    let path = fixture("v4.redb");
-    let _ = std::fs::remove_file(&path);
-    let store = Store::open(
-        &path,
-        StoreOptions {
-            block_filters: true,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap()
-    .store;
-    let w = store
-        .begin_instance("web", InstanceKind::Run, SpawnInfo::default())
-        .unwrap();
-    // Three blocks: the marker in the middle one only, one line coloured.
-    for block in 0..3u64 {
-        let mut text = String::new();
-        for i in 0..1200u64 {
-            let n = block * 1200 + i;
-            if block == 1 && i == 600 {
-                text.push_str("ERROR \x1b[31mneedle\x1b[0m-xyzzy db:5432\n");
-            } else {
-                text.push_str(&format!("{n:08} INFO request handled path=/api/items\n"));
-            }
-        }
-        w.append_at(Stream::Stdout, text.as_bytes(), TS + block as i64);
-        w.seal();
-    }
-    w.finish(ExitStatus::Code(0)).unwrap();
-    store.flush().unwrap();
-    store.close().unwrap();
-    drop(store);
-
-    let mut db = redb::Database::create(&path).unwrap();
-    while db.compact().unwrap() {}
-    drop(db);
-    println!(
-        "wrote {} ({} bytes)",
-        path.display(),
-        std::fs::metadata(&path).unwrap().len()
-    );
-}
-
-fn search_texts(store: &Store, id: u64, pattern: &str, case_insensitive: bool) -> Vec<String> {
-    let q = bpm::search::Query {
-        pattern: pattern.into(),
-        case_insensitive,
-        ..Default::default()
-    };
-    let found = bpm::search::search(store, &[id], &q).unwrap();
-    assert_eq!(
-        found,
-        bpm::search::search_without_filters(store, &[id], &q).unwrap()
-    );
-    found
-        .hits
-        .iter()
-        .map(|h| h.line.text().into_owned())
-        .collect()
-}
-
-#[test]
-fn the_v4_fixture_has_a_filter_per_block_and_searches_exactly() {
-    let dir = tempdir();
-    let path = dir.path().join("logs.redb");
-    std::fs::copy(fixture("v4.redb"), &path).unwrap();
-    let store = Store::open(
-        &path,
-        StoreOptions {
-            block_filters: true,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap()
-    .store;
-    let stats = store.block_stats().unwrap();
-    assert_eq!((stats.blocks, stats.filtered_blocks), (3, 3), "{stats:?}");
-    assert!(stats.filter_bytes * 10 <= stats.block_bytes, "{stats:?}");
-    let marker = ["ERROR \x1b[31mneedle\x1b[0m-xyzzy db:5432"];
-    assert_eq!(search_texts(&store, 1, "needle-xyzzy", false), marker);
-    assert_eq!(search_texts(&store, 1, "NEEDLE-XYZ", true), marker);
-    assert_eq!(
-        search_texts(&store, 1, "00001799 INFO", false),
-        ["00001799 INFO request handled path=/api/items"]
-    );
-    assert!(search_texts(&store, 1, "xyzzy-needle", false).is_empty());
-    store.close().unwrap();
-}
-
-#[test]
-fn blocks_from_before_version_4_are_searched_without_filters() {
-    let dir = tempdir();
-    let path = dir.path().join("logs.redb");
-    std::fs::copy(fixture("v3.redb"), &path).unwrap();
-    let store = Store::open(
-        &path,
-        StoreOptions {
-            block_filters: true,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap()
-    .store;
-    let before = store.block_stats().unwrap();
-    assert!(before.blocks > 0);
-    assert_eq!(before.filtered_blocks, 0, "the migration reads no block");
-    assert_eq!(search_texts(&store, 4, "WEB 3", true), ["web 3"]);
-    // New blocks get filters.
-    let w = store
-        .begin_instance("web", InstanceKind::Run, SpawnInfo::default())
-        .unwrap();
-    let id = w.id();
-    w.append_at(Stream::Stdout, b"after the migration\n", TS);
-    w.finish(ExitStatus::Code(0)).unwrap();
-    store.flush().unwrap();
-    assert_eq!(store.block_stats().unwrap().filtered_blocks, 1);
-    assert_eq!(
-        search_texts(&store, id, "migration", false),
-        ["after the migration"]
-    );
     store.close().unwrap();
 }

@@ -4,9 +4,15 @@
 //! some with colour escape codes) are stored in enough blocks that most searches skip
 //! some; random patterns (literals, alternations, classes, repetitions, with and without
 //! case-insensitivity, context and time ranges) must give the same result with filters
-//! as without. `PROPTEST_CASES` sets the number of cases (default 12).
+//! as without: while the first part of the blocks has filters and the rest not yet, once
+//! all have, and after the filter file was deleted, or replaced by a stale copy, under
+//! the running store. `PROPTEST_CASES` sets the number of cases (default 12).
 
-use bpm::logs::{ExitStatus, Filter, InstanceKind, SpawnInfo, Store, StoreOptions, Stream};
+use std::time::Duration;
+
+use bpm::logs::{
+    ExitStatus, Filter, InstanceKind, SpawnInfo, Store, StoreOptions, Stream, filter_file_path,
+};
 use bpm::search::{self, Query};
 use proptest::prelude::*;
 
@@ -62,8 +68,22 @@ fn line(words: &[usize], marker: Option<usize>, colour: bool, upper: bool) -> St
 fn filtered() -> StoreOptions {
     StoreOptions {
         block_filters: true,
+        // Long enough that the blocks stored last have no filter yet when searched first.
+        filter_idle: Duration::from_secs(1),
         ..StoreOptions::default()
     }
+}
+
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// What happens to the filter file before the last searches.
+#[derive(Clone, Copy, Debug)]
+enum Mishap {
+    None,
+    /// Deleted under the running store.
+    Deleted,
+    /// Replaced by a copy made when only the first part of the blocks had filters.
+    Stale,
 }
 
 fn pattern() -> impl Strategy<Value = String> {
@@ -103,19 +123,52 @@ proptest! {
             (pattern(), any::<bool>(), 0usize..3, prop::option::of(0u64..9000), prop::option::of(0usize..50)),
             6,
         ),
+        mishap in prop_oneof![Just(Mishap::None), Just(Mishap::Deleted), Just(Mishap::Stale)],
     ) {
         let dir = tempdir();
-        let store = Store::open(&dir.path().join("s.redb"), filtered()).unwrap().store;
+        let path = dir.path().join("s.redb");
+        let file = filter_file_path(&path);
+        let store = Store::open(&path, filtered()).unwrap().store;
         let w = store.begin_instance("p", InstanceKind::Run, SpawnInfo::default()).unwrap();
+        let id = w.id();
+        let half = lines.len() / 2;
         for (i, (words, marker, colour, upper)) in lines.iter().enumerate() {
+            if i == half {
+                // The first part gets its filters, the rest is searched before it has.
+                store.flush().unwrap();
+                prop_assert!(store.wait_for_filters(CATCH_UP), "the builder caught up");
+                std::fs::copy(&file, dir.path().join("stale")).unwrap();
+            }
             let text = format!("{}\n", line(words, *marker, *colour, *upper));
             let stream = if i % 5 == 0 { Stream::Stderr } else { Stream::Stdout };
             w.append_at(stream, text.as_bytes(), T0 + i as i64 * 1000);
         }
-        let id = w.id();
         w.finish(ExitStatus::Code(0)).unwrap();
         store.flush().unwrap();
-        for (pattern, ci, context, since, head) in queries {
+        let some = store.block_stats().unwrap();
+        prop_assert!(some.filtered_blocks > 0 && some.filtered_blocks < some.blocks, "{some:?}");
+        check(&store, id, &queries)?;
+        prop_assert!(store.wait_for_filters(CATCH_UP), "the builder caught up");
+        let all = store.block_stats().unwrap();
+        prop_assert_eq!(all.filtered_blocks, all.blocks);
+        check(&store, id, &queries)?;
+        match mishap {
+            Mishap::None => {}
+            Mishap::Deleted => std::fs::remove_file(&file).unwrap(),
+            Mishap::Stale => std::fs::rename(dir.path().join("stale"), &file).unwrap(),
+        }
+        check(&store, id, &queries)?;
+        prop_assert!(store.wait_for_filters(CATCH_UP), "the builder caught up");
+        check(&store, id, &queries)?;
+        store.close().unwrap();
+    }
+}
+
+type Queries = [(String, bool, usize, Option<u64>, Option<usize>)];
+
+fn check(store: &Store, id: u64, queries: &Queries) -> Result<(), TestCaseError> {
+    {
+        for (pattern, ci, context, since, head) in queries.iter().cloned() {
             let q = Query {
                 pattern,
                 case_insensitive: ci,
@@ -128,10 +181,10 @@ proptest! {
                     until_us: None,
                 },
             };
-            let filtered = search::search(&store, &[id], &q).unwrap();
-            let full = search::search_without_filters(&store, &[id], &q).unwrap();
+            let filtered = search::search(store, &[id], &q).unwrap();
+            let full = search::search_without_filters(store, &[id], &q).unwrap();
             prop_assert_eq!(&filtered, &full, "{:?}", q);
         }
-        store.close().unwrap();
     }
+    Ok(())
 }

@@ -398,6 +398,9 @@ fn a_store_damaged_inside_its_pages_keeps_its_readable_history() {
             w.append(Stream::Stdout, &noisy(i, 0, LINES));
             w.finish(ExitStatus::Code(0)).unwrap();
         }
+        // With the filters built (their file is beside the store, which looks the same).
+        store.flush().unwrap();
+        assert!(store.wait_for_filters(std::time::Duration::from_secs(60)));
         store.close().unwrap();
     }
     let store = Store::open(
@@ -522,6 +525,9 @@ fn a_damaged_store_read_offline_does_not_panic() {
             w.append(Stream::Stdout, &noisy(i, 0, LINES));
             w.finish(ExitStatus::Code(0)).unwrap();
         }
+        // With the filters built (their file is beside the store, which looks the same).
+        store.flush().unwrap();
+        assert!(store.wait_for_filters(std::time::Duration::from_secs(60)));
         store.close().unwrap();
     }
     damage(&path);

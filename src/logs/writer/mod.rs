@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 use super::block::{self, Block, BlockView};
 use super::model::{Event, EventKind, ExitStatus, InstanceKind, InstanceMeta, now_us};
 use super::schema::{
-    self, BLOCK_FILTERS, BLOCKS, EVENTS, INSTANCE_NUMBERS, INSTANCES, PROCESS_EVENTS,
-    PROCESS_INSTANCES, PROCESS_NUMBERS, PROCESSES,
+    self, BLOCKS, EVENTS, INSTANCE_NUMBERS, INSTANCES, META, PROCESS_EVENTS, PROCESS_INSTANCES,
+    PROCESS_NUMBERS, PROCESSES,
 };
 use super::{Limits, Shared, StoreError, StoreOptions};
 
@@ -78,8 +78,6 @@ enum Op {
     Block {
         block: Arc<Block>,
         stored: Vec<u8>,
-        /// Its filter record (see `filter.rs`), unless filters are off.
-        filter: Option<Vec<u8>>,
     },
     Start {
         process: String,
@@ -122,17 +120,9 @@ enum Op {
 
 fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
     match op {
-        Op::Block {
-            block,
-            stored,
-            filter,
-        } => {
+        Op::Block { block, stored } => {
             let key = (block.instance, block.first_seq);
             txn.open_table(BLOCKS)?.insert(key, stored.as_slice())?;
-            if let Some(filter) = filter {
-                txn.open_table(BLOCK_FILTERS)?
-                    .insert(key, filter.as_slice())?;
-            }
         }
         Op::Start {
             process,
@@ -149,6 +139,15 @@ fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
                 .map_or(0, |v| v.value());
             if *number > before {
                 last.insert((process.as_str(), *kind), *number)?;
+            }
+            // Ids are never given twice, also once retention removed the newest instance
+            // (the filter file and clients name instances by id).
+            let mut meta = txn.open_table(META)?;
+            let next = meta
+                .get(schema::NEXT_INSTANCE_KEY)?
+                .map_or(0, |v| v.value());
+            if *id >= next {
+                meta.insert(schema::NEXT_INSTANCE_KEY, *id + 1)?;
             }
         }
         Op::Event { id, process, bytes } => {
@@ -175,9 +174,6 @@ fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
             if *blocks {
                 txn.open_table(BLOCKS)?
                     .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)?;
-                // Filters go with their blocks (a damaged instance keeps both).
-                txn.open_table(BLOCK_FILTERS)?
-                    .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)?;
             }
             txn.open_table(PROCESS_INSTANCES)?
                 .remove((process.as_str(), *kind, *id))?;
@@ -185,8 +181,6 @@ fn apply_op(txn: &WriteTransaction, op: &Op) -> Result<(), StoreError> {
         }
         Op::TrimBlocks { id, below } => {
             txn.open_table(BLOCKS)?
-                .retain_in((*id, 0)..(*id, *below), |_, _| false)?;
-            txn.open_table(BLOCK_FILTERS)?
                 .retain_in((*id, 0)..(*id, *below), |_, _| false)?;
         }
         Op::PutMeta { id, bytes } => {
@@ -554,10 +548,7 @@ impl Writer {
     fn apply(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Block(block) => {
-                let block::Stored {
-                    bytes: stored,
-                    filter,
-                } = block.take_stored(self.opts.block_filters);
+                let stored = block.take_stored();
                 let len = stored.len() as u64;
                 let lines = u64::from(block.view().count);
                 if let Some(m) = self.metas.get_mut(&block.instance) {
@@ -576,11 +567,7 @@ impl Writer {
                     shared.signal_room();
                 }
                 self.retention_due = true;
-                self.push(Op::Block {
-                    block,
-                    stored,
-                    filter,
-                });
+                self.push(Op::Block { block, stored });
                 false
             }
             Msg::Start(meta) => {
@@ -750,9 +737,11 @@ impl Writer {
 
     /// The open group is durable: tell the ring, the live map and the waiters.
     fn committed(&mut self) {
+        let mut blocks = false;
         for op in self.group.drain(..) {
             if let Op::Block { block, .. } = op {
                 block.mark_committed();
+                blocks = true;
             }
         }
         self.group_bytes = 0;
@@ -760,6 +749,10 @@ impl Writer {
         let shared = self.shared.upgrade();
         if let Some(shared) = &shared {
             shared.generation.fetch_add(1, Ordering::Release);
+        }
+        if blocks && let Some(shared) = &shared {
+            // The filter builder waits for the writer to be quiet (see `filter_builder`).
+            shared.filters.note_write();
         }
         for id in self.ended.drain(..) {
             self.metas.remove(&id);
