@@ -69,24 +69,41 @@ pub fn path_for(store: &Path) -> PathBuf {
     store.with_file_name(format!("{stem}.filters.redb"))
 }
 
-/// A 64-bit hash of a record's key and bytes, a word at a time (FNV's prime, with the
-/// high half folded in after each word): enough to tell a record from damage, and cheap
-/// beside a search that reads thousands of records.
+/// A 64-bit hash of a record's key and bytes: four independent lanes of FNV's prime
+/// (with the high half folded in after each word) over 32 bytes at a time, so the
+/// multiplications do not wait on each other, then folded together. Enough to tell a
+/// record from damage, and cheap beside a search that checks thousands of records (a
+/// single chain of multiplications was a third of a rare literal's search).
 fn checksum(id: u64, first: u64, record: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |w: u64| {
-        h = (h ^ w).wrapping_mul(0x0100_0000_01b3);
-        h ^= h >> 32;
-    };
-    mix(id);
-    mix(first);
-    let mut words = record.chunks_exact(8);
+    const PRIME: u64 = 0x0100_0000_01b3;
+    fn mix(h: &mut u64, w: u64) {
+        *h = (*h ^ w).wrapping_mul(PRIME);
+        *h ^= *h >> 32;
+    }
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let mut lanes: [u64; 4] = [
+        0xcbf2_9ce4_8422_2325 ^ id,
+        0x9e37_79b9_7f4a_7c15 ^ first,
+        0x6a09_e667_f3bc_c908,
+        0xbb67_ae85_84ca_a73b,
+    ];
+    let mut blocks = record.chunks_exact(32);
+    for b in &mut blocks {
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            mix(lane, word(&b[k * 8..k * 8 + 8]));
+        }
+    }
+    let mut h = lanes[0];
+    for lane in &lanes[1..] {
+        mix(&mut h, *lane);
+    }
+    let mut words = blocks.remainder().chunks_exact(8);
     for w in &mut words {
-        mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        mix(&mut h, word(w));
     }
     let mut last = [0u8; 8];
     last[..words.remainder().len()].copy_from_slice(words.remainder());
-    mix(u64::from_le_bytes(last));
+    mix(&mut h, u64::from_le_bytes(last));
     h ^ record.len() as u64
 }
 
