@@ -407,12 +407,13 @@ fn logs_of_two_million_lines_stream_in_bounded_memory() {
     assert!(daemon_kib < BOUND_KIB, "daemon peak {daemon_kib} KiB");
 }
 
-/// Open a follow stream of `name` over TCP and read its answer's head.
-fn open_follow(port: u16, name: &str) -> (TcpStream, String) {
+/// Send `GET path` (NDJSON accepted) over TCP and read the answer's head, and nothing
+/// more: the body is left to the caller (or unread, a client slower than the daemon).
+fn open_ndjson(port: u16, path: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
-        "GET /api/follow/{name}?tail=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -422,12 +423,17 @@ fn open_follow(port: u16, name: &str) -> (TcpStream, String) {
         match s.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
             other => panic!(
-                "the follow answer's head ended early ({other:?}): {}",
+                "the answer's head ended early ({other:?}): {}",
                 String::from_utf8_lossy(&head)
             ),
         }
     }
     (s, String::from_utf8(head).unwrap())
+}
+
+/// Open a follow stream of `name`.
+fn open_follow(port: u16, name: &str) -> (TcpStream, String) {
+    open_ndjson(port, &format!("/api/follow/{name}?tail=0"))
 }
 
 /// At most `MAX_FOLLOWERS` follow streams are open at once: one more is a 503 that says
@@ -492,28 +498,9 @@ fn follow_streams_are_capped_and_a_gone_client_frees_its_place() {
     assert!(head.contains("application/x-ndjson"), "{head}");
 }
 
-/// Open a streamed (NDJSON) read of all of `name`'s lines over TCP, read its answer's
-/// head, and read nothing more: a client slower than the daemon.
+/// Open a streamed read of all of `name`'s lines.
 fn open_stream(port: u16, name: &str) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET /api/logs/{name}?all=true HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            other => panic!(
-                "the answer's head ended early ({other:?}): {}",
-                String::from_utf8_lossy(&head)
-            ),
-        }
-    }
-    (s, String::from_utf8(head).unwrap())
+    open_ndjson(port, &format!("/api/logs/{name}?all=true"))
 }
 
 /// At most `MAX_STREAMS` streamed log reads are served at once (each holds a thread while
