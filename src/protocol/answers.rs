@@ -216,10 +216,11 @@ impl std::fmt::Display for InstanceNumber {
 }
 
 impl EventReport {
-    /// The event in words, with the run it is about: "exited (code 3) after 0.2s (run #2)".
+    /// The event in words, after the run it is about (first, so that a narrow view cut
+    /// at its end still shows it): "run #2: exited (code 3) after 0.2s".
     pub fn line(&self) -> String {
         match &self.of {
-            Some(of) => format!("{} ({of})", self.what),
+            Some(of) => format!("{of}: {}", self.what),
             None => self.what.clone(),
         }
     }
