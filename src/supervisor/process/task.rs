@@ -89,6 +89,8 @@ struct PendingBuild {
     restart: bool,
     /// The crash policy's restart asked for it (dev mode): the crash count stays.
     crash: bool,
+    /// The mode it builds for.
+    mode: Mode,
 }
 
 enum Internal {
@@ -656,7 +658,8 @@ impl Supervisor {
     }
 
     fn begin_build(&mut self, reply: Option<Reply>, restart: bool) {
-        let Some(argv) = self.spec.build_argv(*self.mode.borrow()) else {
+        let mode = *self.mode.borrow();
+        let Some(argv) = self.spec.build_argv(mode) else {
             return;
         };
         let id = self.next_build_id;
@@ -684,6 +687,7 @@ impl Supervisor {
             waiters: reply.into_iter().collect(),
             restart,
             crash: false,
+            mode,
         });
         if self.run.is_none() && self.backoff.is_none() {
             self.state = State::Building;
@@ -697,6 +701,18 @@ impl Supervisor {
         let Some(build) = self.build.take() else {
             return;
         };
+        let now = *self.mode.borrow();
+        if result.is_ok() && self.spec.build_argv(now) != self.spec.build_argv(build.mode) {
+            // The mode changed while it built (a daemon that starts in release, switched
+            // to dev at once): what it built is the other mode's, and this mode's program
+            // may not exist yet. Build again; those waiting get that build's answer.
+            self.begin_build(None, build.restart);
+            if let Some(again) = self.build.as_mut() {
+                again.waiters = build.waiters;
+                again.crash = build.crash;
+            }
+            return;
+        }
         let reply = match result {
             Ok(()) => {
                 self.backoff = None;
