@@ -176,7 +176,26 @@ impl Store {
         numbers: &Numbers,
         id: u64,
     ) -> Result<InstanceMeta, StoreError> {
-        meta_of(metas, numbers, id, self.shared.live(id).as_ref())
+        let live = self.shared.live(id);
+        let read = meta_of(metas, numbers, id, live.as_ref());
+        match (&read, live) {
+            // Not live now, and this read's snapshot has it unfinished or not at all: it
+            // left the live map after the snapshot was taken, once its end was committed
+            // (a process that exits at once begins and ends in one commit). A newer
+            // snapshot has its end; without it a follower reported the exit as unknown.
+            (Err(StoreError::NoSuchInstance(_)), None) => self.meta_now(id),
+            (Ok(m), None) if m.exit.is_none() => self.meta_now(id),
+            _ => read,
+        }
+    }
+
+    /// One instance's record from a snapshot taken now (see `meta_in`).
+    fn meta_now(&self, id: u64) -> Result<InstanceMeta, StoreError> {
+        let live = self.shared.live(id);
+        let txn = self.shared.db()?.begin_read()?;
+        let metas = txn.open_table(INSTANCES)?;
+        let numbers = numbers_of(&txn)?;
+        meta_of(&metas, &numbers, id, live.as_ref())
     }
 
     /// One instance by its stable number. An instance that has just begun may not be
