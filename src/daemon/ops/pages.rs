@@ -185,18 +185,9 @@ impl LogStream {
             }
             if let Some(start) = starts[k] {
                 let to = seqs.end.min(m.next_seq);
-                let mut at = start;
-                while at < to {
-                    let end = at.saturating_add(PAGE_LINES as u64).min(to);
-                    for l in store.read(m.id, Window::Seqs { from: at, to: end }, &filter)? {
-                        if pager
-                            .push(FollowRecord::Line(LogLine::new(l, false)))
-                            .is_break()
-                        {
-                            return Ok(());
-                        }
-                    }
-                    at = end;
+                let mut all = usize::MAX;
+                if send_lines(store, pager, m.id, start..to, &filter, &mut all)?.is_break() {
+                    return Ok(());
                 }
             }
             if let Some(exit) = exit_record(m, self.newest)
@@ -258,21 +249,8 @@ impl LogStream {
                     left = left.saturating_sub((r.total - r.omitted) as usize);
                 }
                 None => {
-                    let mut at = from;
-                    while at < to && left > 0 {
-                        let end = at.saturating_add(PAGE_LINES as u64).min(to);
-                        let lines =
-                            store.read(m.id, Window::Seqs { from: at, to: end }, &filter)?;
-                        for l in lines.into_iter().take(left) {
-                            left -= 1;
-                            if pager
-                                .push(FollowRecord::Line(LogLine::new(l, false)))
-                                .is_break()
-                            {
-                                return Ok(());
-                            }
-                        }
-                        at = end;
+                    if send_lines(store, pager, m.id, from..to, &filter, &mut left)?.is_break() {
+                        return Ok(());
                     }
                 }
             }
@@ -286,6 +264,36 @@ impl LogStream {
         }
         Ok(())
     }
+}
+
+/// Read instance `id`'s lines in `seqs` a page at a time and hand at most `left` of them
+/// to `pager` (counting `left` down). Breaks when the pager does.
+fn send_lines(
+    store: &Store,
+    pager: &mut Pager<'_>,
+    id: u64,
+    seqs: std::ops::Range<u64>,
+    filter: &Filter,
+    left: &mut usize,
+) -> Result<ControlFlow<()>, OpError> {
+    let mut at = seqs.start;
+    while at < seqs.end && *left > 0 {
+        let end = at.saturating_add(PAGE_LINES as u64).min(seqs.end);
+        for l in store.read(id, Window::Seqs { from: at, to: end }, filter)? {
+            if *left == 0 {
+                break;
+            }
+            *left -= 1;
+            if pager
+                .push(FollowRecord::Line(LogLine::new(l, false)))
+                .is_break()
+            {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        at = end;
+    }
+    Ok(ControlFlow::Continue(()))
 }
 
 /// Records as NDJSON: one JSON object per line.
